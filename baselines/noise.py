@@ -1,0 +1,16 @@
+"""Per-sample seeds: sample i's noise depends only on seed i (not on batch size or device)."""
+
+import torch
+
+# Stochastic solver steps draw from a second stream per sample, so that adding or
+# removing stochastic steps never shifts the initial noise.
+_STEP_STREAM = 1 << 40
+
+
+def initial_noise(seeds, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds]).to(device=device, dtype=dtype)
+
+
+def step_generators(seeds) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s) + _STEP_STREAM) for s in seeds]

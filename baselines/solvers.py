@@ -1,0 +1,104 @@
+"""The common method interface and the solver loop; step maths from diffusers schedulers.
+
+A method is called as `method(denoiser, noise, budget, cond=None, seeds=None)` and returns
+`(samples, trace)`. The loop is ours (so Morse can choose, step by step, which network
+supplies the estimate); each update is the diffusers scheduler's `step`.
+"""
+
+import inspect
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import diffusers
+import torch
+
+from baselines.noise import step_generators
+from baselines.trace import Trace, count_nfe
+
+DEFAULT_SPACING = "trailing"  # starts at t = T-1, which matters at small budgets
+
+
+def solve(scheduler, model_fn, x, generators=None, step_kwargs=None, callback=None):
+    """Run `scheduler` from noise `x`; `model_fn(x, t, i)` returns epsilon for step i."""
+    accepts_generator = "generator" in inspect.signature(scheduler.step).parameters
+    kwargs = dict(step_kwargs or {})
+    if accepts_generator and generators is not None:
+        kwargs["generator"] = generators
+    x = x * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        eps = model_fn(scheduler.scale_model_input(x, t), t, i)
+        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+        if callback is not None:
+            callback(i, t, x, eps)
+    return x
+
+
+def solver_timesteps(scheduler) -> list[float]:
+    """Distinct solver times in visiting order (Heun evaluates each interior time twice)."""
+    out = []
+    for t in scheduler.timesteps.tolist():
+        if not out or t != out[-1]:
+            out.append(float(t))
+    return out
+
+
+@dataclass(frozen=True)
+class SchedulerMethod:
+    """A baseline: a diffusers scheduler class, config overrides and step arguments."""
+
+    name: str
+    scheduler: str
+    overrides: dict = field(default_factory=dict)
+    step_kwargs: dict = field(default_factory=dict)
+    evals_per_step: int = 1  # Heun-type solvers evaluate twice per step, but not on the first
+    max_steps: int | None = None
+    description: str = ""
+
+    def config(self) -> dict:
+        return dict(name=self.name, scheduler=self.scheduler, overrides=self.overrides,
+                    step_kwargs=self.step_kwargs, diffusers=diffusers.__version__)
+
+    def steps_for_budget(self, budget: float) -> int:
+        if not budget >= 1:
+            raise ValueError(f"{self.name}: budget must be at least 1 NFE, got {budget}")
+        steps = int((budget + self.evals_per_step - 1) // self.evals_per_step)
+        if self.max_steps is not None and steps > self.max_steps:
+            raise ValueError(f"{self.name}: budget {budget} needs {steps} steps, more than the "
+                             f"{self.max_steps} this solver supports; use a budget <= {self.max_steps}")
+        return steps
+
+    def expected_nfe(self, steps: int) -> int:
+        return self.evals_per_step * steps - (self.evals_per_step - 1)
+
+    def make_scheduler(self, schedule_config: dict, steps: int, device="cpu", spacing=DEFAULT_SPACING):
+        cls = getattr(diffusers, self.scheduler)
+        accepted = inspect.signature(cls.__init__).parameters
+        cfg = {k: v for k, v in schedule_config.items() if k in accepted}
+        cfg["prediction_type"] = "epsilon"  # the Denoiser wrapper has already converted
+        if "clip_sample" in accepted:
+            cfg["clip_sample"] = False
+        if spacing is not None and "timestep_spacing" in accepted:
+            cfg["timestep_spacing"] = spacing
+        cfg.update(self.overrides)
+        with warnings.catch_warnings():
+            # diffusers deprecates classic DPM-Solver; it stays here as the paper's baseline.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            sched = cls(**cfg)
+        sched.set_timesteps(steps, device=device)
+        return sched
+
+    def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
+                 spacing=DEFAULT_SPACING):
+        steps = self.steps_for_budget(budget)
+        scheduler = self.make_scheduler(denoiser.schedule_config, steps, noise.device, spacing)
+        generators = step_generators(seeds) if seeds is not None else None
+        trace = Trace()
+        with count_nfe(trace, noise.shape[0], dash=denoiser.net), torch.inference_mode():
+            start = time.perf_counter()
+            x = solve(scheduler, lambda x, t, i: denoiser(x, t, cond), noise, generators,
+                      self.step_kwargs, callback)
+            trace.wall_time_s = time.perf_counter() - start
+        trace.timesteps = solver_timesteps(scheduler)
+        trace.networks_per_step = ["dash"] * len(trace.timesteps)
+        return x, trace
