@@ -1,0 +1,151 @@
+"""The Dot network: eta(x_ti, x_ts, z_s, t_i, t_s), a residual added to the Dash's last estimate.
+
+Weight sharing (paper, Sec. "Dot"): m light stride-2 blocks shrink the input 4^m-fold, the
+Dash's own body (time embedding, down, mid and up blocks; frozen, the very same tensors)
+runs on the small map, and m light up-sampling blocks with skips bring it back. LoRA
+adapters (peft) on the shared layers and the new blocks are all that trains.
+
+Fusion of the five inputs (the paper leaves it open; our choice):
+* x_ti, x_ts and z_s are concatenated on channels into the first new block;
+* the shared time embedding gets t_i; a new zero-initialised projection of the sinusoidal
+  embedding of t_s is added to it, so the body knows how far back the Dash anchor lies;
+* the output convolution is zero-initialised: an untrained Dot returns z_s exactly.
+"""
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",
+          "conv_norm_out", "conv_act")
+
+
+@dataclass
+class DotConfig:
+    m: int = 2                      # stride-2 blocks; the body runs on 4^m fewer pixels
+    width: int = 16                 # channels of the new full-resolution blocks
+    lora_rank: int = 4
+    lora_targets: list[str] = field(default_factory=lambda: [
+        "to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"])
+
+
+def _share(module: nn.Module) -> nn.Module:
+    """A new module tree whose leaves are the original modules (same parameter tensors).
+
+    peft replaces layers in the tree it is given; on this tree it wraps the Dash's own
+    layers without touching the Dash, so the Dash keeps running without adapters.
+    """
+    if not module._modules:
+        return module
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = {k: (_share(v) if v is not None else None) for k, v in module._modules.items()}
+    return clone
+
+
+def _block(cin, cout, stride=1):
+    groups = 8 if cout % 8 == 0 else 1
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(groups, cout),
+                         nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.SiLU())
+
+
+class Dot(nn.Module):
+    def __init__(self, dash: nn.Module, config: DotConfig | None = None):
+        super().__init__()
+        self.config = config = config or DotConfig()
+        dc = dash.config
+        self.cross_attention = getattr(dc, "cross_attention_dim", None) is not None
+        if any(hasattr(b, "skip_conv") for b in list(dash.down_blocks) + list(dash.up_blocks)):
+            raise ValueError("Dot: skip-type UNet blocks are not supported")
+        c, body_ch = dc.in_channels, dc.block_out_channels[0]
+        w = config.width
+
+        self.body = nn.Module()
+        for name in SHARED:
+            setattr(self.body, name, _share(getattr(dash, name)))
+        self.body.requires_grad_(False)
+        inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
+                                           target_modules=config.lora_targets), self.body)
+
+        self.inp = _block(3 * c, w)
+        self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 1 else w, stride=2)
+                                   for k in range(config.m)])
+        self.up = nn.ModuleList([_block((body_ch if k == 0 else w) + w, w) for k in range(config.m)])
+        self.out = nn.Conv2d(w, dc.out_channels, 3, padding=1)
+        emb_in = self.body.time_embedding.linear_1.in_features
+        emb_dim = self.body.time_embedding.linear_2.out_features
+        self.anchor_embedding = nn.Linear(emb_in, emb_dim)
+        for zero in (self.out, self.anchor_embedding):
+            nn.init.zeros_(zero.weight)
+            nn.init.zeros_(zero.bias)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.body.eval()  # the Dash's own layers are shared: never flip them into training mode
+        return self
+
+    def _embed(self, t, n, dtype):
+        t = torch.as_tensor(t)
+        t = t.expand(n) if t.ndim == 0 else t
+        return self.body.time_proj(t.reshape(-1)).to(dtype)
+
+    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None):
+        n, dtype = x_ti.shape[0], x_ti.dtype
+        emb = self.body.time_embedding(self._embed(t_i, n, dtype).to(x_ti.device))
+        emb = emb + self.anchor_embedding(self._embed(t_s, n, dtype).to(x_ti.device))
+        extra = {"encoder_hidden_states": cond} if self.cross_attention else {}
+
+        h = self.inp(torch.cat([x_ti, x_ts, z_s], dim=1))
+        skips = [h]
+        for blk in self.down:
+            h = blk(h)
+            skips.append(h)
+        skips.pop()
+
+        res = (h,)
+        for blk in self.body.down_blocks:
+            kw = extra if getattr(blk, "has_cross_attention", False) else {}
+            h, r = blk(hidden_states=h, temb=emb, **kw)
+            res += r
+        if self.body.mid_block is not None:
+            kw = extra if getattr(self.body.mid_block, "has_cross_attention", False) else {}
+            h = self.body.mid_block(h, emb, **kw)
+        for blk in self.body.up_blocks:
+            r, res = res[-len(blk.resnets):], res[:-len(blk.resnets)]
+            kw = extra if getattr(blk, "has_cross_attention", False) else {}
+            h = blk(hidden_states=h, res_hidden_states_tuple=r, temb=emb, **kw)
+        h = self.body.conv_act(self.body.conv_norm_out(h))
+
+        for blk in self.up:
+            h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
+            h = blk(torch.cat([h, skips.pop()], dim=1))
+        return self.out(h)
+
+    # Only the trainable tensors are stored; the shared ones come from the Dash.
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach().contiguous() for k, p in self.named_parameters() if p.requires_grad}
+
+    def save(self, path, extra_metadata: dict | None = None):
+        meta = {"dot_config": json.dumps(asdict(self.config)), **(extra_metadata or {})}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self.trainable_state_dict(), tmp, metadata={k: str(v) for k, v in meta.items()})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, dash: nn.Module, path) -> "Dot":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        dot = cls(dash, DotConfig(**json.loads(meta["dot_config"])))
+        missing = set(dot.trainable_state_dict()) - set(load_file(path))
+        if missing:
+            raise ValueError(f"{path}: not a Dot checkpoint for this Dash (missing {sorted(missing)[:3]})")
+        dot.load_state_dict(load_file(path), strict=False)
+        return dot.eval()

@@ -1,0 +1,58 @@
+"""The Morse sampler: any solver that consumes epsilon once per step, fed by Dash and Dot.
+
+    t_i a jump step:  z_i = Dash(x_ti, t_i)                         (anchor: x_ts, z_s, t_s)
+    otherwise:        z_i = z_s + Dot(x_ti, x_ts, z_s, t_i, t_s)    (residual feedback)
+
+The solver's update rule is untouched: it takes z_i as if the model had produced it, so
+multistep solvers keep Dot outputs in their history. With classifier-free guidance the Dot
+corrects the guided estimate (one Dot call per step, not two): z_s is already guided, and the
+condition passes through to the shared body.
+"""
+
+import time
+
+import torch
+
+from baselines.noise import step_generators
+from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, solve, solver_timesteps
+from baselines.trace import Trace, count_nfe
+from morse.interleave import Interleave
+
+
+class Morse:
+    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave=Interleave()):
+        if solver.evals_per_step != 1:
+            raise ValueError(f"morse wraps solvers that take one estimate per step; {solver.name} takes "
+                             f"{solver.evals_per_step}")
+        self.solver, self.dot, self.dot_ratio, self.interleave = solver, dot, float(dot_ratio), interleave
+        self.name = "morse" if solver.name == "ddim" else f"morse-{solver.name}"
+
+    def config(self) -> dict:
+        return dict(name=self.name, solver=self.solver.config(), dot_ratio=self.dot_ratio,
+                    dots_per_dash=self.interleave.dots_per_dash, dot=vars(self.dot.config))
+
+    def plan(self, budget_lsd: float) -> list[bool]:
+        return self.interleave.plan(budget_lsd, self.dot_ratio)
+
+    def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
+                 spacing=DEFAULT_SPACING):
+        jump = self.plan(budget)
+        scheduler = self.solver.make_scheduler(denoiser.schedule_config, len(jump), noise.device, spacing)
+        anchor = {}
+
+        def estimate(x_ti, t_i, i):
+            if jump[i]:
+                z = denoiser(x_ti, t_i, cond)
+                anchor.update(x_ts=x_ti, z_s=z, t_s=t_i)
+                return z
+            return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"], cond)
+
+        trace = Trace()
+        generators = step_generators(seeds) if seeds is not None else None
+        with count_nfe(trace, noise.shape[0], dash=denoiser.net, dot=self.dot), torch.inference_mode():
+            start = time.perf_counter()
+            x = solve(scheduler, estimate, noise, generators, self.solver.step_kwargs, callback)
+            trace.wall_time_s = time.perf_counter() - start
+        trace.timesteps = solver_timesteps(scheduler)
+        trace.networks_per_step = ["dash" if j else "dot" for j in jump]
+        return x, trace

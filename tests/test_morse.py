@@ -1,0 +1,157 @@
+"""Morse: weight sharing, exactness limits (zero Dot steps, untrained Dot), NFE per network."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+from baselines.denoisers import Denoiser
+from baselines.exact import OptimalDenoiser
+from baselines.noise import initial_noise
+from baselines.registry import BASELINES, get_baseline
+from baselines.solvers import solve
+from baselines.tasks.fmnist import SCHEDULE_CONFIG
+from morse import Dot, DotConfig, Interleave, Morse
+
+SHAPE = (1, 8, 8)
+SEEDS = list(range(16))
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+@pytest.fixture(scope="module")
+def exact8():
+    g = torch.Generator().manual_seed(1)
+    data = (torch.rand(16, *SHAPE, generator=g) * 2 - 1).clamp(-0.9, 0.9)
+    return Denoiser(OptimalDenoiser(data, DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod), SCHEDULE_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def dot():
+    return Dot(tiny_unet(), DotConfig(width=8, m=2)).eval()
+
+
+WRAPPABLE = [n for n, m in BASELINES.items() if m.evals_per_step == 1]
+
+
+def test_shared_tensors_are_the_dashs_own():
+    dash = tiny_unet()
+    before = {k: v.clone() for k, v in dash.state_dict().items()}
+    dot = Dot(dash, DotConfig(width=8))
+    conv = dash.down_blocks[0].resnets[0].conv1
+    assert type(conv) is torch.nn.Conv2d  # the Dash itself carries no adapters
+    assert dot.body.down_blocks[0].resnets[0].conv1.base_layer is conv
+    dash_ptrs = {p.data_ptr() for p in dash.parameters()}
+    frozen = [p for p in dot.parameters() if not p.requires_grad]
+    assert frozen and all(p.data_ptr() in dash_ptrs for p in frozen)
+    assert all(p.data_ptr() not in dash_ptrs for p in dot.parameters() if p.requires_grad)
+    # A few optimiser steps on the Dot leave the Dash unchanged.
+    opt = torch.optim.SGD([p for p in dot.parameters() if p.requires_grad], lr=0.1)
+    x = torch.randn(4, *SHAPE)
+    t = torch.full((4,), 300)
+    for _ in range(3):
+        loss = (x + dot(x, x, x, t, t + 50)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert dot.out.weight.abs().sum() > 0
+    for k, v in dash.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_trainable_fraction_of_embedded_dash():
+    from baselines.tasks.fmnist import build_dash
+
+    dash = build_dash()
+    dot = Dot(dash)
+    trainable = sum(p.numel() for p in dot.parameters() if p.requires_grad)
+    assert trainable <= 0.15 * sum(p.numel() for p in dash.parameters())
+
+
+def test_untrained_dot_returns_zero_residual(dot):
+    x = torch.randn(3, *SHAPE)
+    t = torch.full((3,), 400)
+    assert torch.equal(dot(x, x, x, t, t + 100), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("name", WRAPPABLE)
+def test_zero_dot_steps_equals_wrapped_solver_bit_for_bit(name, exact8, dot):
+    solver = get_baseline(name)
+    noise = initial_noise(SEEDS, SHAPE)
+    base, _ = solver(exact8, noise, 6, seeds=SEEDS)
+    morse = Morse(solver, dot, dot_ratio=6.0, interleave=Interleave(dots_per_dash=0))
+    out, trace = morse(exact8, noise, 6, seeds=SEEDS)
+    assert torch.equal(out, base)
+    assert trace.nfe == {"dash": 6.0, "dot": 0.0}
+
+
+@pytest.mark.parametrize("name", WRAPPABLE)
+def test_untrained_dot_is_reuse_of_last_dash_estimate(name, exact8, dot):
+    solver = get_baseline(name)
+    morse = Morse(solver, dot, dot_ratio=4.0, interleave=Interleave(dots_per_dash=2))
+    noise = initial_noise(SEEDS, SHAPE)
+    out, trace = morse(exact8, noise, 6, seeds=SEEDS)
+    jump = morse.plan(6)
+    n_dash, n_dot = sum(jump), len(jump) - sum(jump)
+    assert trace.nfe == {"dash": n_dash, "dot": n_dot} and n_dot > 0
+    assert trace.networks_per_step == ["dash" if j else "dot" for j in jump]
+    assert jump[0]
+    assert torch.isfinite(out).all()
+
+    # The same solver, reusing the last Dash estimate by hand.
+    from baselines.noise import step_generators
+    sched = solver.make_scheduler(SCHEDULE_CONFIG, len(jump))
+    last = {}
+
+    def reuse(x, t, i):
+        if jump[i]:
+            last["z"] = exact8(x, t)
+        return last["z"]
+
+    with torch.inference_mode():
+        ref = solve(sched, reuse, noise, step_generators(SEEDS), solver.step_kwargs)
+    assert torch.equal(out, ref)
+
+
+def test_morse_rejects_two_evaluation_solvers(dot):
+    with pytest.raises(ValueError, match="one estimate per step"):
+        Morse(get_baseline("heun"), dot, 6.0)
+
+
+def test_conditional_dash_passes_condition_through():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=12,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                attention_head_dim=4).eval()
+    dot = Dot(unet, DotConfig(width=8)).eval()
+    torch.nn.init.normal_(dot.out.weight)
+    x = torch.randn(2, *SHAPE)
+    t = torch.full((2,), 300)
+    cond_a, cond_b = torch.randn(2, 3, 12), torch.randn(2, 3, 12)
+    with torch.no_grad():
+        a = dot(x, x, x, t, t + 100, cond_a)
+        b = dot(x, x, x, t, t + 100, cond_b)
+    assert a.shape == x.shape and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("budget,ratio,d", [(1, 6, 3), (4, 6, 3), (16, 6, 3), (7.5, 2.5, 1), (10, 20, 8)])
+def test_interleave_fits_budget(budget, ratio, d):
+    il = Interleave(d)
+    plan = il.plan(budget, ratio)
+    assert plan[0]
+    assert Interleave.lsd(plan, ratio) <= budget + 1e-9
+    assert Interleave.lsd(plan, ratio) > budget - 1  # the budget is spent, up to one Dash step
+    n_dash = sum(plan)
+    assert len(plan) - n_dash <= d * n_dash
+
+
+def test_interleave_rejects_impossible_budget():
+    with pytest.raises(ValueError, match="at least 1 LSD"):
+        Interleave().plan(0.5, 6.0)
