@@ -3,6 +3,7 @@
 from baselines.solvers import SchedulerMethod
 
 _DPM = "DPMSolverMultistepScheduler"
+_CLASSIC = {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}
 BASELINES = {m.name: m for m in [
     SchedulerMethod("ddim", "DDIMScheduler", description="DDIM, eta = 0 (deterministic ODE)"),
     SchedulerMethod("ddim-eta1", "DDIMScheduler", step_kwargs={"eta": 1.0},
@@ -12,9 +13,9 @@ BASELINES = {m.name: m for m in [
                     description="DPM-Solver++(2M), multistep"),
     SchedulerMethod("dpmpp-3m", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 3},
                     description="DPM-Solver++(3M), multistep"),
-    SchedulerMethod("dpm-2m", _DPM, {"algorithm_type": "dpmsolver", "solver_order": 2, "final_sigmas_type": "sigma_min"},
+    SchedulerMethod("dpm-2m", _DPM, {**_CLASSIC, "solver_order": 2},
                     description="DPM-Solver-2 (classic, noise prediction), multistep"),
-    SchedulerMethod("dpm-3m", _DPM, {"algorithm_type": "dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min"},
+    SchedulerMethod("dpm-3m", _DPM, {**_CLASSIC, "solver_order": 3},
                     description="DPM-Solver-3 (classic), multistep"),
     SchedulerMethod("dpm-single", "DPMSolverSinglestepScheduler",
                     {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True},

@@ -20,11 +20,12 @@ from morse.interleave import Interleave
 
 
 class Morse:
-    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave=Interleave()):
+    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
         if solver.evals_per_step != 1:
             raise ValueError(f"morse wraps solvers that take one estimate per step; {solver.name} takes "
                              f"{solver.evals_per_step}")
-        self.solver, self.dot, self.dot_ratio, self.interleave = solver, dot, float(dot_ratio), interleave
+        self.solver, self.dot, self.dot_ratio = solver, dot, float(dot_ratio)
+        self.interleave = interleave or Interleave()
         self.name = "morse" if solver.name == "ddim" else f"morse-{solver.name}"
 
     def config(self) -> dict:

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from baselines.runtime import tune_malloc
-from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
 from baselines.tasks.data import load_fmnist
+from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
 
 
 def main(argv=None):

@@ -1,0 +1,33 @@
+"""Feature statistics and the Frechet distance, in float64."""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+
+@dataclass
+class Stats:
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int
+
+
+def feature_stats(features) -> Stats:
+    f = np.asarray(features, dtype=np.float64)
+    return Stats(f.mean(0), np.cov(f, rowvar=False), len(f))
+
+
+def frechet_distance(a: Stats, b: Stats) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2).
+
+    clean-fid takes sqrtm of the non-symmetric product S_a S_b, which can turn complex or
+    singular for low-rank covariances (few samples). The symmetric form has the same trace
+    and needs only eigendecompositions of symmetric PSD matrices, which are stable.
+    """
+    diff = a.mu - b.mu
+    w, v = linalg.eigh(a.sigma)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root_a @ b.sigma @ root_a
+    tr_covmean = np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)

@@ -1,0 +1,46 @@
+"""Reference feature statistics, computed once per (task, split, count, extractor) and cached
+with provenance in the user cache folder (never inside the installed package)."""
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from evaluate.frechet import Stats, feature_stats
+
+
+def cache_root() -> Path:
+    if os.environ.get("MORSE_BENCH_CACHE"):
+        return Path(os.environ["MORSE_BENCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "morse-bench"
+
+
+def reference_stats(task, split: str, count: int | None, extractor) -> tuple[Stats, dict]:
+    name = f"{task.name}-{split}-{count or 'all'}-{extractor.name}-{extractor.checksum}"
+    path = cache_root() / "stats" / f"{name}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                prov = json.loads(str(z["provenance"]))
+                stats = Stats(z["mu"], z["sigma"], int(z["count"]))
+            prov["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            return stats, prov
+        except Exception as exc:
+            warnings.warn(f"reference statistics {path} unreadable ({type(exc).__name__}); recomputing",
+                          stacklevel=2)
+    images, _ = task.data(split)
+    if count:
+        images = images[:count]
+    feats, _ = extractor(images)
+    stats = feature_stats(feats)
+    prov = dict(task=task.name, split=split, count=len(images), extractor=extractor.name,
+                extractor_sha256=extractor.checksum)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, provenance=json.dumps(prov))
+    tmp.replace(path)
+    prov["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return stats, prov

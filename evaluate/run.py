@@ -1,0 +1,268 @@
+"""The suite's main job: sweep methods x budgets on paired seeds, measure quality, NFE and
+latency, compute speedup at equal quality, write tables and plots.
+
+    python -m evaluate.run --methods morse,ddim,dpm [--task fmnist] [--budgets 2,4,8,16]
+        [--num-samples 1000] [--batch-size 64] [--device cpu] [--seed 0] [--out DIR]
+
+Exit codes: 0 done, 2 bad input (one line on stderr saying what to do).
+"""
+
+import argparse
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from baselines.denoisers import Denoiser
+from baselines.runtime import tune_malloc
+from baselines.tasks import TASKS, get_task
+from baselines.tasks.data import MissingDataError
+from baselines.tasks.fmnist import WEIGHTS, MissingWeightsError
+from evaluate.defaults import DEFAULTS
+from evaluate.features import ClassifierFeatures, InceptionFeatures, sha256
+from evaluate.frechet import feature_stats, frechet_distance
+from evaluate.methods import check_names, resolve
+from evaluate.reference import reference_stats
+from evaluate.report import write_report
+from evaluate.speedup import speedups
+from evaluate.sweep import NonFiniteSamplesError, run_cell
+from morse import Morse
+from morse.latency import dash_dot_times, time_forward
+from morse.pretrained import dot_path
+
+QUALITY = "fd_fmnist"
+
+
+class BadInput(ValueError):
+    pass
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def parse_budgets(text: str) -> list[float]:
+    try:
+        budgets = [float(b) for b in str(text).split(",") if b.strip()]
+    except ValueError:
+        raise BadInput(f"--budgets must be comma-separated numbers, got {text!r}") from None
+    if not budgets or any(not (b >= 1 and math.isfinite(b)) for b in budgets):
+        raise BadInput(f"every budget must be a number >= 1 (LSD), got {text!r}")
+    return sorted(set(budgets))
+
+
+def validate(opts: dict) -> dict:
+    methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
+    if not methods:
+        raise BadInput("--methods is empty; e.g. --methods morse,ddim,dpm")
+    try:
+        check_names(methods)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    if opts["task"] not in TASKS:
+        raise BadInput(f"unknown task {opts['task']!r}; valid tasks: {', '.join(TASKS)}")
+    n = opts["num_samples"]
+    if n < opts["min_samples"] and not opts["force"]:
+        raise BadInput(f"--num-samples {n} is too few for a stable Frechet distance (floor "
+                       f"{opts['min_samples']}); use more, or --force")
+    if n < opts["warn_samples"]:
+        warnings.warn(f"{n} samples per cell: Frechet distances are biased upward below "
+                      f"{opts['warn_samples']}", stacklevel=2)
+    if n < 2:
+        raise BadInput("--num-samples must be at least 2")
+    if opts["batch_size"] < 1:
+        raise BadInput("--batch-size must be at least 1")
+    if opts["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]))
+
+
+def bootstrap_fd(feats, ref, indices) -> tuple[float, float]:
+    vals = [frechet_distance(feature_stats(feats[ix]), ref) for ix in indices]
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def run(**overrides) -> Path:
+    opts = validate({**DEFAULTS, **overrides})
+    tune_malloc()
+    t_start = time.perf_counter()
+    device = torch.device(opts["device"])
+    task = get_task(opts["task"], data_dir=opts["data_dir"])
+    out = Path(opts["out"] or Path("reports") / task.name / opts["run"])
+    try:
+        dash = task.dash().to(device)
+        classifier = task.classifier()
+        methods = [resolve(m, task, dash, opts["dot_ratio"], opts["dots_per_dash"]) for m in opts["methods"]]
+        extractor = ClassifierFeatures(classifier, WEIGHTS / "fmnist_classifier.safetensors")
+        ref, ref_prov = reference_stats(task, "train", None, extractor)
+    except (MissingWeightsError, MissingDataError, FileNotFoundError) as e:
+        raise BadInput(str(e)) from None
+    for m in methods:
+        if isinstance(m, Morse):
+            m.dot.to(device)
+    denoiser = Denoiser(dash, task.schedule_config).to(device)
+    seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
+    # Cached shards are valid only for the same weights: their checksums enter every cache key.
+    fingerprint = f"{task.name}|dash:{sha256(WEIGHTS / 'fmnist_dash.safetensors')[:16]}"
+    dot_sum = sha256(dot_path(task.name))[:16] if any(isinstance(m, Morse) for m in methods) else ""
+
+    # Latency of one forward per network, interleaved, at the sweep's batch size: N and LSD.
+    latency = {}
+    t_lat = time.perf_counter()
+    morse_methods = [m for m in methods if isinstance(m, Morse)]
+    for bs in sorted({1, opts["batch_size"]}):
+        if morse_methods:
+            dash_s, dot_s = dash_dot_times(dash, morse_methods[0].dot, task.image_shape, bs, 10, device)
+        else:
+            x, t = torch.randn(bs, *task.image_shape, device=device), torch.full((bs,), 500, device=device)
+            dash_s, dot_s = time_forward(lambda x=x, t=t: dash(x, t), 10, 2, device), math.nan
+        latency[bs] = dict(dash_ms=dash_s * 1e3, dot_ms=dot_s * 1e3, N=dash_s / dot_s)
+    n_measured = latency[opts["batch_size"]]["N"]
+    t_lat = time.perf_counter() - t_lat
+
+    cells = []
+    total = len(methods) * len(opts["budgets"]) * len(seeds)
+    with tqdm(total=total, desc="sweep", unit="sample") as bar:
+        for m in methods:
+            for b in opts["budgets"]:
+                bar.set_postfix(method=m.name, budget=f"{b:g}")
+                key = fingerprint + (f"|dot:{dot_sum}" if isinstance(m, Morse) else "")
+                cells.append(run_cell(m, denoiser, b, seeds, task.image_shape, out / "cache", key,
+                                      opts["batch_size"], 250, device, bar))
+
+    # Metrics. Bootstrap resamples the same seed indices for every cell (paired).
+    t_metric = time.perf_counter()
+    rng = np.random.default_rng(opts["seed"])
+    boot = [rng.integers(0, len(seeds), len(seeds)) for _ in range(opts["bootstrap"])]
+    inception = InceptionFeatures(device) if opts["fid_samples"] else None
+    fid_ref = fid_prov = None
+    if inception is not None:
+        fid_ref, fid_prov = reference_stats(task, "train", 10000, inception)
+    commit = git_commit()
+    rows, feats_by_cell = [], {}
+    for cell in tqdm(cells, desc="metrics", unit="cell"):
+        feats, probs = extractor(cell.samples)
+        feats_by_cell[(cell.method, cell.budget)] = feats
+        fd = frechet_distance(feature_stats(feats), ref)
+        lo, hi = bootstrap_fd(feats, ref, boot) if boot else (math.nan, math.nan)
+        hist = np.bincount(probs.argmax(1), minlength=len(task.classes)) / len(probs)
+        nfe_dash, nfe_dot = cell.nfe.get("dash", 0.0), cell.nfe.get("dot", 0.0)
+        lsd = nfe_dash + (nfe_dot / n_measured if nfe_dot else 0.0)
+        net_time = sum(cell.network_time_s.values())
+        prov = dict(task=task.name, method=cell.method, budget=cell.budget, n_samples=len(seeds),
+                    seeds=f"{seeds[0]}..{seeds[-1]}", dtype="float32", device=str(device),
+                    torch=torch.__version__, commit=commit)
+        fd_prov = dict(metric_impl=f"FD on classifier features (evaluate.frechet, float64); classifier "
+                       f"sha256 {extractor.checksum}", reference=f"{ref_prov['split']} x{ref_prov['count']}",
+                       reference_sha256=ref_prov["sha256"])
+        values = [(QUALITY, fd, fd_prov), (f"{QUALITY}_ci_low", lo, fd_prov), (f"{QUALITY}_ci_high", hi, fd_prov),
+                  ("confidence", float(probs.max(1).mean()), {}), ("class_min_frac", float(hist.min()), {}),
+                  ("class_max_frac", float(hist.max()), {}), ("nfe_dash", nfe_dash, {}), ("nfe_dot", nfe_dot, {}),
+                  ("nfe_total", nfe_dash + nfe_dot, {}), ("lsd", lsd, {"N": round(n_measured, 3)}),
+                  ("ms_per_image", cell.wall_time_s / len(seeds) * 1e3, {}),
+                  ("network_ms_per_image", net_time / len(seeds) * 1e3, {})]
+        if inception is not None:
+            k = min(opts["fid_samples"], len(seeds))
+            f_inc, _ = inception(cell.samples[:k])
+            values.append(("fid", frechet_distance(feature_stats(f_inc), fid_ref), dict(
+                metric_impl=f"TF-Inception (sha256 {inception.checksum}) via clean-fid "
+                            f"clean resize, evaluate.frechet float64", n_samples=k,
+                reference=f"train x{fid_prov['count']}", reference_sha256=fid_prov["sha256"])))
+        for metric, value, extra in values:
+            rows.append({**prov, "lsd": lsd, "metric": metric, "value": value, **extra})
+    df = pd.DataFrame(rows)
+
+    speed_rows = []
+    q = df[df.metric == QUALITY]
+    for m in morse_methods:
+        base = m.solver.name
+        bq, mq = q[q.method == base], q[q.method == m.name]
+        if bq.empty or len(mq) < 2:
+            continue
+        point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), opts["saturation"])
+        boot_sp = []
+        for ix in boot[: min(len(boot), 100)]:
+            bv = [frechet_distance(feature_stats(feats_by_cell[(base, b)][ix]), ref) for b in bq.budget]
+            mv = [frechet_distance(feature_stats(feats_by_cell[(m.name, b)][ix]), ref) for b in mq.budget]
+            boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, opts["saturation"])])
+        boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
+        for i, r in enumerate(point):
+            col = boot_sp[:, i][np.isfinite(boot_sp[:, i])]
+            speed_rows.append(dict(morse=m.name, baseline=base, budget=r.budget, baseline_fd=r.baseline_quality,
+                                   morse_lsd=r.morse_lsd, speedup=r.speedup, status=r.status,
+                                   ci_low=np.percentile(col, 2.5) if len(col) else math.nan,
+                                   ci_high=np.percentile(col, 97.5) if len(col) else math.nan))
+    speed = pd.DataFrame(speed_rows)
+    t_metric = time.perf_counter() - t_metric
+
+    sampling_wall = sum(c.wall_time_s for c in cells)
+    network = sum(sum(c.network_time_s.values()) for c in cells)
+    fresh = [c for c in cells if c.cached_shards == 0]
+    total_wall = time.perf_counter() - t_start
+    overhead = total_wall - network - t_metric - t_lat
+    header = dict(task=task.name, command="python -m evaluate.run " + shlex.join(sys.argv[1:]) if sys.argv[1:] else
+                  "python -m evaluate.run", methods=", ".join(m.name for m in methods),
+                  budgets=", ".join(f"{b:g}" for b in opts["budgets"]), samples_per_cell=len(seeds),
+                  seeds=f"{seeds[0]}..{seeds[-1]}", device=str(device), threads=torch.get_num_threads(),
+                  commit=commit, dash_dot_latency=" ; ".join(
+                      f"batch {bs}: Dash {v['dash_ms']:.2f} ms, Dot {v['dot_ms']:.2f} ms, N {v['N']:.2f}"
+                      for bs, v in latency.items()),
+                  N_for_lsd=f"{n_measured:.2f} (measured this run at batch {opts['batch_size']})",
+                  reference=f"Fashion-MNIST {ref_prov['split']} x{ref_prov['count']}, sha256 {ref_prov['sha256']}",
+                  wall_time=f"{total_wall:.0f} s ({len(fresh)} of {len(cells)} cells sampled fresh)",
+                  harness_overhead=f"{100 * overhead / total_wall:.1f}% of the run (outside network forwards, "
+                                   f"latency probe and metrics)")
+    write_report(out, df, speed, cells, header, QUALITY)
+    print(f"sampling {sampling_wall:.1f} s (networks {network:.1f} s), metrics {t_metric:.1f} s, "
+          f"latency probe {t_lat:.1f} s, total {total_wall:.1f} s; harness overhead "
+          f"{100 * overhead / total_wall:.1f}% of the run")
+    print(f"report: {out / 'index.md'}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluate.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key, value in DEFAULTS.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action="store_true", help=f"default {value}")
+        else:
+            kind = type(value) if value is not None and not isinstance(value, str) else str
+            if key in ("dot_ratio",):
+                kind = float
+            if key in ("dots_per_dash",):
+                kind = int
+            p.add_argument(flag, type=kind, default=value, help=f"default {value}")
+    args = p.parse_args(argv)
+    try:
+        run(**vars(args))
+    except (BadInput, NonFiniteSamplesError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"error: cannot write {e.filename}: choose a writable --out", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Every method x budget on the same per-sample seeds, cached per (method, budget, shard).
+
+A shard is a fixed run of seeds, so the cache does not depend on batch size. Each shard is
+written to a temporary file and renamed into place: a killed run leaves either a complete
+shard or none, and a rerun redoes only what is missing. A shard that does not load, or was
+made by another configuration, is recomputed.
+"""
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from baselines.noise import initial_noise
+from baselines.trace import Trace
+
+
+class NonFiniteSamplesError(RuntimeError):
+    pass
+
+
+@dataclass
+class Cell:
+    """All samples and the summed trace of one method at one budget."""
+
+    method: str
+    budget: float
+    samples: torch.Tensor
+    nfe: dict = field(default_factory=dict)
+    network_time_s: dict = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    timesteps: list = field(default_factory=list)
+    networks_per_step: list = field(default_factory=list)
+    cached_shards: int = 0
+
+
+def shard_key(config: dict, budget: float, seeds: list[int], fingerprint: str) -> str:
+    blob = json.dumps([config, budget, seeds, fingerprint], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _load_shard(path: Path, key: str):
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("key") != key:
+            return None
+        return load_file(path)["samples"], json.loads(meta["trace"])
+    except Exception as exc:  # truncated or corrupt: say so, then recompute
+        warnings.warn(f"cache shard {path} is unreadable ({type(exc).__name__}); recomputing it", stacklevel=2)
+        return None
+
+
+def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device):
+    outs, total = [], Trace()
+    for k in range(0, len(seeds), batch_size):
+        chunk = seeds[k:k + batch_size]
+        x, trace = method(denoiser, initial_noise(chunk, shape, device=device), budget, seeds=chunk)
+        bad = (~torch.isfinite(x.flatten(1))).any(1)
+        if bad.any():
+            bad_seeds = [s for s, b in zip(chunk, bad.tolist(), strict=True) if b]
+            raise NonFiniteSamplesError(
+                f"{method.name} at budget {budget} gave {len(bad_seeds)} non-finite samples (seeds "
+                f"{bad_seeds[:5]}); check the model weights and the budget")
+        outs.append(x.float().cpu())
+        w = len(chunk) / len(seeds)
+        for name, v in trace.nfe.items():
+            total.nfe[name] = total.nfe.get(name, 0.0) + w * v
+        for name, v in trace.network_time_s.items():
+            total.network_time_s[name] = total.network_time_s.get(name, 0.0) + v
+        total.wall_time_s += trace.wall_time_s
+        total.timesteps, total.networks_per_step = trace.timesteps, trace.networks_per_step
+    return torch.cat(outs), total.to_dict()
+
+
+def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprint: str,
+             batch_size=64, shard_size=250, device="cpu", progress=None) -> Cell:
+    cell_dir = cache_dir / method.name / f"budget-{budget:g}"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    samples, cell = [], Cell(method.name, budget, torch.empty(0))
+    for k in range(0, len(seeds), shard_size):
+        shard_seeds = seeds[k:k + shard_size]
+        key = shard_key(method.config(), budget, shard_seeds, fingerprint)
+        path = cell_dir / f"shard-{shard_seeds[0]}-{shard_seeds[-1]}.safetensors"
+        got = _load_shard(path, key)
+        if got is None:
+            x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device)
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({"samples": x.contiguous()}, tmp, metadata={"key": key, "trace": json.dumps(trace)})
+            tmp.replace(path)
+        else:
+            (x, trace), cell.cached_shards = got, cell.cached_shards + 1
+        samples.append(x)
+        w = len(shard_seeds) / len(seeds)
+        for name, v in trace["nfe"].items():
+            cell.nfe[name] = cell.nfe.get(name, 0.0) + w * v
+        for name, v in trace["network_time_s"].items():
+            cell.network_time_s[name] = cell.network_time_s.get(name, 0.0) + v
+        cell.wall_time_s += trace["wall_time_s"]
+        cell.timesteps, cell.networks_per_step = trace["timesteps"], trace["networks_per_step"]
+        if progress is not None:
+            progress.update(len(shard_seeds))
+    cell.samples = torch.cat(samples)
+    return cell
