@@ -31,3 +31,16 @@ def frechet_distance(a: Stats, b: Stats) -> float:
     inner = root_a @ b.sigma @ root_a
     tr_covmean = np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
+
+
+def kernel_inception_distance(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
+    """KID by clean-fid's unbiased polynomial-kernel MMD estimate; clean-fid draws subsets from
+    numpy's global RNG, so it is seeded here and the caller's RNG state is restored."""
+    from cleanfid.fid import kernel_distance
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return kernel_distance(np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64), subsets, subset_size)
+    finally:
+        np.random.set_state(state)

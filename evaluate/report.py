@@ -3,7 +3,6 @@
 index.md is written last and atomically: a report folder without it is unfinished.
 """
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -65,12 +64,18 @@ def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) 
 
 def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    if not (speed.status == "ok").any():
+        ax.text(0.5, 0.5, "no budget with a defined speedup\n(see speedup.csv for why)", ha="center",
+                transform=ax.transAxes)
     for (morse, base), g in speed.groupby(["morse", "baseline"]):
         ok = g[g.status == "ok"]
+        if ok.empty:
+            continue
         ax.errorbar(ok.budget, ok.speedup, yerr=[ok.speedup - ok.ci_low, ok.ci_high - ok.speedup],
                     marker="o", capsize=3, label=f"{morse} vs {base}")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xscale("log")
+    if (speed.status == "ok").any():
+        ax.set_xscale("log")
     ax.set_xlabel("baseline budget (LSD)")
     ax.set_ylabel("speedup at equal quality")
     ax.grid(True, which="both", alpha=0.3)
@@ -120,9 +125,11 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
                   speed.to_markdown(index=False, floatfmt=".3g"), "", "![speedup](speedup.png)", ""]
         for (m, b), g in speed.groupby(["morse", "baseline"]):
             ok = g[g.status == "ok"]
-            mean = ok.speedup.mean() if len(ok) else math.nan
-            lines.append(f"* **{m} vs {b}**: mean speedup {mean:.2f}x over budgets "
-                         f"{', '.join(f'{v:g}' for v in ok.budget)}")
+            if ok.empty:
+                lines.append(f"* **{m} vs {b}**: no budget with a defined speedup (see the status column)")
+            else:
+                lines.append(f"* **{m} vs {b}**: mean speedup {ok.speedup.mean():.2f}x over budgets "
+                             f"{', '.join(f'{v:g}' for v in ok.budget)}")
         lines.append("")
     lines += ["## Cost", "", "NFE per sample, by network, and sampling wall time per image.", "",
               tables["nfe_dash"].to_markdown(), "", tables["nfe_dot"].to_markdown(), "",

@@ -213,7 +213,7 @@ def run(**overrides) -> Path:
     t_metric = time.perf_counter() - t_metric
 
     sampling_wall = sum(c.wall_time_s for c in cells)
-    network = sum(sum(c.network_time_s.values()) for c in cells)
+    network = sum(c.fresh_network_time_s for c in cells)
     fresh = [c for c in cells if c.cached_shards == 0]
     total_wall = time.perf_counter() - t_start
     overhead = total_wall - network - t_metric - t_lat
@@ -230,7 +230,7 @@ def run(**overrides) -> Path:
                   harness_overhead=f"{100 * overhead / total_wall:.1f}% of the run (outside network forwards, "
                                    f"latency probe and metrics)")
     write_report(out, df, speed, cells, header, QUALITY)
-    print(f"sampling {sampling_wall:.1f} s (networks {network:.1f} s), metrics {t_metric:.1f} s, "
+    print(f"sampling {sampling_wall:.1f} s (network forwards this run {network:.1f} s), metrics {t_metric:.1f} s, "
           f"latency probe {t_lat:.1f} s, total {total_wall:.1f} s; harness overhead "
           f"{100 * overhead / total_wall:.1f}% of the run")
     print(f"report: {out / 'index.md'}")

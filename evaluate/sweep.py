@@ -37,6 +37,7 @@ class Cell:
     timesteps: list = field(default_factory=list)
     networks_per_step: list = field(default_factory=list)
     cached_shards: int = 0
+    fresh_network_time_s: float = 0.0  # network time spent in this run (cached shards cost none)
 
 
 def shard_key(config: dict, budget: float, seeds: list[int], fingerprint: str) -> str:
@@ -95,6 +96,7 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
             tmp = path.with_name(path.name + ".tmp")
             save_file({"samples": x.contiguous()}, tmp, metadata={"key": key, "trace": json.dumps(trace)})
             tmp.replace(path)
+            cell.fresh_network_time_s += sum(trace["network_time_s"].values())
         else:
             (x, trace), cell.cached_shards = got, cell.cached_shards + 1
         samples.append(x)
