@@ -1,4 +1,4 @@
-"""CLIP score (Hessel et al. 2021) with open_clip, from local weights only: a missing file fails fast, never downloads."""
+"""CLIP score (Hessel et al. 2021) with open_clip, from local weights only: fail fast rather than download."""
 
 import os
 from collections.abc import Sequence

@@ -31,3 +31,16 @@ def exact_denoiser(exact_data):
 def gaussian():
     alphas = DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod
     return Denoiser(GaussianDenoiser(0.3, 0.5, alphas), SCHEDULE_CONFIG)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Reference statistics go to a per-session cache, never the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("MORSE_BENCH_CACHE")
+    os.environ["MORSE_BENCH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MORSE_BENCH_CACHE", None)
+    else:
+        os.environ["MORSE_BENCH_CACHE"] = old

@@ -1,0 +1,119 @@
+"""The harness end to end: bad input, NaN samples, SIGKILL and resume, corrupt cache."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from evaluate.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--methods", "ddim", "--budgets", "2,3", "--num-samples", "200", "--bootstrap", "5"]
+DETERMINISTIC = ["fd_fmnist", "confidence", "class_min_frac", "class_max_frac", "nfe_dash", "nfe_dot", "lsd"]
+
+
+def _values(out: Path) -> pd.DataFrame:
+    df = pd.read_csv(out / "results.csv")
+    return df[df.metric.isin(DETERMINISTIC)].set_index(["method", "budget", "metric"])["value"].sort_index()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--methods", "dimm"], "valid:"),
+    (["--methods", ""], "empty"),
+    (["--task", "cifar"], "valid tasks"),
+    (["--budgets", "0.5,4"], ">= 1"),
+    (["--budgets", "four"], "comma-separated"),
+    (["--num-samples", "50"], "--force"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--budgets", "0"], "cuda" if not
+     torch.cuda.is_available() else ">= 1"),
+])
+def test_bad_input_one_line_exit_2(argv, needle, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["--out", str(out)] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+    assert not (out / "index.md").exists()
+
+
+def test_exit_code_2_from_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "evaluate.run", "--methods", "nope", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown method 'nope'" in proc.stderr
+
+
+def test_missing_weights(tmp_path, monkeypatch, capsys):
+    import baselines.tasks.fmnist as fmnist
+
+    monkeypatch.setattr(fmnist, "WEIGHTS", tmp_path / "nowhere")
+    assert main(["--out", str(tmp_path / "r")] + SMALL) == 2
+    assert "weights" in capsys.readouterr().err
+
+
+def test_missing_data_names_the_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MORSE_BENCH_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "no-data")] + SMALL) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_nan_samples_refused_and_not_cached(tmp_path, monkeypatch, capsys):
+    from baselines.denoisers import Denoiser
+
+    monkeypatch.setattr(Denoiser, "forward", lambda self, x, t, cond=None: x * float("nan"))
+    out = tmp_path / "r"
+    assert main(["--out", str(out)] + SMALL) == 2
+    assert "non-finite" in capsys.readouterr().err
+    assert not list(out.rglob("*.safetensors")) and not (out / "index.md").exists()
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "500", "--bootstrap", "5"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "evaluate.run", "--out", str(killed)] + argv, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(killed.rglob("shard-*.safetensors")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p: p.stat().st_mtime_ns for p in killed.rglob("shard-*.safetensors")}
+    assert done_before, "the run was killed before any shard finished"
+    assert not (killed / "index.md").exists()
+
+    assert main(["--out", str(killed)] + argv) == 0
+    for p, mtime in done_before.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p.name} was recomputed"
+    assert len(list(killed.rglob("shard-*.safetensors"))) == 4
+    assert not list(killed.rglob("*.tmp"))
+
+    clean = tmp_path / "clean"
+    assert main(["--out", str(clean)] + argv) == 0
+    pd.testing.assert_series_equal(_values(killed), _values(clean))
+
+
+def test_corrupt_shard_is_recomputed(tmp_path):
+    out = tmp_path / "r"
+    assert main(["--out", str(out)] + SMALL) == 0
+    first = _values(out)
+    shard = sorted(out.rglob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert main(["--out", str(out)] + SMALL) == 0
+    pd.testing.assert_series_equal(_values(out), first)
+
+
+def test_report_files(tmp_path):
+    out = tmp_path / "r"
+    assert main(["--out", str(out), "--methods", "morse,ddim"] + SMALL[2:]) == 0
+    for name in ("results.csv", "tables.md", "tables.tex", "fd_fmnist_vs_lsd.png", "fd_fmnist_vs_nfe.png",
+                 "speedup.png", "index.md", "grids/ddim-budget2.png", "grids/morse-budget3.png"):
+        assert (out / name).exists(), name
+    df = pd.read_csv(out / "results.csv")
+    assert {"commit", "metric_impl", "reference_sha256", "n_samples", "seeds", "device"} <= set(df.columns)
+    nfe = df[(df.metric == "nfe_dot") & (df.method == "morse") & (df.budget == 3)].value.item()
+    assert nfe > 0
