@@ -17,6 +17,7 @@ DEFAULTS = dict(
     dots_per_dash=None,       # None: the Dot's model card
     min_samples=200,          # refuse below this (FD of 128-d features needs full-rank covariance)
     warn_samples=1000,
+    spacing="trailing",       # diffusers timestep_spacing where the scheduler offers it
     data_dir=None,
     force=False,
 )

@@ -26,7 +26,7 @@ from baselines.denoisers import Denoiser
 from baselines.runtime import tune_malloc
 from baselines.tasks import TASKS, get_task
 from baselines.tasks.data import MissingDataError
-from baselines.tasks.fmnist import WEIGHTS, MissingWeightsError
+from baselines.tasks.fmnist import MissingWeightsError
 from evaluate.defaults import DEFAULTS
 from evaluate.features import ClassifierFeatures, InceptionFeatures, sha256
 from evaluate.frechet import feature_stats, frechet_distance
@@ -76,8 +76,10 @@ def validate(opts: dict) -> dict:
         check_names(methods)
     except ValueError as e:
         raise BadInput(str(e)) from None
-    if opts["task"] not in TASKS:
-        raise BadInput(f"unknown task {opts['task']!r}; valid tasks: {', '.join(TASKS)}")
+    if opts["task"] not in TASKS and ":" not in opts["task"]:
+        raise BadInput(f"unknown task {opts['task']!r}; valid tasks: {', '.join(TASKS)} or a class path module:Class")
+    if opts["spacing"] not in ("trailing", "leading", "linspace"):
+        raise BadInput(f"--spacing must be trailing, leading or linspace, got {opts['spacing']!r}")
     n = opts["num_samples"]
     if n < opts["min_samples"] and not opts["force"]:
         raise BadInput(f"--num-samples {n} is too few for a stable Frechet distance (floor "
@@ -110,7 +112,7 @@ def run(**overrides) -> Path:
         dash = task.dash().to(device)
         classifier = task.classifier()
         methods = [resolve(m, task, dash, opts["dot_ratio"], opts["dots_per_dash"]) for m in opts["methods"]]
-        extractor = ClassifierFeatures(classifier, WEIGHTS / "fmnist_classifier.safetensors")
+        extractor = ClassifierFeatures(classifier, task.classifier_path)
         ref, ref_prov = reference_stats(task, "train", None, extractor)
     except (MissingWeightsError, MissingDataError, FileNotFoundError) as e:
         raise BadInput(str(e)) from None
@@ -120,7 +122,7 @@ def run(**overrides) -> Path:
     denoiser = Denoiser(dash, task.schedule_config).to(device)
     seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
     # Cached shards are valid only for the same weights: their checksums enter every cache key.
-    fingerprint = f"{task.name}|dash:{sha256(WEIGHTS / 'fmnist_dash.safetensors')[:16]}"
+    fingerprint = f"{task.name}|dash:{sha256(task.dash_path)[:16]}"
     dot_sum = sha256(dot_path(task.name))[:16] if any(isinstance(m, Morse) for m in methods) else ""
 
     # Latency of one forward per network, interleaved, at the sweep's batch size: N and LSD.
@@ -145,7 +147,7 @@ def run(**overrides) -> Path:
                 bar.set_postfix(method=m.name, budget=f"{b:g}")
                 key = fingerprint + (f"|dot:{dot_sum}" if isinstance(m, Morse) else "")
                 cells.append(run_cell(m, denoiser, b, seeds, task.image_shape, out / "cache", key,
-                                      opts["batch_size"], 250, device, bar))
+                                      opts["batch_size"], 250, device, bar, opts["spacing"]))
 
     # Metrics. Bootstrap resamples the same seed indices for every cell (paired).
     t_metric = time.perf_counter()

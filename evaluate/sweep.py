@@ -59,11 +59,12 @@ def _load_shard(path: Path, key: str):
         return None
 
 
-def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device):
+def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spacing):
     outs, total = [], Trace()
     for k in range(0, len(seeds), batch_size):
         chunk = seeds[k:k + batch_size]
-        x, trace = method(denoiser, initial_noise(chunk, shape, device=device), budget, seeds=chunk)
+        x, trace = method(denoiser, initial_noise(chunk, shape, device=device), budget, seeds=chunk,
+                          spacing=spacing)
         bad = (~torch.isfinite(x.flatten(1))).any(1)
         if bad.any():
             bad_seeds = [s for s, b in zip(chunk, bad.tolist(), strict=True) if b]
@@ -82,17 +83,17 @@ def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device):
 
 
 def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprint: str,
-             batch_size=64, shard_size=250, device="cpu", progress=None) -> Cell:
+             batch_size=64, shard_size=250, device="cpu", progress=None, spacing="trailing") -> Cell:
     cell_dir = cache_dir / method.name / f"budget-{budget:g}"
     cell_dir.mkdir(parents=True, exist_ok=True)
     samples, cell = [], Cell(method.name, budget, torch.empty(0))
     for k in range(0, len(seeds), shard_size):
         shard_seeds = seeds[k:k + shard_size]
-        key = shard_key(method.config(), budget, shard_seeds, fingerprint)
+        key = shard_key({**method.config(), "spacing": spacing}, budget, shard_seeds, fingerprint)
         path = cell_dir / f"shard-{shard_seeds[0]}-{shard_seeds[-1]}.safetensors"
         got = _load_shard(path, key)
         if got is None:
-            x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device)
+            x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device, spacing)
             tmp = path.with_name(path.name + ".tmp")
             save_file({"samples": x.contiguous()}, tmp, metadata={"key": key, "trace": json.dumps(trace)})
             tmp.replace(path)

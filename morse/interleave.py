@@ -20,12 +20,15 @@ class Interleave:
             raise ValueError(f"morse: budget must be at least 1 LSD (one Dash step), got {budget_lsd}")
         if not dot_ratio > 0:
             raise ValueError(f"morse: Dash/Dot latency ratio N must be positive, got {dot_ratio}")
+        # The most solver steps that fit: each Dash step may be followed by up to dots_per_dash
+        # Dot steps; among equally long schedules, the one with more Dash steps.
         eps = 1e-9
-        # As many Dash steps as the full pattern (1 Dash + dots_per_dash Dots) allows, rounded up
-        # so the budget is spent; Dot steps fill what is left.
-        n_dash = max(1, min(math.floor(budget_lsd + eps),
-                            math.ceil(budget_lsd / (1 + self.dots_per_dash / dot_ratio) - eps)))
-        n_dot = min(self.dots_per_dash * n_dash, math.floor(dot_ratio * (budget_lsd - n_dash) + eps))
+        best = (1, 0)
+        for n_dash in range(1, math.floor(budget_lsd + eps) + 1):
+            n_dot = min(self.dots_per_dash * n_dash, math.floor(dot_ratio * (budget_lsd - n_dash) + eps))
+            if n_dash + n_dot >= sum(best):
+                best = (n_dash, n_dot)
+        n_dash, n_dot = best
         return n_dash, n_dot
 
     def plan(self, budget_lsd: float, dot_ratio: float) -> list[bool]:

@@ -149,6 +149,7 @@ def main(argv=None):
     p.add_argument("--lora-rank", type=int, default=DotConfig.lora_rank)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--latency-batches", default="1,64,256", help="batch sizes at which N is measured for the card")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, default=Path("runs/dot-fmnist"))
     p.add_argument("--export", type=Path, default=None, help="also write the final Dot here (e.g. "
@@ -181,7 +182,8 @@ def main(argv=None):
     trainable = [q for q in dot.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    train_key = hashlib.sha256((data_key + json.dumps(vars(args), default=str)).encode()).hexdigest()[:16]
+    resumable = {k: v for k, v in vars(args).items() if k not in ("export", "latency_batches", "checkpoint_every")}
+    train_key = hashlib.sha256((data_key + json.dumps(resumable, default=str)).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
     start = _load_checkpoint(ckpt, dot, opt, gen, train_key)
     lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731
@@ -207,7 +209,7 @@ def main(argv=None):
     train_time = time.perf_counter() - t1
     dot.eval()
     err = residual_error(dot, held)
-    ratios = {str(b): round(dot_ratio(dash, dot, task.image_shape, b), 2) for b in (1, 64, 256)}
+    ratios = {b: round(dot_ratio(dash, dot, task.image_shape, int(b)), 2) for b in args.latency_batches.split(",")}
     losses = [json.loads(line)["loss"] for line in open(args.out / "loss.jsonl")]
     curve = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 6) for i in range(0, len(losses), 100)]
     card = dict(task=args.task, dot_config=vars(dot.config), dot_ratio_planned=args.dot_ratio,
@@ -219,7 +221,7 @@ def main(argv=None):
                 loss_per_100_iters=curve,
                 command="python -m morse.train " + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                    if v is not None and k not in ("out", "export", "data_dir")))
+                    if v is not None and k not in ("out", "export", "data_dir", "latency_batches")))
     for path in [args.out / "dot.safetensors"] + ([args.export] if args.export else []):
         dot.save(path, {"card": json.dumps(card)})
         path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")

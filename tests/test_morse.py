@@ -147,9 +147,12 @@ def test_interleave_fits_budget(budget, ratio, d):
     plan = il.plan(budget, ratio)
     assert plan[0]
     assert Interleave.lsd(plan, ratio) <= budget + 1e-9
-    assert Interleave.lsd(plan, ratio) > budget - 1  # the budget is spent, up to one Dash step
     n_dash = sum(plan)
     assert len(plan) - n_dash <= d * n_dash
+    # No schedule with more steps fits the budget.
+    for k in range(1, int(budget) + 1):
+        longer = k + min(d * k, int(ratio * (budget - k) + 1e-9))
+        assert longer <= len(plan)
 
 
 def test_interleave_rejects_impossible_budget():

@@ -71,6 +71,9 @@ class FashionMNIST:
     classes = CLASSES
     schedule_config = SCHEDULE_CONFIG
 
+    dash_path = WEIGHTS / "fmnist_dash.safetensors"
+    classifier_path = WEIGHTS / "fmnist_classifier.safetensors"
+
     def __init__(self, data_dir=None):
         self.data_dir = data_dir
 
@@ -78,10 +81,10 @@ class FashionMNIST:
         return load_fmnist(split, self.data_dir)
 
     def dash(self) -> UNet2DModel:
-        return _load(build_dash(), "fmnist_dash.safetensors")
+        return _load(build_dash(), self.dash_path.name)
 
     def classifier(self) -> Classifier:
-        return _load(Classifier(), "fmnist_classifier.safetensors")
+        return _load(Classifier(), self.classifier_path.name)
 
     def card(self, name: str) -> dict:
         return json.loads((WEIGHTS / f"{name}.json").read_text())
