@@ -31,6 +31,7 @@ from baselines.registry import get_baseline
 from baselines.runtime import tune_malloc
 from baselines.solvers import solve
 from baselines.tasks import get_task
+from baselines.tasks.cards import render
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
 from morse.latency import dot_ratio
@@ -225,6 +226,7 @@ def main(argv=None):
     for path in [args.out / "dot.safetensors"] + ([args.export] if args.export else []):
         dot.save(path, {"card": json.dumps(card)})
         path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+        render(path.with_suffix(".json"))
     print(json.dumps({"heldout_error": err, "dot_ratio": ratios}, indent=1))
 
 

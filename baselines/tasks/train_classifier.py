@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from baselines.runtime import tune_malloc
+from baselines.tasks.cards import render
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import WEIGHTS, Classifier
 
@@ -75,6 +76,7 @@ def main(argv=None):
                         f"--batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}",
                 test_accuracy=round(acc, 4), wall_time_s=round(wall, 1))
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    render(args.out.with_suffix(".json"))
     print(f"test accuracy {acc:.4f}; saved {args.out} after {wall / 60:.1f} min")
 
 

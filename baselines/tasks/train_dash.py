@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from baselines.runtime import tune_malloc
+from baselines.tasks.cards import render
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
 
@@ -78,6 +79,7 @@ def main(argv=None):
                 seed=args.seed, wall_time_s=round(wall, 1), threads=torch.get_num_threads(),
                 loss_per_100_steps=[round(v, 5) for v in curve])
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    render(args.out.with_suffix(".json"))
     print(f"saved {args.out} after {wall / 60:.1f} min; final loss {curve[-1]:.4f}")
 
 
