@@ -36,7 +36,7 @@ def load_baseline(path: Path) -> dict:
     return base
 
 
-def measure(sweep: dict, out: Path, spacing: str | None) -> dict:
+def measure(sweep: dict, out: Path, spacing: str | None, metrics) -> dict:
     opts = dict(sweep, out=str(out), bootstrap=0)
     if spacing:
         opts["spacing"] = spacing
@@ -44,7 +44,7 @@ def measure(sweep: dict, out: Path, spacing: str | None) -> dict:
     df = pd.read_csv(out / "results.csv")
     values = {}
     for row in df.itertuples():
-        if row.metric in ("fd_fmnist", "confidence", "nfe_dash", "nfe_dot", "ms_per_image"):
+        if row.metric in metrics or row.metric == "ms_per_image":
             values.setdefault(row.metric, {})[f"{row.method}@{row.budget:g}"] = float(row.value)
     ratios = {}
     ref = sweep.get("latency_reference", "ddim")
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             raise BadInput("--update needs --reason \"...\" saying why the baseline changes")
         base = load_baseline(args.baseline)
         out = args.out or Path(tmp := tempfile.mkdtemp(prefix="morse-check-"))
-        now = measure(base["sweep"], out, args.spacing)
+        now = measure(base["sweep"], out, args.spacing, set(base["tolerances"]))
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
