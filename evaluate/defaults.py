@@ -11,6 +11,7 @@ DEFAULTS = dict(
     out=None,                 # reports/<task>/<run>
     run="default",
     fid_samples=0,            # Inception FID on this many samples per cell (slow on CPU)
+    fid_reference=10000,      # real train images behind the FID reference statistics
     bootstrap=200,            # resamples of seeds for confidence intervals
     saturation=0.05,          # a budget improving FD by < 5% at the next budget is saturated
     dot_ratio=None,           # N used to plan Morse schedules; None: the Dot's model card

@@ -36,7 +36,7 @@ from evaluate.report import write_report
 from evaluate.speedup import speedups
 from evaluate.sweep import NonFiniteSamplesError, run_cell
 from morse import Morse
-from morse.latency import dash_dot_times, time_forward
+from morse.latency import dash_dot_times, flops_per_image, time_forward
 from morse.pretrained import dot_path
 
 
@@ -131,6 +131,8 @@ def run(**overrides) -> Path:
         ref, ref_prov = reference_stats(task, "train", None, extractor)
     except (MissingWeightsError, MissingDataError, FileNotFoundError) as e:
         raise BadInput(str(e)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.md").unlink(missing_ok=True)  # until this run finishes, the folder is not a finished report
     for m in methods:
         if isinstance(m, Morse):
             m.dot.to(device)
@@ -144,13 +146,17 @@ def run(**overrides) -> Path:
     latency = {}
     t_lat = time.perf_counter()
     morse_methods = [m for m in methods if isinstance(m, Morse)]
+    x1, t1 = torch.randn(1, *task.image_shape, device=device), torch.full((1,), 500, device=device)
+    dash_flops = flops_per_image(lambda: dash(x1, t1))
+    dot_flops = flops_per_image(lambda: morse_methods[0].dot(x1, x1, x1, t1, t1 + 100)) if morse_methods else math.nan
     for bs in sorted({1, opts["batch_size"]}):
         if morse_methods:
             dash_s, dot_s = dash_dot_times(dash, morse_methods[0].dot, task.image_shape, bs, 10, device)
         else:
             x, t = torch.randn(bs, *task.image_shape, device=device), torch.full((bs,), 500, device=device)
             dash_s, dot_s = time_forward(lambda x=x, t=t: dash(x, t), 10, 2, device), math.nan
-        latency[bs] = dict(dash_ms=dash_s * 1e3, dot_ms=dot_s * 1e3, N=dash_s / dot_s)
+        latency[bs] = dict(dash_ms=dash_s * 1e3, dot_ms=dot_s * 1e3, N=dash_s / dot_s,
+                           dash_tflops=dash_flops * bs / dash_s / 1e12, dot_tflops=dot_flops * bs / dot_s / 1e12)
     n_measured = latency[opts["batch_size"]]["N"]
     t_lat = time.perf_counter() - t_lat
 
@@ -171,7 +177,7 @@ def run(**overrides) -> Path:
     inception = InceptionFeatures(device) if opts["fid_samples"] else None
     fid_ref = fid_prov = None
     if inception is not None:
-        fid_ref, fid_prov = reference_stats(task, "train", 10000, inception)
+        fid_ref, fid_prov = reference_stats(task, "train", opts["fid_reference"], inception)
     commit = git_commit()
     floor = quality_floor(task, extractor, ref, len(seeds))
     rows, feats_by_cell = [], {}
@@ -240,8 +246,10 @@ def run(**overrides) -> Path:
                   budgets=", ".join(f"{b:g}" for b in opts["budgets"]), samples_per_cell=len(seeds),
                   seeds=f"{seeds[0]}..{seeds[-1]}", device=str(device), threads=torch.get_num_threads(),
                   commit=commit, dash_dot_latency=" ; ".join(
-                      f"batch {bs}: Dash {v['dash_ms']:.2f} ms, Dot {v['dot_ms']:.2f} ms, N {v['N']:.2f}"
+                      f"batch {bs}: Dash {v['dash_ms']:.2f} ms ({v['dash_tflops']:.3f} TFLOP/s), Dot "
+                      f"{v['dot_ms']:.2f} ms ({v['dot_tflops']:.3f} TFLOP/s), N {v['N']:.2f}"
                       for bs, v in latency.items()),
+                  gflop_per_image=f"Dash {dash_flops / 1e9:.3f}, Dot {dot_flops / 1e9:.3f} (torch FLOP counter)",
                   N_for_lsd=f"{n_measured:.2f} (measured this run at batch {opts['batch_size']})",
                   reference=f"Fashion-MNIST {ref_prov['split']} x{ref_prov['count']}, sha256 {ref_prov['sha256']}",
                   floor=floor,
@@ -277,7 +285,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:
-        print(f"error: cannot write {e.filename}: choose a writable --out", file=sys.stderr)
+        print(f"error: cannot write {e.filename}: choose a writable --out (or MORSE_BENCH_CACHE for statistics)",
+              file=sys.stderr)
         return 2
     return 0
 
