@@ -37,6 +37,16 @@ def grids(cells, out: Path, n=64) -> list[str]:
     return names
 
 
+def _save(fig, ax, path: Path) -> None:
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)
+
+
 def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     q = df[df.metric == metric].set_index(["method", "budget"])["value"]
@@ -54,12 +64,7 @@ def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) 
     ax.set_xlabel(x.upper() if x != "nfe_total" else "NFE (all networks)")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
@@ -78,12 +83,7 @@ def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("baseline budget (LSD)")
     ax.set_ylabel("speedup at equal quality")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header: dict, quality: str) -> None:

@@ -1,15 +1,21 @@
 """The Dot network: eta(x_ti, x_ts, z_s, t_i, t_s), a residual added to the Dash's last estimate.
 
-Weight sharing (paper, Sec. "Dot"): m light stride-2 blocks shrink the input 4^m-fold, the
-Dash's own body (time embedding, down, mid and up blocks; frozen, the very same tensors)
-runs on the small map, and m light up-sampling blocks with skips bring it back. LoRA
-adapters (peft) on the shared layers and the new blocks are all that trains.
+Weight sharing (paper, Sec. "Dot"): m light down-sampling blocks (a pixel-unshuffle, then
+m-1 stride-2 blocks) shrink the input 4^m-fold, the Dash's own body (time embedding, down,
+mid and up blocks; frozen, the very same tensors) runs on the small map, and m up-sampling
+blocks with skips (the last a pixel-shuffle) bring it back. No convolution runs at full
+resolution: on CPUs and at small GPU batches the Dot's speed is set by its kernel count and
+its full-resolution work, not by its FLOPs. LoRA adapters (peft) on the shared layers and
+the new blocks are all that trains.
 
 Fusion of the five inputs (the paper leaves it open; our choice):
 * x_ti, x_ts and z_s are concatenated on channels into the first new block;
 * the shared time embedding gets t_i; a new zero-initialised projection of the sinusoidal
   embedding of t_s is added to it, so the body knows how far back the Dash anchor lies;
-* the output convolution is zero-initialised: an untrained Dot returns z_s exactly.
+* the output convolution is zero-initialised: an untrained Dot returns z_s exactly;
+* the output is scaled by sqrt(alpha_bar / (1 - alpha_bar)) at t_i, clipped to [1, scale_max]
+  (given the Dash's schedule): along a solver step the residual is that factor times the change
+  of the x0 estimate, so near t = 0 the network need not emit large values itself.
 """
 
 import copy
@@ -27,9 +33,11 @@ SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks"
 
 @dataclass
 class DotConfig:
-    m: int = 2                      # stride-2 blocks; the body runs on 4^m fewer pixels
-    width: int = 16                 # channels of the new full-resolution blocks
+    m: int = 2                      # down-sampling blocks; the body runs on 4^m fewer pixels
+    width: int = 24                 # channels of the new blocks
     lora_rank: int = 4
+    schedule: dict | None = None    # the Dash's noise schedule, for the output scaling
+    scale_max: float = 4.0          # cap on the output scale (larger caps made training unstable)
     lora_targets: list[str] = field(default_factory=lambda: [
         "to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"])
 
@@ -73,11 +81,21 @@ class Dot(nn.Module):
         inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
                                            target_modules=config.lora_targets), self.body)
 
-        self.inp = _block(3 * c, w)
-        self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 1 else w, stride=2)
-                                   for k in range(config.m)])
-        self.up = nn.ModuleList([_block((body_ch if k == 0 else w) + w, w) for k in range(config.m)])
-        self.out = nn.Conv2d(w, dc.out_channels, 3, padding=1)
+        if config.m < 1:
+            raise ValueError("DotConfig.m must be at least 1")
+        self.inp = _block(3 * c * 4, body_ch if config.m == 1 else w)
+        self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 2 else w, stride=2)
+                                   for k in range(config.m - 1)])
+        self.up = nn.ModuleList([_block((body_ch if k == 0 else w) + w, w) for k in range(config.m - 1)])
+        self.out = nn.Conv2d(body_ch if config.m == 1 else w, 4 * dc.out_channels, 3, padding=1)
+        if config.schedule is not None:
+            from diffusers import DDPMScheduler
+
+            ac = DDPMScheduler(**config.schedule).alphas_cumprod.to(torch.float64)
+            scale = (ac / (1 - ac)).sqrt().clamp(1.0, config.scale_max)
+            self.register_buffer("snr_sqrt", scale.float(), persistent=False)
+        else:
+            self.snr_sqrt = None
         emb_in = self.body.time_embedding.linear_1.in_features
         emb_dim = self.body.time_embedding.linear_2.out_features
         self.anchor_embedding = nn.Linear(emb_in, emb_dim)
@@ -101,7 +119,7 @@ class Dot(nn.Module):
         emb = emb + self.anchor_embedding(self._embed(t_s, n, dtype).to(x_ti.device))
         extra = {"encoder_hidden_states": cond} if self.cross_attention else {}
 
-        h = self.inp(torch.cat([x_ti, x_ts, z_s], dim=1))
+        h = self.inp(nn.functional.pixel_unshuffle(torch.cat([x_ti, x_ts, z_s], dim=1), 2))
         skips = [h]
         for blk in self.down:
             h = blk(h)
@@ -125,7 +143,12 @@ class Dot(nn.Module):
         for blk in self.up:
             h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
             h = blk(torch.cat([h, skips.pop()], dim=1))
-        return self.out(h)
+        eta = nn.functional.pixel_shuffle(self.out(h), 2)
+        if self.snr_sqrt is None:
+            return eta
+        t = torch.as_tensor(t_i, device=eta.device).round().long().clamp(0, len(self.snr_sqrt) - 1)
+        scale = self.snr_sqrt.to(eta.device)[t.expand(n) if t.ndim == 0 else t]
+        return eta * scale.to(eta.dtype).reshape(-1, *([1] * (eta.ndim - 1)))
 
     # Only the trainable tensors are stored; the shared ones come from the Dash.
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

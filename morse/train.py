@@ -179,7 +179,8 @@ def main(argv=None):
         denoiser, solver, plans, held_seeds, task.image_shape, desc="held-out"))
     pair_time = time.perf_counter() - t0
 
-    dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank))
+    dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank,
+                              schedule=dict(task.schedule_config)))
     trainable = [q for q in dot.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
@@ -188,7 +189,7 @@ def main(argv=None):
     ckpt = args.out / "checkpoint.safetensors"
     start = _load_checkpoint(ckpt, dot, opt, gen, train_key)
     lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731
-    log = open(args.out / "loss.jsonl", "a")
+    log = open(args.out / "loss.jsonl", "a" if start else "w")
     dot.train()
     t1 = time.perf_counter()
     bar = tqdm(range(start, args.iters), initial=start, total=args.iters, desc="train dot", unit="it")
@@ -199,6 +200,7 @@ def main(argv=None):
         loss = dot_loss(dot, {k: v[idx] for k, v in pairs.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         log.write(json.dumps({"iter": it, "loss": loss.item()}) + "\n")
         if it % 25 == 0:
