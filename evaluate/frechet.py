@@ -11,6 +11,14 @@ class Stats:
     mu: np.ndarray
     sigma: np.ndarray
     count: int
+    _root: np.ndarray | None = None
+
+    def root(self) -> np.ndarray:
+        """Symmetric square root of sigma, kept: reference statistics meet many samples."""
+        if self._root is None:
+            w, v = linalg.eigh(self.sigma)
+            self._root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        return self._root
 
 
 def feature_stats(features) -> Stats:
@@ -26,8 +34,7 @@ def frechet_distance(a: Stats, b: Stats) -> float:
     and needs only eigendecompositions of symmetric PSD matrices, which are stable.
     """
     diff = a.mu - b.mu
-    w, v = linalg.eigh(a.sigma)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root_a = a.root()
     inner = root_a @ b.sigma @ root_a
     tr_covmean = np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)

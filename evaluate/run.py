@@ -95,7 +95,7 @@ def validate(opts: dict) -> dict:
 
 
 def bootstrap_fd(feats, ref, indices) -> tuple[float, float]:
-    vals = [frechet_distance(feature_stats(feats[ix]), ref) for ix in indices]
+    vals = [frechet_distance(ref, feature_stats(feats[ix])) for ix in indices]
     return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
@@ -151,7 +151,7 @@ def run(**overrides) -> Path:
     dot_flops = flops_per_image(lambda: morse_methods[0].dot(x1, x1, x1, t1, t1 + 100)) if morse_methods else math.nan
     for bs in sorted({1, opts["batch_size"]}):
         if morse_methods:
-            dash_s, dot_s = dash_dot_times(dash, morse_methods[0].dot, task.image_shape, bs, 10, device)
+            dash_s, dot_s = dash_dot_times(dash, morse_methods[0].dot, task.image_shape, bs, 25, device)
         else:
             x, t = torch.randn(bs, *task.image_shape, device=device), torch.full((bs,), 500, device=device)
             dash_s, dot_s = time_forward(lambda x=x, t=t: dash(x, t), 10, 2, device), math.nan
@@ -184,7 +184,7 @@ def run(**overrides) -> Path:
     for cell in tqdm(cells, desc="metrics", unit="cell"):
         feats, probs = extractor(cell.samples)
         feats_by_cell[(cell.method, cell.budget)] = feats
-        fd = frechet_distance(feature_stats(feats), ref)
+        fd = frechet_distance(ref, feature_stats(feats))
         lo, hi = bootstrap_fd(feats, ref, boot) if boot else (math.nan, math.nan)
         hist = np.bincount(probs.argmax(1), minlength=len(task.classes)) / len(probs)
         nfe_dash, nfe_dot = cell.nfe.get("dash", 0.0), cell.nfe.get("dot", 0.0)
@@ -223,8 +223,8 @@ def run(**overrides) -> Path:
         point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), opts["saturation"])
         boot_sp = []
         for ix in boot[: min(len(boot), 100)]:
-            bv = [frechet_distance(feature_stats(feats_by_cell[(base, b)][ix]), ref) for b in bq.budget]
-            mv = [frechet_distance(feature_stats(feats_by_cell[(m.name, b)][ix]), ref) for b in mq.budget]
+            bv = [frechet_distance(ref, feature_stats(feats_by_cell[(base, b)][ix])) for b in bq.budget]
+            mv = [frechet_distance(ref, feature_stats(feats_by_cell[(m.name, b)][ix])) for b in mq.budget]
             boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, opts["saturation"])])
         boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
         for i, r in enumerate(point):
