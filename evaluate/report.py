@@ -76,8 +76,10 @@ def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
         ok = g[g.status == "ok"]
         if ok.empty:
             continue
-        ax.errorbar(ok.budget, ok.speedup, yerr=[ok.speedup - ok.ci_low, ok.ci_high - ok.speedup],
-                    marker="o", capsize=3, label=f"{morse} vs {base}")
+        # A percentile interval need not contain the point estimate (few resamples, skewed curves).
+        low = (ok.speedup - ok.ci_low).clip(lower=0).fillna(0)
+        high = (ok.ci_high - ok.speedup).clip(lower=0).fillna(0)
+        ax.errorbar(ok.budget, ok.speedup, yerr=[low, high], marker="o", capsize=3, label=f"{morse} vs {base}")
     ax.axhline(1.0, color="grey", lw=0.8)
     if (speed.status == "ok").any():
         ax.set_xscale("log")
