@@ -94,9 +94,9 @@ def validate(opts: dict) -> dict:
     return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]))
 
 
-def bootstrap_fd(feats, ref, indices) -> tuple[float, float]:
-    vals = [frechet_distance(ref, feature_stats(feats[ix])) for ix in indices]
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+def bootstrap_fd(feats, ref, indices) -> np.ndarray:
+    """FD of each resample of the samples; the same indices for every cell make it paired."""
+    return np.array([frechet_distance(ref, feature_stats(feats[ix])) for ix in indices])
 
 
 def quality_floor(task, extractor, ref, n) -> str:
@@ -180,12 +180,12 @@ def run(**overrides) -> Path:
         fid_ref, fid_prov = reference_stats(task, "train", opts["fid_reference"], inception)
     commit = git_commit()
     floor = quality_floor(task, extractor, ref, len(seeds))
-    rows, feats_by_cell = [], {}
+    rows, boot_fd = [], {}
     for cell in tqdm(cells, desc="metrics", unit="cell"):
         feats, probs = extractor(cell.samples)
-        feats_by_cell[(cell.method, cell.budget)] = feats
         fd = frechet_distance(ref, feature_stats(feats))
-        lo, hi = bootstrap_fd(feats, ref, boot) if boot else (math.nan, math.nan)
+        boot_fd[(cell.method, cell.budget)] = vals = bootstrap_fd(feats, ref, boot)
+        lo, hi = (np.percentile(vals, 2.5), np.percentile(vals, 97.5)) if boot else (math.nan, math.nan)
         hist = np.bincount(probs.argmax(1), minlength=len(task.classes)) / len(probs)
         nfe_dash, nfe_dot = cell.nfe.get("dash", 0.0), cell.nfe.get("dot", 0.0)
         lsd = nfe_dash + (nfe_dot / n_measured if nfe_dot else 0.0)
@@ -222,9 +222,9 @@ def run(**overrides) -> Path:
             continue
         point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), opts["saturation"])
         boot_sp = []
-        for ix in boot[: min(len(boot), 100)]:
-            bv = [frechet_distance(ref, feature_stats(feats_by_cell[(base, b)][ix])) for b in bq.budget]
-            mv = [frechet_distance(ref, feature_stats(feats_by_cell[(m.name, b)][ix])) for b in mq.budget]
+        for k in range(min(len(boot), 100)):
+            bv = [boot_fd[(base, b)][k] for b in bq.budget]
+            mv = [boot_fd[(m.name, b)][k] for b in mq.budget]
             boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, opts["saturation"])])
         boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
         for i, r in enumerate(point):

@@ -59,6 +59,17 @@ def _load_shard(path: Path, key: str):
         return None
 
 
+def add_trace(total, trace: dict, weight: float) -> None:
+    """Fold one part's trace into a total (a Trace or a Cell): NFE per sample is the
+    sample-weighted mean over parts, times add up, the schedule is the same in every part."""
+    for name, v in trace["nfe"].items():
+        total.nfe[name] = total.nfe.get(name, 0.0) + weight * v
+    for name, v in trace["network_time_s"].items():
+        total.network_time_s[name] = total.network_time_s.get(name, 0.0) + v
+    total.wall_time_s += trace["wall_time_s"]
+    total.timesteps, total.networks_per_step = trace["timesteps"], trace["networks_per_step"]
+
+
 def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spacing):
     outs, total = [], Trace()
     for k in range(0, len(seeds), batch_size):
@@ -72,13 +83,7 @@ def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spa
                 f"{method.name} at budget {budget} gave {len(bad_seeds)} non-finite samples (seeds "
                 f"{bad_seeds[:5]}); check the model weights and the budget")
         outs.append(x.float().cpu())
-        w = len(chunk) / len(seeds)
-        for name, v in trace.nfe.items():
-            total.nfe[name] = total.nfe.get(name, 0.0) + w * v
-        for name, v in trace.network_time_s.items():
-            total.network_time_s[name] = total.network_time_s.get(name, 0.0) + v
-        total.wall_time_s += trace.wall_time_s
-        total.timesteps, total.networks_per_step = trace.timesteps, trace.networks_per_step
+        add_trace(total, trace.to_dict(), len(chunk) / len(seeds))
     return torch.cat(outs), total.to_dict()
 
 
@@ -101,13 +106,7 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
         else:
             (x, trace), cell.cached_shards = got, cell.cached_shards + 1
         samples.append(x)
-        w = len(shard_seeds) / len(seeds)
-        for name, v in trace["nfe"].items():
-            cell.nfe[name] = cell.nfe.get(name, 0.0) + w * v
-        for name, v in trace["network_time_s"].items():
-            cell.network_time_s[name] = cell.network_time_s.get(name, 0.0) + v
-        cell.wall_time_s += trace["wall_time_s"]
-        cell.timesteps, cell.networks_per_step = trace["timesteps"], trace["networks_per_step"]
+        add_trace(cell, trace, len(shard_seeds) / len(seeds))
         if progress is not None:
             progress.update(len(shard_seeds))
     cell.samples = torch.cat(samples)
