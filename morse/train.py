@@ -140,11 +140,12 @@ def main(argv=None):
     p.add_argument("--dots-per-dash", type=int, default=3)
     p.add_argument("--dot-ratio", type=float, default=6.0, help="N assumed when planning schedules")
     p.add_argument("--budgets", default="2,3,4,6,8,12,16", help="LSD budgets whose schedules to train on")
-    p.add_argument("--trajectories", type=int, default=256, help="per budget")
-    p.add_argument("--heldout", type=int, default=32, help="held-out trajectories per budget")
-    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--trajectories", type=int, default=512, help="per budget")
+    p.add_argument("--heldout", type=int, default=64, help="held-out trajectories per budget")
+    p.add_argument("--iters", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
     p.add_argument("--width", type=int, default=DotConfig.width)
     p.add_argument("--m", type=int, default=DotConfig.m)
     p.add_argument("--lora-rank", type=int, default=DotConfig.lora_rank)
@@ -168,8 +169,10 @@ def main(argv=None):
     budgets = [float(b) for b in args.budgets.split(",")]
     plans = [interleave.plan(b, args.dot_ratio) for b in budgets]
     plans = [pl for pl in plans if not all(pl)]
+    # Pairs are valid only for the Dash that made them: its checksum enters the cache key.
+    dash_sum = hashlib.sha256(Path(task.dash_path).read_bytes()).hexdigest()[:16]
     data_key = json.dumps([args.task, args.solver, args.dots_per_dash, args.dot_ratio, budgets,
-                           args.trajectories, args.heldout, args.seed])
+                           args.trajectories, args.heldout, args.seed, dash_sum])
     t0 = time.perf_counter()
     train_seeds = [args.seed * 10**6 + i for i in range(args.trajectories)]
     held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
@@ -182,7 +185,12 @@ def main(argv=None):
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank,
                               schedule=dict(task.schedule_config)))
     trainable = [q for q in dot.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    # The linear path's coefficients reach O(10) (least-squares fits on Dash trajectories); at the body's
+    # learning rate they lag the rest of the Dot for thousands of iterations.
+    head = [q for q in dot.linear_coeffs.parameters()]
+    rest = [q for q in trainable if all(q is not h for h in head)]
+    opt = torch.optim.AdamW([dict(params=rest, lr_mult=1.0), dict(params=head, lr_mult=args.head_lr_mult)],
+                            lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     resumable = {k: v for k, v in vars(args).items() if k not in ("export", "latency_batches", "checkpoint_every")}
     train_key = hashlib.sha256((data_key + json.dumps(resumable, default=str)).encode()).hexdigest()[:16]
@@ -196,7 +204,7 @@ def main(argv=None):
     for it in bar:
         idx = torch.randint(len(pairs["target"]), (args.batch_size,), generator=gen)
         for g in opt.param_groups:
-            g["lr"] = lr_at(it)
+            g["lr"] = lr_at(it) * g["lr_mult"]
         loss = dot_loss(dot, {k: v[idx] for k, v in pairs.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()

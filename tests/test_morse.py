@@ -158,3 +158,21 @@ def test_interleave_fits_budget(budget, ratio, d):
 def test_interleave_rejects_impossible_budget():
     with pytest.raises(ValueError, match="at least 1 LSD"):
         Interleave().plan(0.5, 6.0)
+
+
+def test_deviation_is_zero_after_a_plain_ddim_step(dot):
+    """The Dot's deviation feature measures x_ti against diffusers' own DDIM update with z_s."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(**SCHEDULE_CONFIG, clip_sample=False, timestep_spacing="trailing")
+    sched.set_timesteps(10)
+    t_s, t_i = sched.timesteps[2], sched.timesteps[3]
+    g = torch.Generator().manual_seed(0)
+    x_ts, z_s = torch.randn(3, *SHAPE, generator=g), torch.randn(3, *SHAPE, generator=g)
+    x_ti = sched.step(z_s, t_s, x_ts).prev_sample
+    deviation, x0 = dot.anchor_features(x_ti, x_ts, z_s, t_i, t_s)
+    assert deviation.abs().max() < 1e-5
+    # A different estimate at the same step moves x_ti off that line.
+    other = sched.step(z_s + 0.1, t_s, x_ts).prev_sample
+    assert dot.anchor_features(other, x_ts, z_s, t_i, t_s)[0].abs().max() > 1e-3
+    assert x0.abs().max() <= 1

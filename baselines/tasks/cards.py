@@ -1,23 +1,47 @@
-"""Model cards: the JSON written by a training command, rendered as Markdown beside it."""
+"""Model cards: the JSON written by a training command, rendered as Markdown beside it.
+
+A card whose weights were trained in stages (`init`: the weights it started from, with their
+checksum and card) lists every stage's command, oldest first, and each stage's table and curve.
+"""
 
 import json
 import sys
 from pathlib import Path
 
 
-def render(json_path: Path) -> Path:
-    card = json.loads(Path(json_path).read_text())
+def _stages(card: dict) -> list[dict]:
+    init = card.get("init") or {}
+    return (_stages(init["card"]) if "card" in init else []) + [card]
+
+
+def _table(card: dict, level: str) -> list[str]:
     curve_key = next((k for k in card if k.startswith("loss_per_")), None)
-    lines = [f"# Model card: {Path(json_path).stem}", "", f"Reproduce: `{card.get('command', '')}`", "",
-             "| field | value |", "|---|---|"]
+    lines = ["| field | value |", "|---|---|"]
     for key, value in card.items():
         if key in ("command", curve_key):
             continue
+        if key == "init" and value:
+            value = {k: v for k, v in value.items() if k != "card"}
         lines.append(f"| {key} | `{json.dumps(value)}` |")
     if curve_key:
-        unit = curve_key.removeprefix("loss_per_")
-        lines += ["", f"## Loss curve (mean loss per {unit.replace('_', ' ')})", "", "| block | loss |", "|---|---|"]
+        unit = curve_key.removeprefix("loss_per_").replace("_", " ")
+        lines += ["", f"{level} Loss curve (mean loss per {unit})", "", "| block | loss |", "|---|---|"]
         lines += [f"| {i} | {v:.5f} |" for i, v in enumerate(card[curve_key])]
+    return lines
+
+
+def render(json_path: Path) -> Path:
+    stages = _stages(json.loads(Path(json_path).read_text()))
+    lines = [f"# Model card: {Path(json_path).stem}", ""]
+    if len(stages) == 1:
+        lines += [f"Reproduce: `{stages[0].get('command', '')}`", ""] + _table(stages[0], "##")
+    else:
+        lines += ["Reproduce stage by stage; give each stage `--out` the path that the next stage's `--init` "
+                  "reads:", ""]
+        lines += [f"{i}. `{st.get('command', '')}`" for i, st in enumerate(stages, 1)]
+        for i, st in enumerate(stages, 1):
+            lines += ["", f"## Stage {i}" + (" (these weights)" if i == len(stages) else ""), ""]
+            lines += _table(st, "###")
     md = Path(json_path).with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     return md

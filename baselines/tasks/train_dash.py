@@ -1,20 +1,28 @@
 """Train the embedded Fashion-MNIST Dash (a small epsilon-prediction UNet2DModel).
 
-    python -m baselines.tasks.train_dash --steps 2400 --batch-size 128 --seed 0
+    python -m baselines.tasks.train_dash --steps 2000 --batch-size 128 --lr 2e-3 --seed 0
 
 Writes baselines/weights/fmnist_dash.safetensors (EMA weights) and its model card
 fmnist_dash.json / fmnist_dash.md (config, data, steps, wall time, loss curve).
+
+`--init W` continues from earlier weights W (the card records W's checksum and the card it came
+with), so a longer schedule can be reached in stages that each fit a working session. Resumable:
+`--work-dir` holds checkpoint.safetensors (weights, EMA, Adam moments, RNG, losses), rewritten
+atomically every --checkpoint-every steps; rerun the same command to resume.
 """
 
 import argparse
+import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from baselines.runtime import tune_malloc
@@ -23,14 +31,54 @@ from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
 
 
+def _save_checkpoint(path, model, ema, opt, gen, losses, step, key):
+    params = dict(model.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    state = {f"model/{n}": p.detach().contiguous() for n, p in params.items()}
+    state.update({f"ema/{n}": s.contiguous() for n, s in zip(params, ema.shadow_params)})
+    for p, st in opt.state.items():
+        state.update({f"opt/{names[id(p)]}/{k}": torch.as_tensor(v).clone().contiguous() for k, v in st.items()})
+    state["rng"], state["losses"] = gen.get_state(), torch.tensor(losses, dtype=torch.float64)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata={"step": str(step), "key": key})
+    tmp.replace(path)
+
+
+def _load_checkpoint(path, model, ema, opt, gen, key):
+    if not path.exists():
+        return 0, []
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("key") != key:
+        raise SystemExit(f"error: {path} was written with other training arguments; "
+                         "delete it or use another --work-dir")
+    state, params = load_file(path), dict(model.named_parameters())
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")}, strict=False)
+    for name, shadow in zip(params, ema.shadow_params):
+        shadow.copy_(state[f"ema/{name}"])
+    for k, v in state.items():
+        if k.startswith("opt/"):
+            name, field = k[4:].rsplit("/", 1)
+            opt.state[params[name]][field] = v
+    step = int(meta["step"])
+    ema.optimization_step = step
+    gen.set_state(state["rng"])
+    return step, state["losses"].tolist()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="after a 100-step warm-up: constant, or cosine decay to 5%% of --lr")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (safetensors) instead of random")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--work-dir", type=Path, default=Path("runs/dash-fmnist"))
+    p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", type=Path, default=WEIGHTS / "fmnist_dash.safetensors")
     args = p.parse_args(argv)
 
@@ -38,14 +86,45 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     images, _ = load_fmnist("train", args.data_dir)
     model = build_dash().train()
+    init = None
+    if args.init is not None:
+        if not args.init.exists():
+            raise SystemExit(f"error: --init {args.init} not found")
+        init = dict(path=str(args.init), sha256=hashlib.sha256(args.init.read_bytes()).hexdigest())
+        card_path = args.init.with_suffix(".json")
+        if card_path.exists():  # the lineage of staged training lives in the card
+            init["card"] = json.loads(card_path.read_text())
+        model.load_state_dict(load_file(args.init))
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
     sched = DDPMScheduler(**SCHEDULE_CONFIG)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    gen = torch.Generator().manual_seed(args.seed)
 
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(range(args.steps), desc="train dash", unit="step")
+    def lr_factor(s):
+        if s < 100:
+            return (s + 1) / 100
+        if args.lr_schedule == "constant":
+            return 1.0
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - 100) / max(1, args.steps - 100)))
+
+    gen = torch.Generator().manual_seed(args.seed)
+    command = (f"python -m baselines.tasks.train_dash --steps {args.steps} --batch-size {args.batch_size} "
+               f"--lr {args.lr} --lr-schedule {args.lr_schedule} --ema-decay {args.ema_decay} --seed {args.seed}"
+               + (f" --init {args.init}" if args.init else ""))
+    key = hashlib.sha256((command + (init["sha256"] if init else "")).encode()).hexdigest()[:16]
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = args.work_dir / "checkpoint.safetensors"
+    start, losses = _load_checkpoint(ckpt, model, ema, opt, gen, key)
+    sched_lr = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    if start:
+        sched_lr.last_epoch = start
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(start)
+        print(f"resuming from {ckpt} at step {start}")
+
+    wall_file = args.work_dir / "wall.json"
+    wall_before = json.loads(wall_file.read_text())["s"] if start and wall_file.exists() else 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, args.steps), desc="train dash", unit="step", initial=start, total=args.steps)
     for step in bar:
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
         x0 = images[idx]
@@ -56,12 +135,15 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        warmup.step()
+        sched_lr.step()
         ema.step(model.parameters())
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    wall = time.perf_counter() - t0
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
+            _save_checkpoint(ckpt, model, ema, opt, gen, losses, step + 1, key)
+            (args.work_dir / "wall.json").write_text(json.dumps({"s": wall_before + time.perf_counter() - t0}))
+    wall = wall_before + time.perf_counter() - t0
 
     ema.copy_to(model.parameters())
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -72,14 +154,13 @@ def main(argv=None):
     curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
     card = dict(model="diffusers.UNet2DModel", config=DASH_CONFIG, schedule=SCHEDULE_CONFIG,
                 parameters=sum(p.numel() for p in model.parameters()),
-                data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]",
-                command=f"python -m baselines.tasks.train_dash --steps {args.steps} --batch-size "
-                        f"{args.batch_size} --lr {args.lr} --ema-decay {args.ema_decay} --seed {args.seed}",
-                steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                seed=args.seed, wall_time_s=round(wall, 1), threads=torch.get_num_threads(),
-                loss_per_100_steps=[round(v, 5) for v in curve])
+                data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]", command=command,
+                steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                ema_decay=args.ema_decay, seed=args.seed, init=init, wall_time_s=round(wall, 1),
+                threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 5) for v in curve])
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     render(args.out.with_suffix(".json"))
+    ckpt.unlink(missing_ok=True)
     print(f"saved {args.out} after {wall / 60:.1f} min; final loss {curve[-1]:.4f}")
 
 
