@@ -37,11 +37,6 @@ def dash_dot_times(dash, dot, shape, batch_size, repeats=10, device="cpu", dtype
     return sorted(dash_t)[len(dash_t) // 2], sorted(dot_t)[len(dot_t) // 2]
 
 
-def dot_ratio(dash, dot, shape, batch_size, repeats=10, device="cpu") -> float:
-    dash_s, dot_s = dash_dot_times(dash, dot, shape, batch_size, repeats, device)
-    return dash_s / dot_s
-
-
 def flops_per_image(fn, batch_size: int = 1) -> float:
     """FLOPs of one forward per image, from torch's FLOP counter (convolutions and matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode

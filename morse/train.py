@@ -34,7 +34,7 @@ from baselines.tasks import get_task
 from baselines.tasks.cards import render
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
-from morse.latency import dot_ratio
+from morse.latency import dash_dot_times
 
 FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 
@@ -220,11 +220,15 @@ def main(argv=None):
     train_time = time.perf_counter() - t1
     dot.eval()
     err = residual_error(dot, held)
-    ratios = {b: round(dot_ratio(dash, dot, task.image_shape, int(b)), 2) for b in args.latency_batches.split(",")}
+    times = {b: dash_dot_times(dash, dot, task.image_shape, int(b)) for b in args.latency_batches.split(",")}
+    ratios = {b: round(dash_s / dot_s, 2) for b, (dash_s, dot_s) in times.items()}
+    ms_per_image = {b: dict(dash=round(dash_s * 1e3 / int(b), 3), dot=round(dot_s * 1e3 / int(b), 3))
+                    for b, (dash_s, dot_s) in times.items()}
     losses = [json.loads(line)["loss"] for line in open(args.out / "loss.jsonl")]
     curve = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 6) for i in range(0, len(losses), 100)]
     card = dict(task=args.task, dot_config=vars(dot.config), dot_ratio_planned=args.dot_ratio,
-                dot_ratio_measured=ratios, dots_per_dash=args.dots_per_dash, solver=args.solver,
+                dot_ratio_measured=ratios, ms_per_image=ms_per_image, dots_per_dash=args.dots_per_dash,
+                solver=args.solver,
                 budgets=budgets, train_pairs=len(pairs["target"]), heldout_pairs=len(held["target"]),
                 trainable_parameters=sum(q.numel() for q in trainable),
                 dash_parameters=sum(q.numel() for q in dash.parameters()),

@@ -32,7 +32,8 @@ def test_killed_training_resumes_to_the_same_dash(tmp_path, monkeypatch):
     a, b = load_file(tmp_path / "straight" / "dash.safetensors"), load_file(tmp_path / "resumed" / "dash.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    curve = [json.loads((tmp_path / d / "dash.json").read_text())["loss_per_100_steps"] for d in ("straight", "resumed")]
+    curve = [json.loads((tmp_path / d / "dash.json").read_text())["loss_per_100_steps"]
+             for d in ("straight", "resumed")]
     assert curve[0] == curve[1]
     assert not (tmp_path / "resumed" / "checkpoint.safetensors").exists()
 
