@@ -1,21 +1,14 @@
 """Feature extractors: the task's domain classifier (FD-fmnist) and TF-FID Inception (FID)."""
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from baselines.checkpoint import sha256
+
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ClassifierFeatures:

@@ -22,13 +22,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from baselines.checkpoint import sha256
 from baselines.denoisers import Denoiser
 from baselines.runtime import tune_malloc
 from baselines.tasks import TASKS, get_task
 from baselines.tasks.data import MissingDataError
 from baselines.tasks.fmnist import MissingWeightsError
 from evaluate.defaults import DEFAULTS
-from evaluate.features import ClassifierFeatures, InceptionFeatures, sha256
+from evaluate.features import ClassifierFeatures, InceptionFeatures
 from evaluate.frechet import feature_stats, frechet_distance
 from evaluate.methods import check_names, resolve
 from evaluate.reference import reference_stats

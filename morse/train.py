@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from baselines.checkpoint import load_training_state, save_training_state, sha256
 from baselines.denoisers import Denoiser
 from baselines.noise import initial_noise, step_generators
 from baselines.registry import get_baseline
@@ -102,37 +103,6 @@ def _cached_pairs(path: Path, key: str, make):
     return pairs
 
 
-def _save_checkpoint(path, dot, opt, step, gen, args_key):
-    state = {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}
-    names = {id(p): n for n, p in dot.named_parameters() if p.requires_grad}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for k, v in opt.state.get(p, {}).items():
-                state[f"opt/{names[id(p)]}/{k}"] = torch.as_tensor(v).clone().contiguous()
-    state["rng"] = gen.get_state()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"step": str(step), "key": args_key})
-    tmp.replace(path)
-
-
-def _load_checkpoint(path, dot, opt, gen, args_key) -> int:
-    if not path.exists():
-        return 0
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("key") != args_key:
-        raise SystemExit(f"{path} was written with other training arguments; delete it or use another --out")
-    state = load_file(path)
-    dot.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("dot/")}, strict=False)
-    params = dict(dot.named_parameters())
-    for k, v in state.items():
-        if k.startswith("opt/"):
-            name, field = k[4:].rsplit("/", 1)
-            opt.state[params[name]][field] = v
-    gen.set_state(state["rng"])
-    return int(meta["step"])
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="fmnist")
@@ -170,7 +140,7 @@ def main(argv=None):
     plans = [interleave.plan(b, args.dot_ratio) for b in budgets]
     plans = [pl for pl in plans if not all(pl)]
     # Pairs are valid only for the Dash that made them: its checksum enters the cache key.
-    dash_sum = hashlib.sha256(Path(task.dash_path).read_bytes()).hexdigest()[:16]
+    dash_sum = sha256(task.dash_path)[:16]
     data_key = json.dumps([args.task, args.solver, args.dots_per_dash, args.dot_ratio, budgets,
                            args.trajectories, args.heldout, args.seed, dash_sum])
     t0 = time.perf_counter()
@@ -187,15 +157,18 @@ def main(argv=None):
     trainable = [q for q in dot.parameters() if q.requires_grad]
     # The linear path's coefficients reach O(10) (least-squares fits on Dash trajectories); at the body's
     # learning rate they lag the rest of the Dot for thousands of iterations.
-    head = [q for q in dot.linear_coeffs.parameters()]
-    rest = [q for q in trainable if all(q is not h for h in head)]
+    head = list(dot.linear_coeffs.parameters())
+    head_ids = {id(q) for q in head}
+    rest = [q for q in trainable if id(q) not in head_ids]
     opt = torch.optim.AdamW([dict(params=rest, lr_mult=1.0), dict(params=head, lr_mult=args.head_lr_mult)],
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     resumable = {k: v for k, v in vars(args).items() if k not in ("export", "latency_batches", "checkpoint_every")}
     train_key = hashlib.sha256((data_key + json.dumps(resumable, default=str)).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
-    start = _load_checkpoint(ckpt, dot, opt, gen, train_key)
+    params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
+    start, own, _ = load_training_state(ckpt, train_key, opt, params, gen, "delete it or use another --out")
+    dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731
     log = open(args.out / "loss.jsonl", "a" if start else "w")
     dot.train()
@@ -215,7 +188,8 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.5f}")
         if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iters:
             log.flush()
-            _save_checkpoint(ckpt, dot, opt, it + 1, gen, train_key)
+            save_training_state(ckpt, {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, opt, params,
+                                gen, it + 1, train_key)
     log.close()
     train_time = time.perf_counter() - t1
     dot.eval()

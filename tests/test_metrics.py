@@ -108,6 +108,7 @@ def test_kid_seeded_and_ordered():
 
 
 def test_inception_weights_checksum():
-    from evaluate.features import INCEPTION_SHA256, inception_path, sha256
+    from baselines.checkpoint import sha256
+    from evaluate.features import INCEPTION_SHA256, inception_path
 
     assert sha256(inception_path()) == INCEPTION_SHA256

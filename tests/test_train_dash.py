@@ -17,16 +17,16 @@ def _args(tmp_path, name, *extra):
 def test_killed_training_resumes_to_the_same_dash(tmp_path, monkeypatch):
     train_dash.main(_args(tmp_path, "straight"))
 
-    real_save = train_dash._save_checkpoint
+    real_save = train_dash.save_training_state
 
     def save_then_die(*a, **kw):
         real_save(*a, **kw)
         raise KeyboardInterrupt  # as a kill right after the checkpoint at step 2
 
-    monkeypatch.setattr(train_dash, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_dash, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_dash.main(_args(tmp_path, "resumed"))
-    monkeypatch.setattr(train_dash, "_save_checkpoint", real_save)
+    monkeypatch.setattr(train_dash, "save_training_state", real_save)
     train_dash.main(_args(tmp_path, "resumed"))
 
     a, b = load_file(tmp_path / "straight" / "dash.safetensors"), load_file(tmp_path / "resumed" / "dash.safetensors")

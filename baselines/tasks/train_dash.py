@@ -21,49 +21,14 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from baselines.checkpoint import load_training_state, save_training_state, sha256
 from baselines.runtime import tune_malloc
 from baselines.tasks.cards import render
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
-
-
-def _save_checkpoint(path, model, ema, opt, gen, losses, step, key):
-    params = dict(model.named_parameters())
-    names = {id(p): n for n, p in params.items()}
-    state = {f"model/{n}": p.detach().contiguous() for n, p in params.items()}
-    state.update({f"ema/{n}": s.contiguous() for n, s in zip(params, ema.shadow_params)})
-    for p, st in opt.state.items():
-        state.update({f"opt/{names[id(p)]}/{k}": torch.as_tensor(v).clone().contiguous() for k, v in st.items()})
-    state["rng"], state["losses"] = gen.get_state(), torch.tensor(losses, dtype=torch.float64)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"step": str(step), "key": key})
-    tmp.replace(path)
-
-
-def _load_checkpoint(path, model, ema, opt, gen, key):
-    if not path.exists():
-        return 0, []
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("key") != key:
-        raise SystemExit(f"error: {path} was written with other training arguments; "
-                         "delete it or use another --work-dir")
-    state, params = load_file(path), dict(model.named_parameters())
-    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")}, strict=False)
-    for name, shadow in zip(params, ema.shadow_params):
-        shadow.copy_(state[f"ema/{name}"])
-    for k, v in state.items():
-        if k.startswith("opt/"):
-            name, field = k[4:].rsplit("/", 1)
-            opt.state[params[name]][field] = v
-    step = int(meta["step"])
-    ema.optimization_step = step
-    gen.set_state(state["rng"])
-    return step, state["losses"].tolist()
 
 
 def main(argv=None):
@@ -90,7 +55,7 @@ def main(argv=None):
     if args.init is not None:
         if not args.init.exists():
             raise SystemExit(f"error: --init {args.init} not found")
-        init = dict(path=str(args.init), sha256=hashlib.sha256(args.init.read_bytes()).hexdigest())
+        init = dict(path=str(args.init), sha256=sha256(args.init))
         card_path = args.init.with_suffix(".json")
         if card_path.exists():  # the lineage of staged training lives in the card
             init["card"] = json.loads(card_path.read_text())
@@ -113,16 +78,16 @@ def main(argv=None):
     key = hashlib.sha256((command + (init["sha256"] if init else "")).encode()).hexdigest()[:16]
     args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = args.work_dir / "checkpoint.safetensors"
-    start, losses = _load_checkpoint(ckpt, model, ema, opt, gen, key)
-    sched_lr = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    params = dict(model.named_parameters())
+    start, own, meta = load_training_state(ckpt, key, opt, params, gen, "delete it or use another --work-dir")
+    losses, wall_before = [], 0.0
     if start:
-        sched_lr.last_epoch = start
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor(start)
+        model.load_state_dict({k[6:]: v for k, v in own.items() if k.startswith("model/")}, strict=False)
+        for name, shadow in zip(params, ema.shadow_params):
+            shadow.copy_(own[f"ema/{name}"])
+        ema.optimization_step = start
+        losses, wall_before = own["losses"].tolist(), float(meta["wall_s"])
         print(f"resuming from {ckpt} at step {start}")
-
-    wall_file = args.work_dir / "wall.json"
-    wall_before = json.loads(wall_file.read_text())["s"] if start and wall_file.exists() else 0.0
     t0 = time.perf_counter()
     bar = tqdm(range(start, args.steps), desc="train dash", unit="step", initial=start, total=args.steps)
     for step in bar:
@@ -134,15 +99,19 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(step)
         opt.step()
-        sched_lr.step()
         ema.step(model.parameters())
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
-            _save_checkpoint(ckpt, model, ema, opt, gen, losses, step + 1, key)
-            (args.work_dir / "wall.json").write_text(json.dumps({"s": wall_before + time.perf_counter() - t0}))
+            tensors = {f"model/{n}": p for n, p in params.items()}
+            tensors.update({f"ema/{n}": s for n, s in zip(params, ema.shadow_params)})
+            tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
+            save_training_state(ckpt, tensors, opt, params, gen, step + 1, key,
+                                wall_s=wall_before + time.perf_counter() - t0)
     wall = wall_before + time.perf_counter() - t0
 
     ema.copy_to(model.parameters())

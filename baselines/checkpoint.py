@@ -1,0 +1,53 @@
+"""Resumable training state shared by the Dash and Dot trainers, and file checksums.
+
+One safetensors file holds the run's own tensors, the optimiser's moments (by parameter name),
+the data RNG, and in its metadata the step and a key of the training arguments; it is written
+to a temporary name and renamed, so a kill never leaves a half-written checkpoint.
+"""
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_training_state(path: Path, tensors: dict, opt, params: dict, gen, step: int, key: str, **meta) -> None:
+    names = {id(p): n for n, p in params.items()}
+    state = {k: v.detach().contiguous() for k, v in tensors.items()}
+    for p, st in opt.state.items():
+        state.update({f"opt/{names[id(p)]}/{k}": torch.as_tensor(v).clone().contiguous() for k, v in st.items()})
+    state["rng"] = gen.get_state()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata={"step": str(step), "key": key, **{k: str(v) for k, v in meta.items()}})
+    tmp.replace(path)
+
+
+def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str) -> tuple[int, dict, dict]:
+    """(step, the run's own tensors, metadata); step 0 and nothing else when there is no checkpoint.
+
+    Restores the optimiser's moments and the RNG in place. `hint` ends the error for a checkpoint
+    written with other arguments (what to delete or change)."""
+    if not path.exists():
+        return 0, {}, {}
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("key") != key:
+        raise SystemExit(f"error: {path} was written with other training arguments; {hint}")
+    state = load_file(path)
+    for k, v in state.items():
+        if k.startswith("opt/"):
+            name, field = k[4:].rsplit("/", 1)
+            opt.state[params[name]][field] = v
+    gen.set_state(state["rng"])
+    own = {k: v for k, v in state.items() if not k.startswith("opt/") and k != "rng"}
+    return int(meta["step"]), own, meta
