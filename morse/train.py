@@ -2,16 +2,20 @@
 
     python -m morse.train --task fmnist --out runs/dot-fmnist
 
-1. Trajectories: the chosen solver runs from per-seed noise with the frozen Dash at every
-   step of each plan's fine schedule, so every x_ti is what the solver's own update produces
-   from the trajectory (train and test inputs match; with a trained Dot, sampling differs
-   only in that Dot steps feed the update). Each non-jump step i gives a pair:
-   inputs (x_ti, x_ts, z_s, t_i, t_s), target Dash(x_ti, t_i), s the last jump step.
-2. Regression of z_s + Dot(...) onto the target (MSE), only LoRA and new blocks trainable.
-3. Held-out trajectories (other seeds) give the residual's error against reusing z_s.
+1. Pairs, on the sampler's own path: the Morse sampler (chosen solver, the budgets' plans) runs
+   from per-seed noise with the current Dot; at every Dot step it records the inputs
+   (x_ti, x_ts, z_s, t_i, t_s) and the target Dash(x_ti, t_i). So x_ti is exactly what sampling
+   feeds the Dot, earlier Dot outputs included. (Pairs from Dash-only trajectories leak the
+   Dash's previous estimate into x_ti: a Dot trained on them scored 0.41 of reuse-of-z_s there
+   but 0.90 on its own sampling path.)
+2. Rounds (DAgger): round 0 samples with the initial Dot, each later round with the Dot trained
+   so far; pairs of all rounds are pooled. Regression of z_s + Dot(...) onto the target (MSE),
+   only LoRA and new blocks trainable.
+3. Held-out seeds, sampled with the final Dot, give its error against reusing z_s.
 
 Resumable: checkpoint.safetensors (trainable tensors, optimiser moments, RNG, step) is
-rewritten atomically every --checkpoint-every iterations; rerun the same command to resume.
+rewritten atomically every --checkpoint-every iterations and at each round's end, and each
+round's pairs are cached; rerun the same command to resume.
 """
 
 import argparse
@@ -23,51 +27,56 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 from tqdm import tqdm
 
 from baselines.checkpoint import load_training_state, save_training_state, sha256
 from baselines.denoisers import Denoiser
-from baselines.noise import initial_noise, step_generators
+from baselines.noise import initial_noise
 from baselines.registry import get_baseline
 from baselines.runtime import tune_malloc
-from baselines.solvers import solve
 from baselines.tasks import get_task
 from baselines.tasks.cards import render
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
+from morse.sampler import Morse
 
 FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 
 
+class _Recorder(nn.Module):
+    """Stands in for the Dot inside the Morse sampler: returns its residual, records the pair."""
+
+    def __init__(self, dot, denoiser):
+        super().__init__()
+        self.dot, self.rows = dot, {k: [] for k in FIELDS}
+        self._denoiser = [denoiser]  # not a submodule: the sampler's own NFE hooks stay on the Dash
+
+    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None):
+        n = x_ti.shape[0]
+        values = (x_ti, x_ts, z_s, torch.full((n,), float(t_i)), torch.full((n,), float(t_s)),
+                  self._denoiser[0](x_ti, t_i, cond))
+        for name, v in zip(FIELDS, values, strict=True):
+            self.rows[name].append(v)
+        return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond)
+
+
 @torch.inference_mode()
-def trajectory_pairs(denoiser, solver, plans, seeds, shape, batch_size=64, desc="trajectories"):
-    """Dot training pairs from Dash-driven solver trajectories over each plan's schedule."""
-    out = {k: [] for k in FIELDS}
-    total = len(plans) * ((len(seeds) + batch_size - 1) // batch_size)
-    with tqdm(total=total, desc=desc, unit="batch") as bar:
-        for jump in plans:
-            for k in range(0, len(seeds), batch_size):
-                chunk = seeds[k:k + batch_size]
-                sched = solver.make_scheduler(denoiser.schedule_config, len(jump))
-                steps = []
-
-                def record(x, t, i, steps=steps):
-                    eps = denoiser(x, t)
-                    steps.append((x, torch.full((x.shape[0],), float(t)), eps))
-                    return eps
-
-                solve(sched, record, initial_noise(chunk, shape), step_generators(chunk), solver.step_kwargs)
-                s = 0
-                for i, (x, t, eps) in enumerate(steps):
-                    if jump[i]:
-                        s = i
-                        continue
-                    for name, v in zip(FIELDS, (x, steps[s][0], steps[s][2], t, steps[s][1], eps),
-                                       strict=True):
-                        out[name].append(v)
+def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds, shape, batch_size=64,
+                   desc="pairs"):
+    """Dot training pairs from Morse sampling runs with `dot`, one per Dot step."""
+    recorder = _Recorder(dot, denoiser).eval()
+    sampler = Morse(solver, recorder, dot_ratio, interleave)
+    chunks = [seeds[k:k + batch_size] for k in range(0, len(seeds), batch_size)]
+    with tqdm(total=len(budgets) * len(chunks), desc=desc, unit="batch") as bar:
+        for budget in budgets:
+            for chunk in chunks:
+                sampler(denoiser, initial_noise(chunk, shape), budget, seeds=chunk)
                 bar.update()
-    return {k: torch.cat(v) for k, v in out.items()}
+    if not recorder.rows["target"]:
+        raise ValueError(f"morse.train: no budget in {budgets} leaves room for a Dot step at N={dot_ratio}")
+    return {k: torch.cat(v) for k, v in recorder.rows.items()}
 
 
 def dot_loss(dot, batch):
@@ -106,12 +115,13 @@ def _cached_pairs(path: Path, key: str, make):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="fmnist")
-    p.add_argument("--solver", default="ddim", help="the solver whose updates make the trajectories")
+    p.add_argument("--solver", default="ddim", help="the solver Morse wraps while making pairs")
     p.add_argument("--dots-per-dash", type=int, default=3)
     p.add_argument("--dot-ratio", type=float, default=6.0, help="N assumed when planning schedules")
     p.add_argument("--budgets", default="2,3,4,6,8,12,16", help="LSD budgets whose schedules to train on")
-    p.add_argument("--trajectories", type=int, default=512, help="per budget")
-    p.add_argument("--heldout", type=int, default=64, help="held-out trajectories per budget")
+    p.add_argument("--trajectories", type=int, default=256, help="sampling runs per budget and round")
+    p.add_argument("--rounds", type=int, default=3, help="pair-making rounds, each with the Dot trained so far")
+    p.add_argument("--heldout", type=int, default=64, help="held-out sampling runs per budget")
     p.add_argument("--iters", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -119,6 +129,9 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=DotConfig.width)
     p.add_argument("--m", type=int, default=DotConfig.m)
     p.add_argument("--lora-rank", type=int, default=DotConfig.lora_rank)
+    p.add_argument("--skip-levels", type=int, default=1,
+                   help="deepest Dash levels (and mid block) the Dot leaves out")
+    p.add_argument("--init", type=Path, default=None, help="start from this Dot's weights instead of zero residual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--latency-batches", default="1,64,256", help="batch sizes at which N is measured for the card")
@@ -127,6 +140,8 @@ def main(argv=None):
     p.add_argument("--export", type=Path, default=None, help="also write the final Dot here (e.g. "
                    "morse/weights/fmnist_dot.safetensors) with its card")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.iters < args.rounds:
+        raise SystemExit(f"error: need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
 
     tune_malloc()
     torch.manual_seed(args.seed)
@@ -137,23 +152,13 @@ def main(argv=None):
     solver = get_baseline(args.solver)
     interleave = Interleave(args.dots_per_dash)
     budgets = [float(b) for b in args.budgets.split(",")]
-    plans = [interleave.plan(b, args.dot_ratio) for b in budgets]
-    plans = [pl for pl in plans if not all(pl)]
-    # Pairs are valid only for the Dash that made them: its checksum enters the cache key.
-    dash_sum = sha256(task.dash_path)[:16]
-    data_key = json.dumps([args.task, args.solver, args.dots_per_dash, args.dot_ratio, budgets,
-                           args.trajectories, args.heldout, args.seed, dash_sum])
-    t0 = time.perf_counter()
-    train_seeds = [args.seed * 10**6 + i for i in range(args.trajectories)]
-    held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
-    pairs = _cached_pairs(args.out / "pairs.safetensors", data_key, lambda: trajectory_pairs(
-        denoiser, solver, plans, train_seeds, task.image_shape))
-    held = _cached_pairs(args.out / "heldout.safetensors", data_key, lambda: trajectory_pairs(
-        denoiser, solver, plans, held_seeds, task.image_shape, desc="held-out"))
-    pair_time = time.perf_counter() - t0
+    make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
+        denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc)
 
-    dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank,
+    dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
                               schedule=dict(task.schedule_config)))
+    if args.init is not None:
+        dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     trainable = [q for q in dot.parameters() if q.requires_grad]
     # The linear path's coefficients reach O(10) (least-squares fits on Dash trajectories); at the body's
     # learning rate they lag the rest of the Dot for thousands of iterations.
@@ -163,37 +168,56 @@ def main(argv=None):
     opt = torch.optim.AdamW([dict(params=rest, lr_mult=1.0), dict(params=head, lr_mult=args.head_lr_mult)],
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
+    # Pairs and checkpoints are valid only for the Dash (and initial Dot) that made them.
     resumable = {k: v for k, v in vars(args).items() if k not in ("export", "latency_batches", "checkpoint_every")}
-    train_key = hashlib.sha256((data_key + json.dumps(resumable, default=str)).encode()).hexdigest()[:16]
+    resumable.update(dash=sha256(task.dash_path)[:16], init=sha256(args.init)[:16] if args.init else None)
+    train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
     start, own, _ = load_training_state(ckpt, train_key, opt, params, gen, "delete it or use another --out")
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731
+    ends = [(r + 1) * args.iters // args.rounds for r in range(args.rounds)]
     log = open(args.out / "loss.jsonl", "a" if start else "w")
-    dot.train()
-    t1 = time.perf_counter()
-    bar = tqdm(range(start, args.iters), initial=start, total=args.iters, desc="train dot", unit="it")
-    for it in bar:
-        idx = torch.randint(len(pairs["target"]), (args.batch_size,), generator=gen)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(it) * g["lr_mult"]
-        loss = dot_loss(dot, {k: v[idx] for k, v in pairs.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        log.write(json.dumps({"iter": it, "loss": loss.item()}) + "\n")
-        if it % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.5f}")
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iters:
-            log.flush()
-            save_training_state(ckpt, {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, opt, params,
-                                gen, it + 1, train_key)
+    pool, pair_time, train_time = [], 0.0, 0.0
+    for r, end in enumerate(ends):
+        t0 = time.perf_counter()
+        seeds = [args.seed * 10**6 + r * args.trajectories + i for i in range(args.trajectories)]
+        dot.eval()
+        desc = f"round {r + 1}/{args.rounds} pairs"
+        pool.append(_cached_pairs(args.out / f"pairs-round{r}.safetensors", f"{train_key}/{r}",
+                                  lambda seeds=seeds, desc=desc: make_pairs(dot, seeds, desc)))
+        pair_time += time.perf_counter() - t0
+        if end <= start:
+            continue  # trained before the resume; its pairs stay in the pool
+        pairs = {k: torch.cat([q[k] for q in pool]) for k in FIELDS}
+        dot.train()
+        t1 = time.perf_counter()
+        first = max(start, ends[r - 1] if r else 0)
+        bar = tqdm(range(first, end), initial=first, total=args.iters, desc=f"round {r + 1}/{args.rounds} train",
+                   unit="it")
+        for it in bar:
+            idx = torch.randint(len(pairs["target"]), (args.batch_size,), generator=gen)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(it) * g["lr_mult"]
+            loss = dot_loss(dot, {k: v[idx] for k, v in pairs.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            log.write(json.dumps({"iter": it, "round": r, "loss": loss.item()}) + "\n")
+            if it % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.5f}", pairs=len(pairs["target"]))
+            if (it + 1) % args.checkpoint_every == 0 or it + 1 == end:
+                log.flush()
+                save_training_state(ckpt, {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, opt,
+                                    params, gen, it + 1, train_key)
+        bar.close()
+        train_time += time.perf_counter() - t1
     log.close()
-    train_time = time.perf_counter() - t1
     dot.eval()
-    err = residual_error(dot, held)
+    held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
+    err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"))
     times = {b: dash_dot_times(dash, dot, task.image_shape, int(b)) for b in args.latency_batches.split(",")}
     ratios = {b: round(dash_s / dot_s, 2) for b, (dash_s, dot_s) in times.items()}
     ms_per_image = {b: dict(dash=round(dash_s * 1e3 / int(b), 3), dot=round(dot_s * 1e3 / int(b), 3))
@@ -202,8 +226,8 @@ def main(argv=None):
     curve = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 6) for i in range(0, len(losses), 100)]
     card = dict(task=args.task, dot_config=vars(dot.config), dot_ratio_planned=args.dot_ratio,
                 dot_ratio_measured=ratios, ms_per_image=ms_per_image, dots_per_dash=args.dots_per_dash,
-                solver=args.solver,
-                budgets=budgets, train_pairs=len(pairs["target"]), heldout_pairs=len(held["target"]),
+                solver=args.solver, budgets=budgets, rounds=args.rounds,
+                train_pairs=sum(len(q["target"]) for q in pool), heldout_runs_per_budget=args.heldout,
                 trainable_parameters=sum(q.numel() for q in trainable),
                 dash_parameters=sum(q.numel() for q in dash.parameters()),
                 heldout_error=err, pair_generation_s=round(pair_time, 1), train_time_s=round(train_time, 1),

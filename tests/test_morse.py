@@ -16,10 +16,10 @@ SHAPE = (1, 8, 8)
 SEEDS = list(range(16))
 
 
-def tiny_unet():
+def tiny_unet(channels=(8, 16)):
     torch.manual_seed(0)
     return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                       block_out_channels=(8, 16), norm_num_groups=4,
+                       block_out_channels=channels, norm_num_groups=4,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
 
@@ -39,10 +39,11 @@ def dot():
 WRAPPABLE = [n for n, m in BASELINES.items() if m.evals_per_step == 1]
 
 
-def test_shared_tensors_are_the_dashs_own():
-    dash = tiny_unet()
+@pytest.mark.parametrize("skip_levels", [0, 1])
+def test_shared_tensors_are_the_dashs_own(skip_levels):
+    dash = tiny_unet((8, 8))  # skipping a level needs equal channels on both sides of it
     before = {k: v.clone() for k, v in dash.state_dict().items()}
-    dot = Dot(dash, DotConfig(width=8))
+    dot = Dot(dash, DotConfig(width=8, skip_levels=skip_levels))
     conv = dash.down_blocks[0].resnets[0].conv1
     assert type(conv) is torch.nn.Conv2d  # the Dash itself carries no adapters
     assert dot.body.down_blocks[0].resnets[0].conv1.base_layer is conv
@@ -62,6 +63,24 @@ def test_shared_tensors_are_the_dashs_own():
     assert dot.out.weight.abs().sum() > 0
     for k, v in dash.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_skipping_levels_leaves_the_dash_whole():
+    from baselines.tasks.fmnist import build_dash
+
+    dash = build_dash().eval()
+    x, t = torch.randn(2, 1, 32, 32), torch.full((2,), 500)
+    with torch.inference_mode():
+        before = dash(x, t).sample
+        dot = Dot(dash, DotConfig(skip_levels=1)).eval()
+        assert torch.equal(dot(x, x, x, t, t + 100), torch.zeros_like(x))  # untrained: reuse of z_s
+        assert dash.down_blocks[1].downsamplers is not None and dash.mid_block is not None
+        assert dot.body.down_blocks[-1].downsamplers is None and dot.body.mid_block is None
+        assert torch.equal(dash(x, t).sample, before)
+    with pytest.raises(ValueError, match="skip_levels"):
+        Dot(dash, DotConfig(skip_levels=3))
+    with pytest.raises(ValueError, match="skip fewer levels"):
+        Dot(dash, DotConfig(skip_levels=2))  # would join the 32- and 64-channel levels
 
 
 def test_trainable_fraction_of_embedded_dash():
@@ -123,14 +142,15 @@ def test_morse_rejects_two_evaluation_solvers(dot):
         Morse(get_baseline("heun"), dot, 6.0)
 
 
-def test_conditional_dash_passes_condition_through():
+@pytest.mark.parametrize("skip_levels", [0, 1])
+def test_conditional_dash_passes_condition_through(skip_levels):
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=12,
+                                block_out_channels=(8, 8), norm_num_groups=4, cross_attention_dim=12,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                                 attention_head_dim=4).eval()
-    dot = Dot(unet, DotConfig(width=8)).eval()
+    dot = Dot(unet, DotConfig(width=8, skip_levels=skip_levels)).eval()
     torch.nn.init.normal_(dot.out.weight)
     x = torch.randn(2, *SHAPE)
     t = torch.full((2,), 300)

@@ -10,24 +10,33 @@ ARGS = ["--trajectories", "4", "--heldout", "2", "--budgets", "3", "--iters", "2
         "--batch-size", "8", "--latency-batches", "1"]
 
 
-def test_pairs_follow_the_plan():
+def test_pairs_are_what_morse_sampling_feeds_the_dot():
     from baselines.denoisers import Denoiser
     from baselines.registry import get_baseline
     from baselines.tasks import get_task
     from morse import Interleave
+    from morse.dot import Dot
 
     task = get_task("fmnist")
     den = Denoiser(task.dash(), task.schedule_config)
-    plan = Interleave(3).plan(3, 6.0)  # D...D...
-    pairs = train.trajectory_pairs(den, get_baseline("ddim"), [plan], [0, 1], task.image_shape)
-    assert len(pairs["target"]) == 2 * 6
-    # Each Dot step's anchor is the latest Dash step, strictly earlier (larger t).
+    dot = Dot(task.dash(), train.DotConfig(schedule=dict(task.schedule_config))).eval()
+    with torch.no_grad():  # a non-zero residual, so that Dot outputs visibly steer the path
+        torch.nn.init.normal_(dot.out.weight, std=0.05)
+    ddim = get_baseline("ddim")
+    pairs = train.sampling_pairs(den, dot, ddim, Interleave(3), 6.0, [3.0], [0, 1], task.image_shape)
+    assert len(pairs["target"]) == 2 * 6  # plan D...D... for seeds 0 and 1, batched together
     assert (pairs["t_s"] > pairs["t_i"]).all()
     assert set(pairs["t_s"].tolist()) == {999.0, 499.0}
-    # The target is the Dash at x_ti: recompute one.
     with torch.inference_mode():
-        z = den(pairs["x_ti"][:1], pairs["t_i"][:1])
-    torch.testing.assert_close(z, pairs["target"][:1])
+        # The target is the Dash at x_ti.
+        torch.testing.assert_close(den(pairs["x_ti"][:2], pairs["t_i"][:2]), pairs["target"][:2])
+        # The next x_ti is the solver's update with the Dot's estimate, not the Dash's (on the sampling path).
+        x, x_s, z_s, t, t_s = (pairs[k][:2] for k in ("x_ti", "x_ts", "z_s", "t_i", "t_s"))
+        sched = ddim.make_scheduler(den.schedule_config, 8)
+        z = z_s + dot(x, x_s, z_s, t, t_s)
+        nxt = sched.step(z, int(t[0]), x).prev_sample
+        torch.testing.assert_close(nxt, pairs["x_ti"][2:4])
+        assert (sched.step(pairs["target"][:2], int(t[0]), x).prev_sample - nxt).abs().max() > 1e-3
 
 
 def test_killed_training_resumes_to_the_same_dot(tmp_path, monkeypatch):
