@@ -1,4 +1,5 @@
-"""Resumable training state shared by the Dash and Dot trainers, and file checksums.
+"""Resumable training state shared by the Dash and Dot trainers, atomic safetensors writes,
+and file checksums.
 
 One safetensors file holds the run's own tensors, the optimiser's moments (by parameter name),
 the data RNG, and in its metadata the step and a key of the training arguments; it is written
@@ -6,6 +7,7 @@ to a temporary name and renamed, so a kill never leaves a half-written checkpoin
 """
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,15 +23,36 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file under a temporary name, then rename: a kill never leaves a
+    half-written file under `path`. Metadata values are stored as strings."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp,
+              metadata={k: str(v) for k, v in (metadata or {}).items()})
+    tmp.replace(path)
+
+
+def load_keyed(path: Path, key: str, what: str) -> tuple[dict, dict] | None:
+    """(tensors, metadata) of a cache file written for `key`; None when it is missing, was written for
+    another key, or is unreadable (a truncated or foreign file: warned about, to be recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return (load_file(path), meta) if meta.get("key") == key else None
+    except Exception as exc:
+        warnings.warn(f"{what} {path} is unreadable ({type(exc).__name__}); recomputing it", stacklevel=3)
+        return None
+
+
 def save_training_state(path: Path, tensors: dict, opt, params: dict, gen, step: int, key: str, **meta) -> None:
     names = {id(p): n for n, p in params.items()}
-    state = {k: v.detach().contiguous() for k, v in tensors.items()}
+    state = dict(tensors)
     for p, st in opt.state.items():
-        state.update({f"opt/{names[id(p)]}/{k}": torch.as_tensor(v).clone().contiguous() for k, v in st.items()})
+        state.update({f"opt/{names[id(p)]}/{k}": torch.as_tensor(v).clone() for k, v in st.items()})
     state["rng"] = gen.get_state()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"step": str(step), "key": key, **{k: str(v) for k, v in meta.items()}})
-    tmp.replace(path)
+    save_atomic(state, path, {"step": step, "key": key, **meta})
 
 
 def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str) -> tuple[int, dict, dict]:

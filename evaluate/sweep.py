@@ -8,14 +8,12 @@ made by another configuration, is recomputed.
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from baselines.checkpoint import load_keyed, save_atomic
 from baselines.noise import initial_noise
 from baselines.trace import Trace
 
@@ -46,17 +44,8 @@ def shard_key(config: dict, budget: float, seeds: list[int], fingerprint: str) -
 
 
 def _load_shard(path: Path, key: str):
-    if not path.exists():
-        return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("key") != key:
-            return None
-        return load_file(path)["samples"], json.loads(meta["trace"])
-    except Exception as exc:  # truncated or corrupt: say so, then recompute
-        warnings.warn(f"cache shard {path} is unreadable ({type(exc).__name__}); recomputing it", stacklevel=2)
-        return None
+    got = load_keyed(path, key, "cache shard")
+    return None if got is None else (got[0]["samples"], json.loads(got[1]["trace"]))
 
 
 def add_trace(total, trace: dict, weight: float) -> None:
@@ -99,9 +88,7 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
         got = _load_shard(path, key)
         if got is None:
             x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device, spacing)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({"samples": x.contiguous()}, tmp, metadata={"key": key, "trace": json.dumps(trace)})
-            tmp.replace(path)
+            save_atomic({"samples": x}, path, {"key": key, "trace": json.dumps(trace)})
             cell.fresh_network_time_s += sum(trace["network_time_s"].values())
         else:
             (x, trace), cell.cached_shards = got, cell.cached_shards + 1

@@ -37,8 +37,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from baselines.checkpoint import save_atomic
 
 SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",
           "conv_norm_out", "conv_act")
@@ -199,9 +201,7 @@ class Dot(nn.Module):
 
     def save(self, path, extra_metadata: dict | None = None):
         meta = {"dot_config": json.dumps(asdict(self.config)), **(extra_metadata or {})}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self.trainable_state_dict(), tmp, metadata={k: str(v) for k, v in meta.items()})
-        tmp.replace(path)
+        save_atomic(self.trainable_state_dict(), path, meta)
 
     @classmethod
     def load(cls, dash: nn.Module, path) -> "Dot":

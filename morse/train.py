@@ -25,12 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from baselines.checkpoint import load_training_state, save_training_state, sha256
+from baselines.checkpoint import load_keyed, load_training_state, save_atomic, save_training_state, sha256
 from baselines.denoisers import Denoiser
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
@@ -98,17 +96,11 @@ def residual_error(dot, pairs, batch_size=256) -> dict:
 
 
 def _cached_pairs(path: Path, key: str, make):
-    if path.exists():
-        try:
-            with safe_open(str(path), "pt") as f:
-                if (f.metadata() or {}).get("key") == key:
-                    return load_file(path)
-        except Exception:  # a truncated or foreign file: rebuild it
-            pass
+    got = load_keyed(path, key, "Dot training pairs")
+    if got is not None:
+        return got[0]
     pairs = make()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in pairs.items()}, tmp, metadata={"key": key})
-    tmp.replace(path)
+    save_atomic(pairs, path, {"key": key})
     return pairs
 
 
@@ -159,7 +151,8 @@ def main(argv=None):
                               schedule=dict(task.schedule_config)))
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
-    trainable = [q for q in dot.parameters() if q.requires_grad]
+    params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
+    trainable = list(params.values())
     # The linear path's coefficients reach O(10) (least-squares fits on Dash trajectories); at the body's
     # learning rate they lag the rest of the Dot for thousands of iterations.
     head = list(dot.linear_coeffs.parameters())
@@ -173,7 +166,6 @@ def main(argv=None):
     resumable.update(dash=sha256(task.dash_path)[:16], init=sha256(args.init)[:16] if args.init else None)
     train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
-    params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
     start, own, _ = load_training_state(ckpt, train_key, opt, params, gen, "delete it or use another --out")
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731

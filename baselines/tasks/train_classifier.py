@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
+from baselines.checkpoint import save_atomic
 from baselines.runtime import tune_malloc
 from baselines.tasks.cards import render
 from baselines.tasks.data import load_fmnist
@@ -67,9 +67,7 @@ def main(argv=None):
     bar.close()
     wall = time.perf_counter() - t0
     acc = accuracy(model, xt, yt)
-    tmp = args.out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(args.out)
+    save_atomic(model.state_dict(), args.out)
     card = dict(model="baselines.tasks.fmnist.Classifier", feature_dim=Classifier.feature_dim,
                 data="Fashion-MNIST train (60k) with horizontal flips; accuracy on the 10k test split",
                 command=f"python -m baselines.tasks.train_classifier --epochs {args.epochs} "

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from baselines.checkpoint import load_training_state, save_training_state, sha256
+from baselines.checkpoint import load_training_state, save_atomic, save_training_state, sha256
 from baselines.runtime import tune_malloc
 from baselines.tasks.cards import render
 from baselines.tasks.data import load_fmnist
@@ -115,11 +115,8 @@ def main(argv=None):
     wall = wall_before + time.perf_counter() - t0
 
     ema.copy_to(model.parameters())
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    save_file(state, tmp)
-    tmp.replace(args.out)
+    save_atomic(model.state_dict(), args.out)
     curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
     card = dict(model="diffusers.UNet2DModel", config=DASH_CONFIG, schedule=SCHEDULE_CONFIG,
                 parameters=sum(p.numel() for p in model.parameters()),
