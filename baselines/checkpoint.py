@@ -1,5 +1,5 @@
-"""Resumable training state shared by the Dash and Dot trainers, atomic safetensors writes,
-and file checksums.
+"""Resumable training state shared by the Dash and Dot trainers, atomic file writes, and file
+checksums.
 
 One safetensors file holds the run's own tensors, the optimiser's moments (by parameter name),
 the data RNG, and in its metadata the step and a key of the training arguments; it is written
@@ -8,6 +8,7 @@ to a temporary name and renamed, so a kill never leaves a half-written checkpoin
 
 import hashlib
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,13 +24,24 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file under a temporary name, then rename: a kill never leaves a
-    half-written file under `path`. Metadata values are stored as strings."""
+@contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside `path`, renamed onto it when the block completes: a kill or an error
+    never leaves a half-written file under `path` (nor the temporary one after an error)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp,
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
-    tmp.replace(path)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically (see `atomic_path`). Metadata values are stored as strings."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def load_keyed(path: Path, key: str, what: str) -> tuple[dict, dict] | None:

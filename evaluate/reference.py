@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from baselines.checkpoint import atomic_path
 from evaluate.frechet import Stats, feature_stats
 
 
@@ -39,8 +40,7 @@ def reference_stats(task, split: str, count: int | None, extractor) -> tuple[Sta
     prov = dict(task=task.name, split=split, count=len(images), extractor=extractor.name,
                 extractor_sha256=extractor.checksum)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, provenance=json.dumps(prov))
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, count=stats.count, provenance=json.dumps(prov))
     prov["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return stats, prov

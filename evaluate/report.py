@@ -12,11 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+from baselines.checkpoint import atomic_path  # noqa: E402
+
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def pivot(df: pd.DataFrame, metric: str, fmt="{:.2f}") -> pd.DataFrame:
@@ -91,9 +92,8 @@ def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
 def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header: dict, quality: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.md").unlink(missing_ok=True)
-    tmp = out / "results.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(out / "results.csv")
+    with atomic_path(out / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
     if len(speed):
         speed.to_csv(out / "speedup.csv", index=False)
 

@@ -77,6 +77,12 @@ def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds,
     return {k: torch.cat(v) for k, v in recorder.rows.items()}
 
 
+def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor) -> dict:
+    """Rows `idx` of the rounds' pairs taken as one table, without concatenating the pool (GBs)."""
+    rnd = torch.searchsorted(starts, idx, right=True) - 1
+    return {k: torch.cat([q[k][idx[rnd == r] - starts[r]] for r, q in enumerate(pool)]) for k in FIELDS}
+
+
 def dot_loss(dot, batch):
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"])
     return torch.nn.functional.mse_loss(pred, batch["target"])
@@ -182,24 +188,24 @@ def main(argv=None):
         pair_time += time.perf_counter() - t0
         if end <= start:
             continue  # trained before the resume; its pairs stay in the pool
-        pairs = {k: torch.cat([q[k] for q in pool]) for k in FIELDS}
+        starts = torch.tensor([0] + [len(q["target"]) for q in pool]).cumsum(0)
         dot.train()
         t1 = time.perf_counter()
         first = max(start, ends[r - 1] if r else 0)
         bar = tqdm(range(first, end), initial=first, total=args.iters, desc=f"round {r + 1}/{args.rounds} train",
                    unit="it")
         for it in bar:
-            idx = torch.randint(len(pairs["target"]), (args.batch_size,), generator=gen)
+            idx = torch.randint(int(starts[-1]), (args.batch_size,), generator=gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(it) * g["lr_mult"]
-            loss = dot_loss(dot, {k: v[idx] for k, v in pairs.items()})
+            loss = dot_loss(dot, _rows(pool, starts, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             log.write(json.dumps({"iter": it, "round": r, "loss": loss.item()}) + "\n")
             if it % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.5f}", pairs=len(pairs["target"]))
+                bar.set_postfix(loss=f"{loss.item():.5f}", pairs=int(starts[-1]))
             if (it + 1) % args.checkpoint_every == 0 or it + 1 == end:
                 log.flush()
                 save_training_state(ckpt, {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, opt,
