@@ -210,8 +210,9 @@ class Dot(nn.Module):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         dot = cls(dash, DotConfig(**json.loads(meta["dot_config"])))
-        missing = set(dot.trainable_state_dict()) - set(load_file(path))
-        if missing:
-            raise ValueError(f"{path}: not a Dot checkpoint for this Dash (missing {sorted(missing)[:3]})")
-        dot.load_state_dict(load_file(path), strict=False)
+        own, saved = dot.trainable_state_dict(), load_file(path)
+        bad = sorted(k for k, v in own.items() if k not in saved or saved[k].shape != v.shape)
+        if bad:
+            raise ValueError(f"{path}: not a Dot checkpoint for this Dash (missing or mismatched {bad[:3]})")
+        dot.load_state_dict(saved, strict=False)
         return dot.eval()

@@ -196,3 +196,22 @@ def test_deviation_is_zero_after_a_plain_ddim_step(dot):
     other = sched.step(z_s + 0.1, t_s, x_ts).prev_sample
     assert dot.anchor_features(other, x_ts, z_s, t_i, t_s)[0].abs().max() > 1e-3
     assert x0.abs().max() <= 1
+
+
+def test_dot_save_load_round_trip(tmp_path):
+    dash = tiny_unet(channels=(8, 8))
+    dot = Dot(dash, DotConfig(width=8, m=2, skip_levels=1)).eval()
+    with torch.no_grad():
+        for p in dot.trainable_state_dict():
+            dict(dot.named_parameters())[p].normal_(0, 0.1)
+    path = str(tmp_path / "dot.safetensors")  # a plain string path, as users pass it
+    dot.save(path, {"card": "{}"})
+    back = Dot.load(dash, path)
+    assert back.config == dot.config
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.equal(back(x, x, x, 500, 600), dot(x, x, x, 500, 600))
+        assert dot(x, x, x, 500, 600).abs().max() > 0
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="not a Dot checkpoint for this Dash"):
+        Dot.load(tiny_unet(channels=(16, 16)), path)  # same layer names, other shapes
