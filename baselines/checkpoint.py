@@ -37,6 +37,11 @@ def atomic_path(path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     """Write a safetensors file atomically (see `atomic_path`). Metadata values are stored as strings."""
     with atomic_path(path) as tmp:

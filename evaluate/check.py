@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from baselines.checkpoint import write_text_atomic
 from evaluate.run import BadInput, run
 
 DEFAULT_BASELINE = Path(__file__).resolve().parent / "check_baselines" / "fmnist.json"
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     if args.update:
         base["values"] = {m: now[m] for m in base["tolerances"]}
         base.setdefault("history", []).append(dict(date=datetime.date.today().isoformat(), reason=args.reason))
-        args.baseline.write_text(json.dumps(base, indent=1) + "\n")
+        write_text_atomic(args.baseline, json.dumps(base, indent=1) + "\n")
         print(f"baseline {args.baseline} updated: {args.reason}")
         return 0
     table, failed = compare(base, now)

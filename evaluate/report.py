@@ -12,12 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
-from baselines.checkpoint import atomic_path  # noqa: E402
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+from baselines.checkpoint import atomic_path, write_text_atomic  # noqa: E402
 
 
 def pivot(df: pd.DataFrame, metric: str, fmt="{:.2f}") -> pd.DataFrame:
@@ -104,9 +99,9 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
             tables[extra] = pivot(df, extra, "{:.3f}" if extra == "confidence" else "{:.2f}")
     md = [f"### {name} (columns: budget in LSD)\n\n{t.to_markdown() if hasattr(t, 'to_markdown') else t}\n"
           for name, t in tables.items()]
-    write_atomic(out / "tables.md", "\n".join(md))
+    write_text_atomic(out / "tables.md", "\n".join(md))
     latex = "\n".join(f"% {name}\n" + t.to_latex() for name, t in tables.items())
-    write_atomic(out / "tables.tex", latex)
+    write_text_atomic(out / "tables.tex", latex)
 
     plot_quality(df, "lsd", quality, out / f"{quality}_vs_lsd.png", f"{header['task']}: {quality} vs LSD")
     plot_quality(df, "nfe_total", quality, out / f"{quality}_vs_nfe.png", f"{header['task']}: {quality} vs NFE")
@@ -137,4 +132,4 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
               tables["nfe_dash"].to_markdown(), "", tables["nfe_dot"].to_markdown(), "",
               tables["ms_per_image"].to_markdown(), "", "## Samples", ""]
     lines += [f"![{g}](grids/{g})" for g in grid_names]
-    write_atomic(out / "index.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "index.md", "\n".join(lines) + "\n")

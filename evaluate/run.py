@@ -113,6 +113,48 @@ def quality_floor(task, extractor, ref, n) -> str:
             f"test x{n} vs disjoint train subset x{n}: {vs_train:.3f}")
 
 
+def measure_latency(dash, dot, shape, batch_size, device) -> tuple[dict, float, float]:
+    """Forward time of each network, interleaved, at batch 1 and the sweep's batch size: N and LSD."""
+    x1, t1 = torch.randn(1, *shape, device=device), torch.full((1,), 500, device=device)
+    dash_flops = flops_per_image(lambda: dash(x1, t1))
+    dot_flops = flops_per_image(lambda: dot(x1, x1, x1, t1, t1 + 100)) if dot is not None else math.nan
+    latency = {}
+    for bs in sorted({1, batch_size}):
+        if dot is not None:
+            dash_s, dot_s = dash_dot_times(dash, dot, shape, bs, 25, device)
+        else:
+            x, t = torch.randn(bs, *shape, device=device), torch.full((bs,), 500, device=device)
+            dash_s, dot_s = time_forward(lambda x=x, t=t: dash(x, t), 10, 2, device), math.nan
+        latency[bs] = dict(dash_ms=dash_s * 1e3, dot_ms=dot_s * 1e3, N=dash_s / dot_s,
+                           dash_tflops=dash_flops * bs / dash_s / 1e12, dot_tflops=dot_flops * bs / dot_s / 1e12)
+    return latency, dash_flops, dot_flops
+
+
+def speedup_table(q: pd.DataFrame, morse_methods, boot, boot_fd, saturation) -> pd.DataFrame:
+    """Speedup at equal quality of each Morse method over the solver it wraps, with bootstrap intervals
+    from the first 100 of the paired resamples the quality intervals used."""
+    speed_rows = []
+    for m in morse_methods:
+        base = m.solver.name
+        bq, mq = q[q.method == base], q[q.method == m.name]
+        if bq.empty or len(mq) < 2:
+            continue
+        point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), saturation)
+        boot_sp = []
+        for k in range(min(len(boot), 100)):
+            bv = [boot_fd[(base, b)][k] for b in bq.budget]
+            mv = [boot_fd[(m.name, b)][k] for b in mq.budget]
+            boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, saturation)])
+        boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
+        for i, r in enumerate(point):
+            col = boot_sp[:, i][np.isfinite(boot_sp[:, i])]
+            speed_rows.append(dict(morse=m.name, baseline=base, budget=r.budget, baseline_fd=r.baseline_quality,
+                                   morse_lsd=r.morse_lsd, speedup=r.speedup, status=r.status,
+                                   ci_low=np.percentile(col, 2.5) if len(col) else math.nan,
+                                   ci_high=np.percentile(col, 97.5) if len(col) else math.nan))
+    return pd.DataFrame(speed_rows)
+
+
 def run(**overrides) -> Path:
     opts = validate({**DEFAULTS, **overrides})
     tune_malloc()
@@ -143,21 +185,10 @@ def run(**overrides) -> Path:
     fingerprint = f"{task.name}|dash:{sha256(task.dash_path)[:16]}"
     dot_sum = sha256(dot_path(task.name))[:16] if any(isinstance(m, Morse) for m in methods) else ""
 
-    # Latency of one forward per network, interleaved, at the sweep's batch size: N and LSD.
-    latency = {}
     t_lat = time.perf_counter()
     morse_methods = [m for m in methods if isinstance(m, Morse)]
-    x1, t1 = torch.randn(1, *task.image_shape, device=device), torch.full((1,), 500, device=device)
-    dash_flops = flops_per_image(lambda: dash(x1, t1))
-    dot_flops = flops_per_image(lambda: morse_methods[0].dot(x1, x1, x1, t1, t1 + 100)) if morse_methods else math.nan
-    for bs in sorted({1, opts["batch_size"]}):
-        if morse_methods:
-            dash_s, dot_s = dash_dot_times(dash, morse_methods[0].dot, task.image_shape, bs, 25, device)
-        else:
-            x, t = torch.randn(bs, *task.image_shape, device=device), torch.full((bs,), 500, device=device)
-            dash_s, dot_s = time_forward(lambda x=x, t=t: dash(x, t), 10, 2, device), math.nan
-        latency[bs] = dict(dash_ms=dash_s * 1e3, dot_ms=dot_s * 1e3, N=dash_s / dot_s,
-                           dash_tflops=dash_flops * bs / dash_s / 1e12, dot_tflops=dot_flops * bs / dot_s / 1e12)
+    latency, dash_flops, dot_flops = measure_latency(dash, morse_methods[0].dot if morse_methods else None,
+                                                     task.image_shape, opts["batch_size"], device)
     n_measured = latency[opts["batch_size"]]["N"]
     t_lat = time.perf_counter() - t_lat
 
@@ -214,27 +245,7 @@ def run(**overrides) -> Path:
             rows.append({**prov, "lsd": lsd, "metric": metric, "value": value, **extra})
     df = pd.DataFrame(rows)
 
-    speed_rows = []
-    q = df[df.metric == quality]
-    for m in morse_methods:
-        base = m.solver.name
-        bq, mq = q[q.method == base], q[q.method == m.name]
-        if bq.empty or len(mq) < 2:
-            continue
-        point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), opts["saturation"])
-        boot_sp = []
-        for k in range(min(len(boot), 100)):
-            bv = [boot_fd[(base, b)][k] for b in bq.budget]
-            mv = [boot_fd[(m.name, b)][k] for b in mq.budget]
-            boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, opts["saturation"])])
-        boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
-        for i, r in enumerate(point):
-            col = boot_sp[:, i][np.isfinite(boot_sp[:, i])]
-            speed_rows.append(dict(morse=m.name, baseline=base, budget=r.budget, baseline_fd=r.baseline_quality,
-                                   morse_lsd=r.morse_lsd, speedup=r.speedup, status=r.status,
-                                   ci_low=np.percentile(col, 2.5) if len(col) else math.nan,
-                                   ci_high=np.percentile(col, 97.5) if len(col) else math.nan))
-    speed = pd.DataFrame(speed_rows)
+    speed = speedup_table(df[df.metric == quality], morse_methods, boot, boot_fd, opts["saturation"])
     t_metric = time.perf_counter() - t_metric
 
     sampling_wall = sum(c.wall_time_s for c in cells)

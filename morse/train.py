@@ -34,7 +34,7 @@ from baselines.noise import initial_noise
 from baselines.registry import get_baseline
 from baselines.runtime import tune_malloc
 from baselines.tasks import get_task
-from baselines.tasks.cards import render
+from baselines.tasks.cards import write_card
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
@@ -235,8 +235,7 @@ def main(argv=None):
                     if v is not None and k not in ("out", "export", "data_dir", "latency_batches")))
     for path in [args.out / "dot.safetensors"] + ([args.export] if args.export else []):
         dot.save(path, {"card": json.dumps(card)})
-        path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
-        render(path.with_suffix(".json"))
+        write_card(path, card)
     print(json.dumps({"heldout_error": err, "dot_ratio": ratios}, indent=1))
 
 

@@ -117,3 +117,27 @@ def test_report_files(tmp_path):
     assert {"commit", "metric_impl", "reference_sha256", "n_samples", "seeds", "device"} <= set(df.columns)
     nfe = df[(df.metric == "nfe_dot") & (df.method == "morse") & (df.budget == 3)].value.item()
     assert nfe > 0
+
+
+def test_check_update_then_check(tmp_path, capsys):
+    """--update writes the baseline (atomically, with its reason); a plain check then passes, and a
+    baseline that promises a better FD than the run gives fails."""
+    import json
+
+    from evaluate import check
+
+    path = tmp_path / "base.json"
+    base = dict(sweep=dict(task="fmnist", methods="ddim", budgets="2", num_samples=200, batch_size=64, seed=7),
+                tolerances=dict(fd_fmnist=dict(rel=0.05, abs=0.05), nfe_dash=dict(abs=0, two_sided=True)))
+    path.write_text(json.dumps(base))
+    assert check.main(["--baseline", str(path), "--update"]) == 2
+    assert "--reason" in capsys.readouterr().err
+    assert check.main(["--baseline", str(path), "--update", "--reason", "first"]) == 0
+    written = json.loads(path.read_text())
+    assert written["values"]["nfe_dash"] == {"ddim@2": 2.0} and written["history"][-1]["reason"] == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.json"]
+    assert check.main(["--baseline", str(path)]) == 0
+    written["values"]["fd_fmnist"]["ddim@2"] *= 0.5
+    path.write_text(json.dumps(written))
+    assert check.main(["--baseline", str(path)]) == 1
+    assert "REGRESSION" in capsys.readouterr().out

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from baselines.checkpoint import write_text_atomic
+
 
 def _stages(card: dict) -> list[dict]:
     init = card.get("init") or {}
@@ -43,8 +45,15 @@ def render(json_path: Path) -> Path:
             lines += ["", f"## Stage {i}" + (" (these weights)" if i == len(stages) else ""), ""]
             lines += _table(st, "###")
     md = Path(json_path).with_suffix(".md")
-    md.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md, "\n".join(lines) + "\n")
     return md
+
+
+def write_card(weights: Path, card: dict) -> Path:
+    """The card beside `weights`: JSON, then its Markdown rendering, each written atomically."""
+    json_path = Path(weights).with_suffix(".json")
+    write_text_atomic(json_path, json.dumps(card, indent=1) + "\n")
+    return render(json_path)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Writes baselines/weights/fmnist_classifier.safetensors and fmnist_classifier.jso
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tqdm import tqdm
 
 from baselines.checkpoint import save_atomic
 from baselines.runtime import tune_malloc
-from baselines.tasks.cards import render
+from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import WEIGHTS, Classifier
 
@@ -73,8 +72,7 @@ def main(argv=None):
                 command=f"python -m baselines.tasks.train_classifier --epochs {args.epochs} "
                         f"--batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}",
                 test_accuracy=round(acc, 4), wall_time_s=round(wall, 1))
-    args.out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
-    render(args.out.with_suffix(".json"))
+    write_card(args.out, card)
     print(f"test accuracy {acc:.4f}; saved {args.out} after {wall / 60:.1f} min")
 
 

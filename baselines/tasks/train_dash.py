@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from baselines.checkpoint import load_training_state, save_atomic, save_training_state, sha256
 from baselines.runtime import tune_malloc
-from baselines.tasks.cards import render
+from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
 
@@ -124,8 +124,7 @@ def main(argv=None):
                 steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                 ema_decay=args.ema_decay, seed=args.seed, init=init, wall_time_s=round(wall, 1),
                 threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 5) for v in curve])
-    args.out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
-    render(args.out.with_suffix(".json"))
+    write_card(args.out, card)
     ckpt.unlink(missing_ok=True)
     print(f"saved {args.out} after {wall / 60:.1f} min; final loss {curve[-1]:.4f}")
 
