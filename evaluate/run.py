@@ -176,17 +176,16 @@ def run(**overrides) -> Path:
         raise BadInput(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.md").unlink(missing_ok=True)  # until this run finishes, the folder is not a finished report
-    for m in methods:
-        if isinstance(m, Morse):
-            m.dot.to(device)
+    morse_methods = [m for m in methods if isinstance(m, Morse)]
+    for m in morse_methods:
+        m.dot.to(device)
     denoiser = Denoiser(dash, task.schedule_config).to(device)
     seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
     # Cached shards are valid only for the same weights: their checksums enter every cache key.
     fingerprint = f"{task.name}|dash:{sha256(task.dash_path)[:16]}"
-    dot_sum = sha256(dot_path(task.name))[:16] if any(isinstance(m, Morse) for m in methods) else ""
+    dot_sum = sha256(dot_path(task.name))[:16] if morse_methods else ""
 
     t_lat = time.perf_counter()
-    morse_methods = [m for m in methods if isinstance(m, Morse)]
     latency, dash_flops, dot_flops = measure_latency(dash, morse_methods[0].dot if morse_methods else None,
                                                      task.image_shape, opts["batch_size"], device)
     n_measured = latency[opts["batch_size"]]["N"]
