@@ -45,7 +45,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 def save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     """Write a safetensors file atomically (see `atomic_path`). Metadata values are stored as strings."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp,
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                   metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
@@ -87,7 +87,8 @@ def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str)
     for k, v in state.items():
         if k.startswith("opt/"):
             name, field = k[4:].rsplit("/", 1)
-            opt.state[params[name]][field] = v
+            # torch keeps Adam's step count on the CPU unless the optimiser is capturable or fused
+            opt.state[params[name]][field] = v if field == "step" else v.to(params[name].device)
     gen.set_state(state["rng"])
     own = {k: v for k, v in state.items() if not k.startswith("opt/") and k != "rng"}
     return int(meta["step"]), own, meta

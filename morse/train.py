@@ -56,13 +56,13 @@ class _Recorder(nn.Module):
         values = (x_ti, x_ts, z_s, torch.full((n,), float(t_i)), torch.full((n,), float(t_s)),
                   self._denoiser[0](x_ti, t_i, cond))
         for name, v in zip(FIELDS, values, strict=True):
-            self.rows[name].append(v)
+            self.rows[name].append(v.cpu())  # the pool of all rounds lives in host memory
         return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond)
 
 
 @torch.inference_mode()
 def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds, shape, batch_size=64,
-                   desc="pairs"):
+                   desc="pairs", device="cpu"):
     """Dot training pairs from Morse sampling runs with `dot`, one per Dot step."""
     recorder = _Recorder(dot, denoiser).eval()
     sampler = Morse(solver, recorder, dot_ratio, interleave)
@@ -70,17 +70,18 @@ def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds,
     with tqdm(total=len(budgets) * len(chunks), desc=desc, unit="batch") as bar:
         for budget in budgets:
             for chunk in chunks:
-                sampler(denoiser, initial_noise(chunk, shape), budget, seeds=chunk)
+                sampler(denoiser, initial_noise(chunk, shape, device=device), budget, seeds=chunk)
                 bar.update()
     if not recorder.rows["target"]:
         raise ValueError(f"morse.train: no budget in {budgets} leaves room for a Dot step at N={dot_ratio}")
     return {k: torch.cat(v) for k, v in recorder.rows.items()}
 
 
-def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor) -> dict:
+def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu") -> dict:
     """Rows `idx` of the rounds' pairs taken as one table, without concatenating the pool (GBs)."""
     rnd = torch.searchsorted(starts, idx, right=True) - 1
-    return {k: torch.cat([q[k][idx[rnd == r] - starts[r]] for r, q in enumerate(pool)]) for k in FIELDS}
+    return {k: torch.cat([q[k][idx[rnd == r] - starts[r]] for r, q in enumerate(pool)]).to(device)
+            for k in FIELDS}
 
 
 def dot_loss(dot, batch):
@@ -89,11 +90,11 @@ def dot_loss(dot, batch):
 
 
 @torch.inference_mode()
-def residual_error(dot, pairs, batch_size=256) -> dict:
+def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
     """|z_s + eta - target| against |z_s - target| (reuse of the last Dash estimate), pooled."""
     num = den = 0.0
     for k in range(0, len(pairs["target"]), batch_size):
-        b = {n: v[k:k + batch_size] for n, v in pairs.items()}
+        b = {n: v[k:k + batch_size].to(device) for n, v in pairs.items()}
         pred = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
         num += (pred - b["target"]).double().square().sum().item()
         den += (b["z_s"] - b["target"]).double().square().sum().item()
@@ -134,6 +135,7 @@ def main(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--latency-batches", default="1,64,256", help="batch sizes at which N is measured for the card")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", help="e.g. cuda (N on the card is then measured there too)")
     p.add_argument("--out", type=Path, default=Path("runs/dot-fmnist"))
     p.add_argument("--export", type=Path, default=None, help="also write the final Dot here (e.g. "
                    "morse/weights/fmnist_dot.safetensors) with its card")
@@ -145,16 +147,18 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     task = get_task(args.task, data_dir=args.data_dir)
-    dash = task.dash()
-    denoiser = Denoiser(dash, task.schedule_config)
+    device = torch.device(args.device)
+    dash = task.dash().to(device)
+    denoiser = Denoiser(dash, task.schedule_config).to(device)
     solver = get_baseline(args.solver)
     interleave = Interleave(args.dots_per_dash)
     budgets = [float(b) for b in args.budgets.split(",")]
     make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
-        denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc)
+        denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc,
+        device=device)
 
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
-                              schedule=dict(task.schedule_config)))
+                              schedule=dict(task.schedule_config))).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
@@ -168,7 +172,8 @@ def main(argv=None):
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     # Pairs and checkpoints are valid only for the Dash (and initial Dot) that made them.
-    resumable = {k: v for k, v in vars(args).items() if k not in ("export", "latency_batches", "checkpoint_every")}
+    resumable = {k: v for k, v in vars(args).items()
+                 if k not in ("export", "latency_batches", "checkpoint_every", "device")}
     resumable.update(dash=sha256(task.dash_path)[:16], init=sha256(args.init)[:16] if args.init else None)
     train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
@@ -198,7 +203,7 @@ def main(argv=None):
             idx = torch.randint(int(starts[-1]), (args.batch_size,), generator=gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(it) * g["lr_mult"]
-            loss = dot_loss(dot, _rows(pool, starts, idx))
+            loss = dot_loss(dot, _rows(pool, starts, idx, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -215,16 +220,17 @@ def main(argv=None):
     log.close()
     dot.eval()
     held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
-    err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"))
-    times = {b: dash_dot_times(dash, dot, task.image_shape, int(b)) for b in args.latency_batches.split(",")}
+    err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"), device=device)
+    times = {b: dash_dot_times(dash, dot, task.image_shape, int(b), device=device)
+             for b in args.latency_batches.split(",")}
     ratios = {b: round(dash_s / dot_s, 2) for b, (dash_s, dot_s) in times.items()}
     ms_per_image = {b: dict(dash=round(dash_s * 1e3 / int(b), 3), dot=round(dot_s * 1e3 / int(b), 3))
                     for b, (dash_s, dot_s) in times.items()}
     losses = [json.loads(line)["loss"] for line in open(args.out / "loss.jsonl")]
     curve = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 6) for i in range(0, len(losses), 100)]
     card = dict(task=args.task, dot_config=vars(dot.config), dot_ratio_planned=args.dot_ratio,
-                dot_ratio_measured=ratios, ms_per_image=ms_per_image, dots_per_dash=args.dots_per_dash,
-                solver=args.solver, budgets=budgets, rounds=args.rounds,
+                dot_ratio_measured=ratios, ms_per_image=ms_per_image, device=str(device),
+                dots_per_dash=args.dots_per_dash, solver=args.solver, budgets=budgets, rounds=args.rounds,
                 train_pairs=sum(len(q["target"]) for q in pool), heldout_runs_per_budget=args.heldout,
                 trainable_parameters=sum(q.numel() for q in trainable),
                 dash_parameters=sum(q.numel() for q in dash.parameters()),
@@ -232,7 +238,7 @@ def main(argv=None):
                 loss_per_100_iters=curve,
                 command="python -m morse.train " + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                    if v is not None and k not in ("out", "export", "data_dir", "latency_batches")))
+                    if v is not None and k not in ("out", "export", "data_dir", "latency_batches", "device")))
     for path in [args.out / "dot.safetensors"] + ([args.export] if args.export else []):
         dot.save(path, {"card": json.dumps(card)})
         write_card(path, card)

@@ -91,4 +91,7 @@ def test_results_do_not_depend_on_batch_size(tmp_path):
     assert main(["--out", str(tmp_path / "b"), "--batch-size", "23"] + args) == 0
     a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("a", "b"))
     fd = lambda df: df[df.metric == "fd_fmnist"].set_index("method").value  # noqa: E731
-    pd.testing.assert_series_equal(fd(a), fd(b), rtol=1e-6)
+    # Equal up to float32 rounding, not bit for bit: oneDNN picks convolution kernels by batch size (on
+    # an AMD EPYC the FDs differed in the 7th digit). Noise drawn per batch instead of per seed moves
+    # FD by percents.
+    pd.testing.assert_series_equal(fd(a), fd(b), rtol=1e-4)

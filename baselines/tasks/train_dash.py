@@ -42,6 +42,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from these weights (safetensors) instead of random")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", help="e.g. cuda; data and RNG stay on the CPU, so a run "
+                   "draws the same batches on any device")
     p.add_argument("--work-dir", type=Path, default=Path("runs/dash-fmnist"))
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", type=Path, default=WEIGHTS / "fmnist_dash.safetensors")
@@ -50,7 +52,8 @@ def main(argv=None):
     tune_malloc()
     torch.manual_seed(args.seed)
     images, _ = load_fmnist("train", args.data_dir)
-    model = build_dash().train()
+    device = torch.device(args.device)
+    model = build_dash().to(device).train()
     init = None
     if args.init is not None:
         if not args.init.exists():
@@ -92,9 +95,9 @@ def main(argv=None):
     bar = tqdm(range(start, args.steps), desc="train dash", unit="step", initial=start, total=args.steps)
     for step in bar:
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
-        x0 = images[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(SCHEDULE_CONFIG["num_train_timesteps"], (args.batch_size,), generator=gen)
+        x0 = images[idx].to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(SCHEDULE_CONFIG["num_train_timesteps"], (args.batch_size,), generator=gen).to(device)
         loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -123,7 +126,7 @@ def main(argv=None):
                 data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]", command=command,
                 steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                 ema_decay=args.ema_decay, seed=args.seed, init=init, wall_time_s=round(wall, 1),
-                threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 5) for v in curve])
+                device=str(device), threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 5) for v in curve])
     write_card(args.out, card)
     ckpt.unlink(missing_ok=True)
     print(f"saved {args.out} after {wall / 60:.1f} min; final loss {curve[-1]:.4f}")
