@@ -4,6 +4,8 @@ import ctypes
 import ctypes.util
 import os
 
+import torch
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _tuned = False
 
@@ -31,3 +33,10 @@ def tune_malloc() -> bool:
     ok &= mallopt(_M_TOP_PAD, 1024 * 1024 * 1024)
     _tuned = bool(ok)
     return _tuned
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device(name), or a one-line ValueError when it names CUDA and torch sees none."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from baselines.checkpoint import sha256
 from baselines.denoisers import Denoiser
-from baselines.runtime import tune_malloc
+from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import TASKS, get_task
 from baselines.tasks.data import MissingDataError
 from baselines.tasks.fmnist import MissingWeightsError
@@ -90,8 +90,10 @@ def validate(opts: dict) -> dict:
         raise BadInput("--num-samples must be at least 2")
     if opts["batch_size"] < 1:
         raise BadInput("--batch-size must be at least 1")
-    if opts["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    try:
+        resolve_device(opts["device"])
+    except ValueError as e:
+        raise BadInput(str(e)) from None
     return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]))
 
 

@@ -32,7 +32,7 @@ from baselines.checkpoint import load_keyed, load_training_state, save_atomic, s
 from baselines.denoisers import Denoiser
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
-from baselines.runtime import tune_malloc
+from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import get_task
 from baselines.tasks.cards import write_card
 from morse.dot import Dot, DotConfig
@@ -143,11 +143,14 @@ def main(argv=None):
     if args.rounds < 1 or args.iters < args.rounds:
         raise SystemExit(f"error: need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     tune_malloc()
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     task = get_task(args.task, data_dir=args.data_dir)
-    device = torch.device(args.device)
     dash = task.dash().to(device)
     denoiser = Denoiser(dash, task.schedule_config).to(device)
     solver = get_baseline(args.solver)

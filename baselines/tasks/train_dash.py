@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from baselines.checkpoint import load_training_state, save_atomic, save_training_state, sha256
-from baselines.runtime import tune_malloc
+from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
@@ -49,10 +49,13 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=WEIGHTS / "fmnist_dash.safetensors")
     args = p.parse_args(argv)
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     tune_malloc()
     torch.manual_seed(args.seed)
     images, _ = load_fmnist("train", args.data_dir)
-    device = torch.device(args.device)
     model = build_dash().to(device).train()
     init = None
     if args.init is not None:
