@@ -112,3 +112,31 @@ def test_inception_weights_checksum():
     from evaluate.features import INCEPTION_SHA256, inception_path
 
     assert sha256(inception_path()) == INCEPTION_SHA256
+
+
+def test_reference_checksum_names_the_statistics_not_the_file(tmp_path, monkeypatch):
+    from evaluate.reference import reference_stats
+
+    monkeypatch.setenv("MORSE_BENCH_CACHE", str(tmp_path))
+
+    class Task:
+        name = "toy"
+
+        def data(self, split):
+            return torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0)), None
+
+    class Flat:
+        name, checksum = "flat", "0"
+
+        def __call__(self, images):
+            return images.flatten(1).numpy(), None
+
+    _, fresh = reference_stats(Task(), "train", None, Flat())
+    path = next(tmp_path.rglob("*.npz"))
+    with np.load(path) as z:
+        arrays = dict(z)
+    np.savez_compressed(path, **arrays)  # the same statistics in other bytes, as a rebuild elsewhere writes
+    _, cached = reference_stats(Task(), "train", None, Flat())
+    assert cached["sha256"] == fresh["sha256"]
+    np.savez(path, **{**arrays, "mu": arrays["mu"] + 1e-9})
+    assert reference_stats(Task(), "train", None, Flat())[1]["sha256"] != fresh["sha256"]
