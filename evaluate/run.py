@@ -45,12 +45,20 @@ class BadInput(ValueError):
     pass
 
 
-def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
+def git_commit(exclude: Path | None = None, root: Path | None = None) -> str:
+    """HEAD, with "+dirty" when tracked files differ from it. `exclude` (the run's output folder) does not
+    count: regenerating a committed report rewrites its own tracked files, which says nothing about the code."""
+    root = root or Path(__file__).resolve().parent.parent
+    pathspec = []
+    if exclude is not None:
+        try:
+            pathspec = ["--", ".", f":(exclude){Path(exclude).resolve().relative_to(root.resolve())}"]
+        except ValueError:
+            pass  # outside the repository: nothing of it is tracked
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *pathspec], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -176,6 +184,7 @@ def run(**overrides) -> Path:
         ref, ref_prov = reference_stats(task, "train", None, extractor)
     except (MissingWeightsError, MissingDataError, FileNotFoundError) as e:
         raise BadInput(str(e)) from None
+    commit = git_commit(exclude=out)  # the code as it was when the run started
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.md").unlink(missing_ok=True)  # until this run finishes, the folder is not a finished report
     morse_methods = [m for m in methods if isinstance(m, Morse)]
@@ -211,7 +220,6 @@ def run(**overrides) -> Path:
     fid_ref = fid_prov = None
     if inception is not None:
         fid_ref, fid_prov = reference_stats(task, "train", opts["fid_reference"], inception)
-    commit = git_commit()
     floor = quality_floor(task, extractor, ref, len(seeds))
     rows, boot_fd = [], {}
     for cell in tqdm(cells, desc="metrics", unit="cell"):

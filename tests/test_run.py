@@ -141,3 +141,26 @@ def test_check_update_then_check(tmp_path, capsys):
     path.write_text(json.dumps(written))
     assert check.main(["--baseline", str(path)]) == 1
     assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_commit_is_dirty_for_code_changes_not_for_the_report_being_rewritten(tmp_path):
+    from evaluate.run import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    report = tmp_path / "reports" / "ref"
+    report.mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (report / "index.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    (report / "index.md").unlink()  # what a run does to the committed report it regenerates
+    assert git_commit(exclude=report, root=tmp_path) == head
+    assert git_commit(root=tmp_path) == head + "+dirty"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(exclude=report, root=tmp_path) == head + "+dirty"
