@@ -147,8 +147,8 @@ def test_commit_is_dirty_for_code_changes_not_for_the_report_being_rewritten(tmp
     from evaluate.run import git_commit
 
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
 
     report = tmp_path / "reports" / "ref"
     report.mkdir(parents=True)
@@ -157,8 +157,7 @@ def test_commit_is_dirty_for_code_changes_not_for_the_report_being_rewritten(tmp
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "c")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
-                          text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
     (report / "index.md").unlink()  # what a run does to the committed report it regenerates
     assert git_commit(exclude=report, root=tmp_path) == head
     assert git_commit(root=tmp_path) == head + "+dirty"
