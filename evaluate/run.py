@@ -34,7 +34,7 @@ from evaluate.frechet import feature_stats, frechet_distance
 from evaluate.methods import check_names, resolve
 from evaluate.reference import reference_stats
 from evaluate.report import write_report
-from evaluate.speedup import speedups
+from evaluate.speedup import speedup_table
 from evaluate.sweep import NonFiniteSamplesError, run_cell
 from morse import Morse
 from morse.latency import dash_dot_times, flops_per_image, time_forward
@@ -138,31 +138,6 @@ def measure_latency(dash, dot, shape, batch_size, device) -> tuple[dict, float, 
         latency[bs] = dict(dash_ms=dash_s * 1e3, dot_ms=dot_s * 1e3, N=dash_s / dot_s,
                            dash_tflops=dash_flops * bs / dash_s / 1e12, dot_tflops=dot_flops * bs / dot_s / 1e12)
     return latency, dash_flops, dot_flops
-
-
-def speedup_table(q: pd.DataFrame, morse_methods, boot, boot_fd, saturation) -> pd.DataFrame:
-    """Speedup at equal quality of each Morse method over the solver it wraps, with bootstrap intervals
-    from the first 100 of the paired resamples the quality intervals used."""
-    speed_rows = []
-    for m in morse_methods:
-        base = m.solver.name
-        bq, mq = q[q.method == base], q[q.method == m.name]
-        if bq.empty or len(mq) < 2:
-            continue
-        point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), saturation)
-        boot_sp = []
-        for k in range(min(len(boot), 100)):
-            bv = [boot_fd[(base, b)][k] for b in bq.budget]
-            mv = [boot_fd[(m.name, b)][k] for b in mq.budget]
-            boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, saturation)])
-        boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
-        for i, r in enumerate(point):
-            col = boot_sp[:, i][np.isfinite(boot_sp[:, i])]
-            speed_rows.append(dict(morse=m.name, baseline=base, budget=r.budget, baseline_fd=r.baseline_quality,
-                                   morse_lsd=r.morse_lsd, speedup=r.speedup, status=r.status,
-                                   ci_low=np.percentile(col, 2.5) if len(col) else math.nan,
-                                   ci_high=np.percentile(col, 97.5) if len(col) else math.nan))
-    return pd.DataFrame(speed_rows)
 
 
 def run(**overrides) -> Path:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass
@@ -74,3 +75,28 @@ def speedups(baseline_budgets, baseline_quality, morse_lsd, morse_quality, satur
 def mean_speedup(rows: list[Speedup]) -> float:
     vals = [r.speedup for r in rows if r.status == "ok"]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def speedup_table(q: pd.DataFrame, morse_methods, boot, boot_fd, saturation) -> pd.DataFrame:
+    """Speedup at equal quality of each Morse method over the solver it wraps, with bootstrap intervals
+    from the first 100 of the paired resamples the quality intervals used."""
+    speed_rows = []
+    for m in morse_methods:
+        base = m.solver.name
+        bq, mq = q[q.method == base], q[q.method == m.name]
+        if bq.empty or len(mq) < 2:
+            continue
+        point = speedups(list(bq.budget), list(bq.value), list(mq.lsd), list(mq.value), saturation)
+        boot_sp = []
+        for k in range(min(len(boot), 100)):
+            bv = [boot_fd[(base, b)][k] for b in bq.budget]
+            mv = [boot_fd[(m.name, b)][k] for b in mq.budget]
+            boot_sp.append([r.speedup for r in speedups(list(bq.budget), bv, list(mq.lsd), mv, saturation)])
+        boot_sp = np.array(boot_sp) if boot_sp else np.full((1, len(point)), np.nan)
+        for i, r in enumerate(point):
+            col = boot_sp[:, i][np.isfinite(boot_sp[:, i])]
+            speed_rows.append(dict(morse=m.name, baseline=base, budget=r.budget, baseline_fd=r.baseline_quality,
+                                   morse_lsd=r.morse_lsd, speedup=r.speedup, status=r.status,
+                                   ci_low=np.percentile(col, 2.5) if len(col) else math.nan,
+                                   ci_high=np.percentile(col, 97.5) if len(col) else math.nan))
+    return pd.DataFrame(speed_rows)
