@@ -1,24 +1,41 @@
-"""One table of defaults, mirrored by the CLI (`python -m evaluate.run`) and `evaluate.run.run()`."""
+"""One table of defaults, mirrored by the CLI (`python -m evaluate.run`) and `evaluate.run.run()`.
 
-DEFAULTS = dict(
-    methods="morse,ddim,dpm",
-    task="fmnist",
-    budgets="2,4,8,16",       # LSD (= NFE for the Dash-only baselines)
-    num_samples=1000,
-    batch_size=64,            # the per-image sweet spot on CPU
-    device="cpu",
-    seed=0,                   # sample i uses seed `seed + i`
-    out=None,                 # reports/<task>/<run>
-    run="default",
-    fid_samples=0,            # Inception FID on this many samples per cell (slow on CPU)
-    fid_reference=10000,      # real train images behind the FID reference statistics
-    bootstrap=200,            # resamples of seeds for confidence intervals
-    saturation=0.05,          # a budget improving FD by < 5% at the next budget is saturated
-    dot_ratio=None,           # N used to plan Morse schedules; None: the Dot's model card
-    dots_per_dash=None,       # None: the Dot's model card
-    min_samples=200,          # refuse below this (FD of 128-d features needs full-rank covariance)
-    warn_samples=1000,
-    spacing="trailing",       # diffusers timestep_spacing where the scheduler offers it
-    data_dir=None,
-    force=False,
+Each entry carries the flag's meaning, so `--help` says what the flag does and not only its default.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flag:
+    default: object
+    help: str
+    type: type | None = None  # for flags whose default is None; otherwise the default's type
+
+
+FLAGS = dict(
+    methods=Flag("morse,ddim,dpm", "comma-separated method names (the registry in evaluate/methods.py)"),
+    task=Flag("fmnist", "a registered task name, or your own task class as package.module:Class"),
+    budgets=Flag("2,4,8,16", "comma-separated step budgets in LSD (= NFE for the Dash-only baselines)"),
+    num_samples=Flag(1000, "samples per method and budget"),
+    batch_size=Flag(64, "sampling batch size; results do not depend on it (the per-image sweet spot on CPU)"),
+    device=Flag("cpu", "torch device, e.g. cpu or cuda"),
+    seed=Flag(0, "sample i uses seed `seed + i`"),
+    out=Flag(None, "report folder (default reports/<task>/<run>); rerunning with the same folder resumes", str),
+    run=Flag("default", "name of the report folder under reports/<task>/ when --out is not given"),
+    fid_samples=Flag(0, "Inception FID on this many samples per cell (slow on CPU; 0: off unless the task's "
+                        "primary metric is FID)"),
+    fid_reference=Flag(10000, "real train images behind the FID reference statistics"),
+    bootstrap=Flag(200, "resamples of seeds for confidence intervals (0: none)"),
+    saturation=Flag(0.05, "a baseline budget improving quality by < this fraction at the next budget is "
+                          "saturated and left out of mean speedups"),
+    dot_ratio=Flag(None, "N used to plan Morse schedules (default: the Dot's model card)", float),
+    dots_per_dash=Flag(None, "Dot steps after each Dash step (default: the Dot's model card)", int),
+    min_samples=Flag(200, "refuse fewer samples than this (FD of 128-d features needs a full-rank covariance)"),
+    warn_samples=Flag(1000, "warn below this many samples (Frechet distances are biased upward)"),
+    spacing=Flag("trailing", "timestep spacing where the scheduler offers it: trailing, leading or linspace"),
+    data_dir=Flag(None, "folder holding the task's data (default: where the task's package installs it)", str),
+    force=Flag(False, "accept fewer samples than --min-samples"),
 )
+
+DEFAULTS = {key: flag.default for key, flag in FLAGS.items()}
