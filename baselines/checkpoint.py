@@ -7,6 +7,7 @@ to a temporary name and renamed, so a kill never leaves a half-written checkpoin
 """
 
 import hashlib
+import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,27 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class CorruptWeightsError(ValueError):
+    pass
+
+
+def verify_weights(path: Path) -> None:
+    """Check a weights file against the sha256 on its model card (the `.json` beside it), so a truncated
+    or replaced file is refused in one line instead of failing inside the loader or sampling garbage."""
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    try:
+        expected = json.loads(card_path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        raise CorruptWeightsError(f"{path}: its model card {card_path.name} records no sha256 to check it "
+                                  "against; restore the card (git checkout) or retrain") from None
+    got = sha256(path)
+    if got != expected:
+        raise CorruptWeightsError(f"{path} does not match the sha256 on its model card ({got[:16]} instead of "
+                                  f"{expected[:16]}): restore it with `git checkout -- {path}` or retrain "
+                                  f"(see {path.with_suffix('.md').name})")
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from baselines.checkpoint import write_text_atomic
+from baselines.checkpoint import sha256, write_text_atomic
 
 
 def _stages(card: dict) -> list[dict]:
@@ -50,8 +50,10 @@ def render(json_path: Path) -> Path:
 
 
 def write_card(weights: Path, card: dict) -> Path:
-    """The card beside `weights`: JSON, then its Markdown rendering, each written atomically."""
+    """The card beside `weights`: JSON, then its Markdown rendering, each written atomically. The card records
+    the weights' sha256, which loaders check (baselines.checkpoint.verify_weights)."""
     json_path = Path(weights).with_suffix(".json")
+    card = {**card, "sha256": sha256(weights)}
     write_text_atomic(json_path, json.dumps(card, indent=1) + "\n")
     return render(json_path)
 
