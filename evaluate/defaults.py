@@ -10,7 +10,7 @@ from dataclasses import dataclass
 class Flag:
     default: object
     help: str
-    type: type | None = None  # for flags whose default is None; otherwise the default's type
+    kind: type | None = None  # the value type, for flags whose default is None (else the default's type)
 
 
 FLAGS = dict(
