@@ -13,6 +13,17 @@ import pandas as pd  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from baselines.checkpoint import atomic_path, write_text_atomic  # noqa: E402
+from evaluate.speedup import LOWER, NO_BOUND, POINT, UPPER  # noqa: E402
+
+SPEEDUP_METHOD = (
+    "The LSD each accelerator needs for the baseline's quality: monotone (running-minimum) log-log linear "
+    "interpolation of its curve, no extrapolation. Where it never reaches the baseline's quality in its "
+    "measured range the speedup is an upper bound (<, budget / its largest LSD); where it beats the baseline "
+    "already at its smallest LSD, a lower bound (>, budget / its smallest LSD). A mean that includes bounds is "
+    "a bound. Intervals: 95% bootstrap over seeds (paired resamples; a resample out of range counts with its "
+    "bound) and, beside it, the range over the latency repeats (N's spread moves every Dot cell's LSD). "
+    "`<name>-oracle` is `<name>` with the Dash at its Dot steps charged as Dot calls: the ceiling of its "
+    "schedules; the fraction is the accelerator's speedup over the oracle's.")
 
 
 def pivot(df: pd.DataFrame, metric: str, fmt="{:.2f}") -> pd.DataFrame:
@@ -63,25 +74,95 @@ def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) 
     _save(fig, ax, path)
 
 
+def speedup_text(value, bound, digits=2, unit="x") -> str:
+    """A speedup (or a fraction of one) with its bound sign: "<0.51x" is at most, ">1.20x" at least."""
+    if bound == NO_BOUND or value != value:
+        return "n/a"
+    return f"{bound}{value:.{digits}f}{unit}"
+
+
 def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
+    """Values as filled circles with their bootstrap bars, bounds as triangles pointing where the true
+    speedup lies, excluded budgets hollow; the mean over included budgets as a dashed line."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    if not (speed.status == "ok").any():
-        ax.text(0.5, 0.5, "no budget with a defined speedup\n(see speedup.csv for why)", ha="center",
-                transform=ax.transAxes)
-    for (morse, base), g in speed.groupby(["morse", "baseline"]):
-        ok = g[g.status == "ok"]
-        if ok.empty:
-            continue
-        # A percentile interval need not contain the point estimate (few resamples, skewed curves).
-        low = (ok.speedup - ok.ci_low).clip(lower=0).fillna(0)
-        high = (ok.ci_high - ok.speedup).clip(lower=0).fillna(0)
-        ax.errorbar(ok.budget, ok.speedup, yerr=[low, high], marker="o", capsize=3, label=f"{morse} vs {base}")
+    per = speed[speed.row == "budget"]
+    for k, ((name, base), g) in enumerate(per.groupby(["method", "baseline"])):
+        color = f"C{k}"
+        for bound, marker in ((POINT, "o"), (UPPER, "v"), (LOWER, "^")):
+            for excluded in (False, True):
+                sel = g[(g.bound == bound) & ((g.excluded != "") == excluded)]
+                if sel.empty:
+                    continue
+                low = (sel.speedup - sel.ci_low).clip(lower=0).fillna(0)
+                high = (sel.ci_high - sel.speedup).clip(lower=0).fillna(0)
+                label = f"{name} vs {base}" if bound == POINT and not excluded else None
+                ax.errorbar(sel.budget, sel.speedup, yerr=[low, high], fmt=marker, capsize=3, color=color,
+                            mfc="none" if excluded else color, ms=8 if bound else 6, label=label)
+        ax.plot(g.budget, g.speedup, color=color, lw=0.8, alpha=0.5)
+        mean = speed[(speed.method == name) & (speed.row == "mean")]
+        if len(mean) and mean.speedup.notna().all():
+            m = mean.iloc[0]
+            ax.axhline(m.speedup, color=color, ls="--", lw=0.8,
+                       label=f"{name} mean {speedup_text(m.speedup, m.bound)} over {m.over}")
     ax.axhline(1.0, color="grey", lw=0.8)
-    if (speed.status == "ok").any():
+    if len(per):
         ax.set_xscale("log")
+        budgets = sorted(set(per.budget))
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.set_xticks([], minor=True)
     ax.set_xlabel("baseline budget (LSD)")
     ax.set_ylabel("speedup at equal quality")
+    ax.set_title("v: upper bound (never reaches the baseline), ^: lower bound; hollow: excluded", fontsize=7)
     _save(fig, ax, path)
+
+
+def speedup_tables(speed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per budget and method, as text with bounds and the mean last; the detailed table)."""
+    per = speed[speed.row == "budget"]
+    short = per.pivot_table(index="method", columns="budget", values="speedup", aggfunc="first")
+    text = short.copy().astype(object)
+    for _, r in per.iterrows():
+        text.loc[r.method, r.budget] = speedup_text(r.speedup, r.bound) + (" (excl.)" if r.excluded else "")
+    text.columns = [f"{c:g}" for c in text.columns]
+    means = speed[speed.row == "mean"].set_index("method")
+    text["mean"] = [speedup_text(means.speedup[m], means.bound[m]) if m in means.index else "" for m in text.index]
+    flip = {POINT: "", UPPER: ">", LOWER: "<"}  # the LSD needed lies the other way from the speedup's bound
+    rows = []
+    for _, r in per.iterrows():
+        n_range = f"{r.n_low:.2f}-{r.n_high:.2f}" if r.n_low == r.n_low else ""
+        row = {"method": r.method, "baseline": r.baseline, "budget": f"{r.budget:g}",
+               "baseline quality": f"{r.baseline_quality:.3g}", "LSD needed": f"{flip[r.bound]}{r.lsd:.3g}",
+               "speedup": speedup_text(r.speedup, r.bound), "95% CI (seeds)": f"{r.ci_low:.2f}-{r.ci_high:.2f}",
+               "range over N repeats": n_range}
+        if "of_oracle" in per.columns and r.of_oracle == r.of_oracle:
+            row["oracle speedup"] = speedup_text(r.oracle_speedup, r.oracle_bound)
+            row["fraction of oracle"] = speedup_text(r.of_oracle, r.of_oracle_bound, unit="")
+        row["excluded from mean"] = r.excluded
+        rows.append(row)
+    return text, pd.DataFrame(rows).fillna("")
+
+
+def mean_lines(speed: pd.DataFrame) -> list[str]:
+    """One line per method: its mean (a bound when bounds enter it), what it averages and what it leaves out."""
+    lines = []
+    for _, m in speed[speed.row == "mean"].iterrows():
+        g = speed[(speed.method == m.method) & (speed.row == "budget")]
+        left = "; ".join(f"{b:g} LSD: {why}" for b, why in zip(g.budget, g.excluded, strict=True) if why)
+        left = f"; excluded: {left}" if left else ""
+        if m.bound == NO_BOUND:
+            what = "no mean: some budgets are upper bounds and others lower bounds"
+        elif m.speedup != m.speedup:
+            what = "no budget left to average"
+        else:
+            kind = {POINT: "", UPPER: " (an upper bound: at some budgets the baseline's quality is never reached)",
+                    LOWER: " (a lower bound: some budgets are beaten already at the smallest LSD)"}[m.bound]
+            what = f"mean speedup {speedup_text(m.speedup, m.bound)} over budgets {m.over}{kind}"
+            if m.ci_low == m.ci_low:
+                what += f", 95% CI {m.ci_low:.2f}-{m.ci_high:.2f}"
+            if m.n_low == m.n_low:
+                what += f", {m.n_low:.2f}-{m.n_high:.2f} over the latency repeats"
+        lines.append(f"* **{m.method} vs {m.baseline}**: {what}{left}")
+    return lines
 
 
 def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header: dict, quality: str) -> None:
@@ -97,6 +178,8 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
     for extra in ("confidence", "fid"):
         if (df.metric == extra).any():
             tables[extra] = pivot(df, extra, "{:.3f}" if extra == "confidence" else "{:.2f}")
+    if len(speed):
+        tables["speedup"], speed_detail = speedup_tables(speed)
     md = [f"### {name} (columns: budget in LSD)\n\n{t.to_markdown() if hasattr(t, 'to_markdown') else t}\n"
           for name, t in tables.items()]
     write_text_atomic(out / "tables.md", "\n".join(md))
@@ -116,18 +199,10 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
               tables[quality].to_markdown(), "", f"![{quality} vs LSD]({quality}_vs_lsd.png)",
               f"![{quality} vs NFE]({quality}_vs_nfe.png)", ""]
     if len(speed):
-        lines += ["## Speedup at equal quality", "",
-                  "LSD Morse needs for the baseline's quality: monotone (running-minimum) log-log linear "
-                  "interpolation of Morse's curve, no extrapolation; saturated budgets excluded.", "",
-                  speed.to_markdown(index=False, floatfmt=".3g"), "", "![speedup](speedup.png)", ""]
-        for (m, b), g in speed.groupby(["morse", "baseline"]):
-            ok = g[g.status == "ok"]
-            if ok.empty:
-                lines.append(f"* **{m} vs {b}**: no budget with a defined speedup (see the status column)")
-            else:
-                lines.append(f"* **{m} vs {b}**: mean speedup {ok.speedup.mean():.2f}x over budgets "
-                             f"{', '.join(f'{v:g}' for v in ok.budget)}")
-        lines.append("")
+        lines += ["## Speedup at equal quality", "", SPEEDUP_METHOD, "", f"Rule: {speed.rule.iloc[0]}.", "",
+                  tables["speedup"].to_markdown(), "", speed_detail.to_markdown(index=False), "",
+                  "![speedup](speedup.png)", ""]
+        lines += mean_lines(speed) + [""]
     lines += ["## Cost", "", "NFE per sample, by network, and sampling wall time per image.", "",
               tables["nfe_dash"].to_markdown(), "", tables["nfe_dot"].to_markdown(), "",
               tables["ms_per_image"].to_markdown(), "", "## Samples", ""]

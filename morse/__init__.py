@@ -3,6 +3,6 @@ weight-shared network feeding residual corrections between jump steps)."""
 
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
-from morse.sampler import Morse
+from morse.sampler import Morse, MorseOracle
 
-__all__ = ["Dot", "DotConfig", "Interleave", "Morse"]
+__all__ = ["Dot", "DotConfig", "Interleave", "Morse", "MorseOracle"]

@@ -32,8 +32,17 @@ class Morse:
         return dict(name=self.name, solver=self.solver.config(), dot_ratio=self.dot_ratio,
                     dots_per_dash=self.interleave.dots_per_dash, dot=vars(self.dot.config))
 
+    @property
+    def wraps(self) -> str:
+        """The solver Morse accelerates: its speedup is measured against this one."""
+        return self.solver.name
+
     def plan(self, budget_lsd: float) -> list[bool]:
         return self.interleave.plan(budget_lsd, self.dot_ratio)
+
+    def between(self, denoiser, x_ti, t_i, anchor, cond):
+        """z_i at a Dot step: the Dash's last estimate plus the Dot's residual."""
+        return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"], cond)
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
                  spacing=DEFAULT_SPACING):
@@ -46,7 +55,7 @@ class Morse:
                 z = denoiser(x_ti, t_i, cond)
                 anchor.update(x_ts=x_ti, z_s=z, t_s=t_i)
                 return z
-            return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"], cond)
+            return self.between(denoiser, x_ti, t_i, anchor, cond)
 
         trace = Trace()
         generators = step_generators(seeds) if seeds is not None else None
@@ -56,4 +65,28 @@ class Morse:
             trace.wall_time_s = time.perf_counter() - start
         trace.timesteps = solver_timesteps(scheduler)
         trace.networks_per_step = ["dash" if j else "dot" for j in jump]
+        return x, trace
+
+
+class MorseOracle(Morse):
+    """Morse with an exact Dot: the Dash itself at the Dot steps, charged as the Dot (1/N LSD).
+
+    The same schedules as Morse, so it is the ceiling of each one: what Morse would reach if its Dot
+    matched the Dash at the Dot's cost. Named `<morse name>-oracle`, which reports pair with Morse.
+    """
+
+    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
+        super().__init__(solver, dot, dot_ratio, interleave)
+        self.name += "-oracle"
+
+    def between(self, denoiser, x_ti, t_i, anchor, cond):
+        return denoiser(x_ti, t_i, cond)
+
+    def __call__(self, denoiser, noise, budget, **kwargs):
+        x, trace = super().__call__(denoiser, noise, budget, **kwargs)
+        # The Dash's hook counted the Dot steps too; charge them as the Dot calls Morse makes there
+        # (one per step, guided or not). network_time_s keeps the time really spent, in the Dash.
+        dot_steps = trace.networks_per_step.count("dot")
+        trace.nfe["dash"] -= trace.nfe["dash"] * dot_steps / len(trace.networks_per_step)
+        trace.nfe["dot"] = float(dot_steps)
         return x, trace

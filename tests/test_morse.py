@@ -10,7 +10,7 @@ from baselines.noise import initial_noise
 from baselines.registry import BASELINES, get_baseline
 from baselines.solvers import solve
 from baselines.tasks.fmnist import SCHEDULE_CONFIG
-from morse import Dot, DotConfig, Interleave, Morse
+from morse import Dot, DotConfig, Interleave, Morse, MorseOracle
 
 SHAPE = (1, 8, 8)
 SEEDS = list(range(16))
@@ -135,6 +135,24 @@ def test_untrained_dot_is_reuse_of_last_dash_estimate(name, exact8, dot):
     with torch.inference_mode():
         ref = solve(sched, reuse, noise, step_generators(SEEDS), solver.step_kwargs)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("name", WRAPPABLE)
+def test_oracle_is_the_wrapped_solver_on_morses_schedule_at_morses_cost(name, exact8, dot):
+    """With the Dash at every step of Morse's schedule, the oracle is the wrapped solver with that many
+    steps; its Dot steps are charged as Dot calls, so it costs exactly what Morse costs."""
+    solver = get_baseline(name)
+    kw = dict(dot_ratio=4.0, interleave=Interleave(dots_per_dash=2))
+    oracle, morse = MorseOracle(solver, dot, **kw), Morse(solver, dot, **kw)
+    noise = initial_noise(SEEDS, SHAPE)
+    out, trace = oracle(exact8, noise, 6, seeds=SEEDS)
+    jump = oracle.plan(6)
+    assert jump == morse.plan(6) and not all(jump)
+    base, _ = solver(exact8, noise, len(jump), seeds=SEEDS)
+    assert torch.equal(out, base)
+    assert trace.nfe == morse(exact8, noise, 6, seeds=SEEDS)[1].nfe == {"dash": sum(jump),
+                                                                       "dot": len(jump) - sum(jump)}
+    assert oracle.name == f"{morse.name}-oracle" and oracle.wraps == morse.wraps == name
 
 
 def test_morse_rejects_two_evaluation_solvers(dot):
