@@ -1,4 +1,5 @@
-"""Feature extractors: the task's domain classifier (FD-fmnist) and TF-FID Inception (FID)."""
+"""Feature extractors behind the metrics tasks declare: a task's own classifier (`fd_<task>`, the Frechet
+distance on its penultimate features) and TF-FID Inception (`fid`)."""
 
 import importlib.util
 from pathlib import Path
@@ -14,11 +15,11 @@ INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091
 class ClassifierFeatures:
     """Penultimate features and class probabilities of the task's classifier (fast on CPU)."""
 
-    name = "fd-fmnist"
-
-    def __init__(self, classifier, weights_path: Path):
+    def __init__(self, classifier, weights_path: Path, name: str = "fd-classifier"):
         self.model = classifier
         self.checksum = sha256(weights_path)[:16]
+        self.name = name
+        self.feature_dim = classifier.feature_dim
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, batch_size: int = 500):
@@ -63,6 +64,14 @@ class InceptionFeatures:
         self.model = model.eval()
         self.resize = build_resizer("clean")
         self.device = device
+        self._dim = 2048 if self.checksum == INCEPTION_SHA256[:16] else None
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of one feature vector (2048 for Inception's pool; a stand-in model is probed once)."""
+        if self._dim is None:
+            self._dim = self(torch.zeros(1, 3, 8, 8))[0].shape[1]
+        return self._dim
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] tensors (N, C, H, W) -> uint8 -> clean resize -> the model's input range."""
@@ -80,3 +89,13 @@ class InceptionFeatures:
             x = self.preprocess(images[k:k + batch_size]).to(self.device)
             out.append(self.model(x).double().cpu().numpy().reshape(len(x), -1))
         return np.concatenate(out), None
+
+
+def extractor_for(task, metric: str, device="cpu"):
+    """The extractor behind one of the metrics `task` declares."""
+    if metric == "fid":
+        return InceptionFeatures(device)
+    if metric == f"fd_{task.name}" and hasattr(task, "classifier"):
+        return ClassifierFeatures(task.classifier(), task.classifier_path, name=f"fd-{task.name}")
+    raise ValueError(f"task {task.name!r} declares metric {metric!r}, for which no feature extractor exists "
+                     f"(known: fid, and fd_<task> for tasks with a classifier)")

@@ -1,24 +1,41 @@
-"""Tasks: a data set, a pre-trained Dash model and a domain feature extractor, by name."""
+"""Tasks by name: the Dash model, its schedule, conditions, decode step, declared metrics and their
+reference data (see `baselines.tasks.base.Task`)."""
 
+import importlib
+import inspect
+
+from baselines.tasks.base import CorruptWeightsError, MissingReferenceError, MissingWeightsError, Task
+from baselines.tasks.celebahq256 import CelebAHQ256
+from baselines.tasks.church256 import Church256
+from baselines.tasks.cifar10 import CIFAR10
 from baselines.tasks.fmnist import FashionMNIST
 
-TASKS = {"fmnist": FashionMNIST}
+TASKS = {t.name: t for t in (FashionMNIST, CIFAR10, CelebAHQ256, Church256)}
+
+__all__ = ["TASKS", "CorruptWeightsError", "MissingReferenceError", "MissingWeightsError", "Task", "get_task"]
 
 
 def get_task(name: str, **kwargs):
-    """A registered task by name, or any project's own task class as "package.module:Class"."""
-    if ":" in name:
-        import importlib
+    """A registered task by name, or any project's own task class as "package.module:Class".
 
+    Options left at their defaults (None, False) are not passed to a class whose constructor does not
+    take them, so task classes written before those options existed keep working."""
+    if ":" in name:
         module, _, attr = name.partition(":")
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot load task {name!r}: {e}") from None
-        return cls(**kwargs)
-    try:
-        cls = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} "
-                         "or a class path module:Class") from None
-    return cls(**kwargs)
+    else:
+        try:
+            cls = TASKS[name]
+        except KeyError:
+            raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} "
+                             "or a class path module:Class") from None
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unused = [k for k, v in kwargs.items() if not takes_any and k not in params and v not in (None, False)]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ValueError(f"task {name!r} does not take {flags}")
+    return cls(**{k: v for k, v in kwargs.items() if takes_any or k in params})

@@ -1,4 +1,9 @@
-"""The embedded default task: Fashion-MNIST 32x32, a small Dash UNet, a domain classifier."""
+"""The embedded default task: Fashion-MNIST 32x32, a small Dash UNet, a domain classifier.
+
+Its primary metric is FD-fmnist, the Frechet distance of the classifier's 128-d penultimate features
+against the Fashion-MNIST train set (fast enough for CPU sweeps); Inception FID is available on request
+(--fid-samples K) against the first --fid-reference train images.
+"""
 
 import json
 from pathlib import Path
@@ -8,6 +13,8 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 from torch import nn
 
+from baselines.checkpoint import sha256, verify_weights
+from baselines.tasks.base import MissingWeightsError, Task
 from baselines.tasks.data import CLASSES, load_fmnist
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -21,10 +28,6 @@ DASH_CONFIG = dict(
 # The DDPM paper's linear schedule; every sampler of the task reads its alphas from here.
 SCHEDULE_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                        beta_schedule="linear", prediction_type="epsilon")
-
-
-class MissingWeightsError(FileNotFoundError):
-    pass
 
 
 def build_dash() -> UNet2DModel:
@@ -61,27 +64,40 @@ def _load(model: nn.Module, name: str) -> nn.Module:
     if not path.exists():
         raise MissingWeightsError(f"weights {path} missing: restore them with `git checkout -- {path.name}` "
                                   f"or retrain (see {path.with_suffix('.md').name})")
+    verify_weights(path)
     model.load_state_dict(load_file(path))
     return model.eval().requires_grad_(False)
 
 
-class FashionMNIST:
+class FashionMNIST(Task):
     name = "fmnist"
     image_shape = (1, 32, 32)
     classes = CLASSES
     schedule_config = SCHEDULE_CONFIG
+    metrics = ("fd_fmnist", "fid")
+    primary_metric = "fd_fmnist"
+    default_fid_samples = 0  # Inception FID costs ~0.2-1 s per image on a CPU: only on request
 
     dash_path = WEIGHTS / "fmnist_dash.safetensors"
     classifier_path = WEIGHTS / "fmnist_classifier.safetensors"
 
-    def __init__(self, data_dir=None):
-        self.data_dir = data_dir
+    def __init__(self, data_dir=None, weights=None, random_weights: bool = False, reference=None):
+        if weights is not None:
+            raise ValueError("task fmnist uses its committed weights; --weights is for the pretrained tasks")
+        super().__init__(None, random_weights, reference, data_dir)
 
     def data(self, split: str = "train"):
         return load_fmnist(split, self.data_dir)
 
     def dash(self) -> UNet2DModel:
+        if self.random_weights:
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                return build_dash().eval().requires_grad_(False)
         return _load(build_dash(), self.dash_path.name)
+
+    def checksum(self) -> str:
+        return "random" if self.random_weights else sha256(WEIGHTS / self.dash_path.name)[:16]
 
     def classifier(self) -> Classifier:
         return _load(Classifier(), self.classifier_path.name)
