@@ -1,28 +1,144 @@
-"""Method names -> method objects: the baselines plus Morse wrapping any one-estimate solver."""
+"""Methods as plug-ins: one protocol, one registry (`METHODS`, name -> factory).
 
+A method is called as `method(denoiser, noise, budget, cond=None, seeds=None, spacing=...)` and
+returns `(samples, trace)` (baselines.solvers describes the call). It also declares:
+
+* `networks(denoiser)`: every network it calls, by the name its trace counts NFE under, each with one
+  representative forward; the harness times them all in one process (evaluate.cost), so a method's
+  cost in LSD is what its calls cost on this machine, whatever the method is;
+* `wraps`: the solver it accelerates (speedup at equal quality is computed against it), or None;
+* `config()`: everything that changes its samples (a cache key; include weight checksums).
+
+Adding an accelerator is one file with its class and factory plus one line in `METHODS`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import nn
+
+from baselines.checkpoint import sha256, verify_weights
 from baselines.registry import BASELINES, get_baseline
+from baselines.solvers import DEFAULT_SPACING
 from morse import Interleave, Morse
-from morse.pretrained import load_dot
+from morse.pretrained import dot_path, load_dot
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network a method calls, and one forward of it on (x, t) for the latency probe."""
+
+    module: nn.Module
+    forward: Callable
+
+
+class Method(Protocol):
+    name: str
+    wraps: str | None
+
+    def networks(self, denoiser) -> dict[str, Network]: ...
+
+    def config(self) -> dict: ...
+
+    def __call__(self, denoiser, noise, budget, cond=None, seeds=None, spacing=DEFAULT_SPACING): ...
+
+
+@dataclass
+class Context:
+    """What a factory may build a method from: the task, its Dash, and the run's Morse options."""
+
+    task: object
+    dash: nn.Module
+    dot_ratio: float | None = None
+    dots_per_dash: int | None = None
+    _dot: tuple = field(default=None, repr=False)
+
+    def dot(self):
+        """(Dot, card, checksum) of the task's committed Dot, loaded once: every Morse variant shares it."""
+        if self._dot is None:
+            path = dot_path(self.task.name)
+            if path.exists():
+                verify_weights(path)
+            dot, card = load_dot(self.task.name, self.dash)
+            self._dot = dot, card, sha256(path)[:16]
+        return self._dot
+
+
+def dash_networks(denoiser) -> dict[str, Network]:
+    net = denoiser.net
+    return {"dash": Network(net, lambda x, t: denoiser.raw(x, t))}
+
+
+class Solver:
+    """A baseline solver as a method: one Dash call per NFE, accelerating nothing."""
+
+    wraps = None
+
+    def __init__(self, solver):
+        self.solver, self.name = solver, solver.name
+
+    def networks(self, denoiser) -> dict[str, Network]:
+        return dash_networks(denoiser)
+
+    def config(self) -> dict:
+        return self.solver.config()
+
+    def __call__(self, denoiser, noise, budget, **kwargs):
+        return self.solver(denoiser, noise, budget, **kwargs)
+
+
+class MorseMethod:
+    """Morse (or a variant of it) as a method: it calls the Dash and the Dot and accelerates the solver it
+    wraps."""
+
+    def __init__(self, morse: Morse, dot_checksum: str):
+        self.morse, self.dot_checksum = morse, dot_checksum
+        self.name, self.wraps = morse.name, morse.wraps
+
+    def networks(self, denoiser) -> dict[str, Network]:
+        dot = self.morse.dot
+        return {**dash_networks(denoiser), "dot": Network(dot, lambda x, t: dot(x, x, x, t, t + 100))}
+
+    def config(self) -> dict:
+        return {**self.morse.config(), "dot_sha256": self.dot_checksum}
+
+    def __call__(self, denoiser, noise, budget, **kwargs):
+        return self.morse(denoiser, noise, budget, **kwargs)
+
+
+def solver(name: str) -> Callable[[Context], Method]:
+    return lambda ctx: Solver(get_baseline(name))
+
+
+def morse(solver_name: str, variant: type = Morse) -> Callable[[Context], Method]:
+    def build(ctx: Context) -> Method:
+        dot, card, checksum = ctx.dot()
+        dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
+        plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
+        return MorseMethod(variant(get_baseline(solver_name), dot, plan_ratio, Interleave(dots)), checksum)
+    return build
+
 
 MORSE_SOLVERS = [n for n, m in BASELINES.items() if m.evals_per_step == 1]
-MORSE_NAMES = ["morse"] + [f"morse-{n}" for n in MORSE_SOLVERS if n != "ddim"]
+
+METHODS: dict[str, Callable[[Context], Method]] = {
+    **{name: solver(name) for name in BASELINES},
+    "morse": morse("ddim"),
+    **{f"morse-{name}": morse(name) for name in MORSE_SOLVERS if name != "ddim"},
+}
 
 
 def valid_names() -> list[str]:
-    return list(BASELINES) + MORSE_NAMES
+    return list(METHODS)
 
 
 def check_names(names: list[str]) -> None:
-    bad = [n for n in names if n not in valid_names()]
+    bad = [n for n in names if n not in METHODS]
     if bad:
         raise ValueError(f"unknown method {', '.join(map(repr, bad))}; valid: {', '.join(valid_names())}")
 
 
-def resolve(name: str, task, dash, dot_ratio: float | None = None, dots_per_dash: int | None = None):
+def resolve(name: str, ctx: Context) -> Method:
     check_names([name])
-    if not name.startswith("morse"):
-        return get_baseline(name)
-    solver = get_baseline("ddim" if name == "morse" else name[len("morse-"):])
-    dot, card = load_dot(task.name, dash)
-    return Morse(solver, dot, dot_ratio or card["dot_ratio_planned"],
-                 Interleave(dots_per_dash if dots_per_dash is not None else card["dots_per_dash"]))
+    return METHODS[name](ctx)

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from baselines.checkpoint import load_keyed, save_atomic
 from baselines.noise import initial_noise
 from baselines.trace import Trace
+
+SHARD_SIZE = 250  # seeds per cache file: a kill loses at most this many samples per cell
 
 
 class NonFiniteSamplesError(RuntimeError):
@@ -59,11 +62,12 @@ def add_trace(total, trace: dict, weight: float) -> None:
     total.timesteps, total.networks_per_step = trace["timesteps"], trace["networks_per_step"]
 
 
-def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spacing):
+def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spacing, conditions=None):
     outs, total = [], Trace()
     for k in range(0, len(seeds), batch_size):
         chunk = seeds[k:k + batch_size]
-        x, trace = method(denoiser, initial_noise(chunk, shape, device=device), budget, seeds=chunk,
+        cond = conditions(chunk) if conditions is not None else None
+        x, trace = method(denoiser, initial_noise(chunk, shape, device=device), budget, cond=cond, seeds=chunk,
                           spacing=spacing)
         bad = (~torch.isfinite(x.flatten(1))).any(1)
         if bad.any():
@@ -77,7 +81,7 @@ def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spa
 
 
 def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprint: str,
-             batch_size=64, shard_size=250, device="cpu", progress=None, spacing="trailing") -> Cell:
+             batch_size=64, shard_size=250, device="cpu", progress=None, spacing="trailing", conditions=None) -> Cell:
     cell_dir = cache_dir / method.name / f"budget-{budget:g}"
     cell_dir.mkdir(parents=True, exist_ok=True)
     samples, cell = [], Cell(method.name, budget, torch.empty(0))
@@ -87,7 +91,8 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
         path = cell_dir / f"shard-{shard_seeds[0]}-{shard_seeds[-1]}.safetensors"
         got = _load_shard(path, key)
         if got is None:
-            x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device, spacing)
+            x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device, spacing,
+                                    conditions)
             save_atomic({"samples": x}, path, {"key": key, "trace": json.dumps(trace)})
             cell.fresh_network_time_s += sum(trace["network_time_s"].values())
         else:
@@ -98,3 +103,16 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
             progress.update(len(shard_seeds))
     cell.samples = torch.cat(samples)
     return cell
+
+
+def sweep(methods, budgets, denoiser, seeds, shape, out: Path, fingerprint: str, opts: dict, device,
+          conditions=None) -> list[Cell]:
+    """Every method at every budget, with one progress bar over all samples."""
+    cells = []
+    with tqdm(total=len(methods) * len(budgets) * len(seeds), desc="sweep", unit="sample") as bar:
+        for m in methods:
+            for b in budgets:
+                bar.set_postfix(method=m.name, budget=f"{b:g}")
+                cells.append(run_cell(m, denoiser, b, seeds, shape, out / "cache", fingerprint, opts["batch_size"],
+                                      SHARD_SIZE, device, bar, opts["spacing"], conditions))
+    return cells
