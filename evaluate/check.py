@@ -1,6 +1,6 @@
 """Regression check: a small fixed-seed sweep compared against a committed baseline file.
 
-    python -m evaluate.check [--baseline evaluate/check_baselines/fmnist.json]
+    python -m evaluate.check [--baseline evaluate/check_baselines/<default task>.json]
     python -m evaluate.check --update --reason "retrained the Dot"
 
 Quality metrics and NFE are compared per method and budget; latency only as ratios measured
@@ -19,9 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from baselines.checkpoint import write_text_atomic
+from evaluate.defaults import DEFAULTS
 from evaluate.run import BadInput, run
 
-DEFAULT_BASELINE = Path(__file__).resolve().parent / "check_baselines" / "fmnist.json"
+DEFAULT_BASELINE = Path(__file__).resolve().parent / "check_baselines" / f"{DEFAULTS['task']}.json"
 
 
 def load_baseline(path: Path) -> dict:

@@ -9,9 +9,11 @@ returns `(samples, trace)` (baselines.solvers describes the call). It also decla
 * `wraps`: the solver it accelerates (speedup at equal quality is computed against it), or None;
 * `config()`: everything that changes its samples (a cache key; include weight checksums).
 
-Adding an accelerator is one file with its class and factory plus one line in `METHODS`.
+Adding an accelerator is one file with its class and factory plus one line in `METHODS` (README: "Add an
+accelerator").
 """
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,17 +54,17 @@ class Context:
     dash: nn.Module
     dot_ratio: float | None = None
     dots_per_dash: int | None = None
-    _dot: tuple = field(default=None, repr=False)
+    loaded_dot: tuple | None = field(default=None, repr=False)  # (Dot, card, checksum), e.g. a test's tiny Dot
 
-    def dot(self):
-        """(Dot, card, checksum) of the task's committed Dot, loaded once: every Morse variant shares it."""
-        if self._dot is None:
+    def dot(self) -> tuple:
+        """(Dot, card, checksum): the task's committed Dot, loaded once (every Morse variant shares it)."""
+        if self.loaded_dot is None:
             path = dot_path(self.task.name)
             if path.exists():
                 verify_weights(path)
             dot, card = load_dot(self.task.name, self.dash)
-            self._dot = dot, card, sha256(path)[:16]
-        return self._dot
+            self.loaded_dot = dot, card, sha256(path)[:16]
+        return self.loaded_dot
 
 
 def dash_networks(denoiser) -> dict[str, Network]:
@@ -122,7 +124,7 @@ def morse(solver_name: str, variant: type = Morse) -> Callable[[Context], Method
 
 MORSE_SOLVERS = [n for n, m in BASELINES.items() if m.evals_per_step == 1]
 
-METHODS: dict[str, Callable[[Context], Method]] = {
+METHODS: dict[str, Callable[[Context], Method] | str] = {
     **{name: solver(name) for name in BASELINES},
     "morse": morse("ddim"),
     **{f"morse-{name}": morse(name) for name in MORSE_SOLVERS if name != "ddim"},
@@ -140,5 +142,11 @@ def check_names(names: list[str]) -> None:
 
 
 def resolve(name: str, ctx: Context) -> Method:
+    """The method registered as `name`; a registry entry may be a factory or its import path "module:factory"
+    (so a method in another package costs no import here)."""
     check_names([name])
-    return METHODS[name](ctx)
+    factory = METHODS[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory(ctx)

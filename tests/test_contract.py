@@ -1,0 +1,132 @@
+"""The contract every registered method passes, the cost model's accounting, and the harness's shape."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from baselines.denoisers import Denoiser
+from baselines.noise import initial_noise
+from baselines.tasks.fmnist import SCHEDULE_CONFIG
+from evaluate.cost import CostModel, Latency, cost_model
+from evaluate.methods import METHODS, Context, resolve
+from morse import Dot, DotConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (1, 8, 8)
+SEEDS = list(range(100, 164))
+BUDGET = 3
+PLAN_RATIO = 4.0  # the N Morse plans with here; pricing at it must fit the budget
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval().requires_grad_(False)
+
+
+class TinyTask:
+    name, image_shape, schedule_config = "tiny", SHAPE, SCHEDULE_CONFIG
+
+
+@pytest.fixture(scope="module")
+def setup():
+    dash = tiny_unet()
+    dot = Dot(dash, DotConfig(width=8, m=2)).eval()
+    with torch.no_grad():  # a Dot with a nonzero residual, so Dot steps differ from reuse of z_s
+        dot.out.weight.normal_(0, 0.05)
+    card = {"dots_per_dash": 2, "dot_ratio_planned": PLAN_RATIO}
+    ctx = Context(TinyTask(), dash, loaded_dot=(dot, card, "tiny"))
+    return Denoiser(dash, SCHEDULE_CONFIG), ctx
+
+
+def sample(method, denoiser, seeds, batch_size):
+    outs, traces = [], []
+    for k in range(0, len(seeds), batch_size):
+        chunk = seeds[k:k + batch_size]
+        x, trace = method(denoiser, initial_noise(chunk, SHAPE), BUDGET, seeds=chunk)
+        outs.append(x)
+        traces.append(trace)
+    return torch.cat(outs), traces
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_registered_method_contract(name, setup):
+    denoiser, ctx = setup
+    method = resolve(name, ctx)
+    assert method.name == name
+    assert method.wraps is None or method.wraps in METHODS
+    networks = method.networks(denoiser)
+    assert "dash" in networks and networks["dash"].module is denoiser.net
+
+    ref, traces = sample(method, denoiser, SEEDS, 64)
+    assert torch.isfinite(ref).all()
+    # Same seeds, same samples, whatever the batch, up to float32 rounding (kernels depend on the batch size);
+    # noise drawn per batch instead of per seed would differ by O(1).
+    by7, _ = sample(method, denoiser, SEEDS[:21], 7)
+    torch.testing.assert_close(by7, ref[:21], rtol=1e-3, atol=1e-4)
+    by1, _ = sample(method, denoiser, SEEDS[:5], 1)
+    torch.testing.assert_close(by1, ref[:5], rtol=1e-3, atol=1e-4)
+
+    # Cost accounting: every call is to a declared network, every declared network is called, and priced at
+    # the ratio the method planned with, the cell fits its budget.
+    nfe = traces[0].nfe
+    assert set(nfe) <= set(networks) and all(nfe[n] > 0 for n in networks)
+    seconds = {"dash": 1.0, **{n: 1.0 / PLAN_RATIO for n in networks if n != "dash"}}
+    cost = CostModel({64: Latency(64, {n: [s] * 5 for n, s in seconds.items()})}, 64, dict.fromkeys(seconds, 0.0),
+                     "cpu")
+    cell = cost.cell_cost(nfe, 1.0, 0.5, 64)
+    assert cell.lsd == pytest.approx(sum(nfe[n] * seconds[n] for n in nfe))
+    assert cell.lsd <= BUDGET + 1e-9 and cell.lsd_repeats == pytest.approx([cell.lsd] * 5)
+
+
+def test_cost_model_measures_every_declared_network_interleaved(setup):
+    denoiser, ctx = setup
+    methods = [resolve("ddim", ctx), resolve("morse", ctx)]
+    cost = cost_model(methods, denoiser, SHAPE, 16, "cpu", repeats=5)
+    assert cost.networks == ["dash", "dot"] and sorted(cost.latency) == [1, 16]
+    for lat in cost.latency.values():
+        assert all(len(v) == 5 and min(v) > 0 for v in lat.repeats_s.values())
+    cell = cost.cell_cost({"dash": 2.0, "dot": 4.0}, 1.0, 0.5, 10)
+    lat = cost.latency[16]
+    assert cell.lsd == pytest.approx(2 + 4 * lat.seconds("dot") / lat.seconds("dash"))
+    assert len(cell.lsd_repeats) == 5 and min(cell.lsd_repeats) <= cell.lsd * (1 + 1e-9)
+    assert cell.ms_per_image == pytest.approx(100.0) and cell.network_ms_per_image == pytest.approx(50.0)
+    summary = cost.ratio_summary("dot")
+    assert summary["min"] <= summary["median"] <= summary["max"]
+    with pytest.raises(ValueError, match="undeclared"):
+        cost.cell_cost({"dash": 1.0, "vae": 1.0}, 1.0, 0.5, 10)
+
+
+def _functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node.end_lineno - node.lineno + 1
+
+
+def test_harness_functions_stay_short():
+    """run() reads as orchestration; long functions in evaluate/ are where untested branches hide."""
+    run_len = dict(_functions(ROOT / "evaluate" / "run.py"))["run"]
+    assert run_len <= 40, f"evaluate.run.run is {run_len} lines"
+    long = [f"{p.name}:{name} ({n} lines)" for p in sorted((ROOT / "evaluate").glob("*.py"))
+            for name, n in _functions(p) if n > 60]
+    assert not long, long
+
+
+def test_no_task_literal_in_the_harness():
+    """Task specifics come from the task object: the default task's name is only the CLI's default."""
+    for p in sorted((ROOT / "evaluate").glob("*.py")):
+        text = p.read_text()
+        for literal in ("Fashion-MNIST", "fashion", ".classes", "fd_fmnist"):
+            assert literal not in text, f"{p.name} names {literal!r}"
+
+
+def test_median_helpers_agree_with_numpy():
+    lat = Latency(4, {"dash": [3.0, 1.0, 2.0, 5.0, 4.0], "dot": [1.0, 0.5, 1.0, 1.0, 2.0]})
+    assert lat.seconds("dash") == 3.0
+    np.testing.assert_allclose(lat.ratio("dot"), [3.0, 2.0, 2.0, 5.0, 2.0])
