@@ -92,7 +92,8 @@ class InceptionFID:
         self.ref, self.ref_prov = task_reference(task, name, self.extractor, opts["fid_reference"])
         self.prov = dict(metric_impl=f"TF-Inception (sha256 {self.extractor.checksum}) via clean-fid clean resize, "
                                      f"evaluate.frechet float64",
-                         reference=f"train x{self.ref_prov['count']}", reference_sha256=self.ref_prov["sha256"])
+                         reference=f"{self.ref_prov['split']} x{self.ref_prov['count']}",
+                         reference_sha256=self.ref_prov["sha256"])
 
     def __call__(self, images: torch.Tensor, boot) -> Scores:
         k = min(self.samples, len(images))
@@ -106,8 +107,8 @@ class InceptionFID:
         return Scores(rows, resamples)
 
     def describe(self, n: int) -> dict:
-        return {f"reference ({self.name})": f"{self.task.name} train x{self.ref_prov['count']}, sha256 "
-                                            f"{self.ref_prov['sha256']}; {self.samples} samples per cell"}
+        ref = f"{self.task.name} {self.ref_prov['split']} x{self.ref_prov['count']}, sha256 {self.ref_prov['sha256']}"
+        return {f"reference ({self.name})": f"{ref}; {self.samples} samples per cell"}
 
 
 def metric_class(name: str):
