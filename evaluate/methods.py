@@ -23,7 +23,7 @@ from torch import nn
 from baselines.checkpoint import sha256, verify_weights
 from baselines.registry import BASELINES, get_baseline
 from baselines.solvers import DEFAULT_SPACING
-from morse import Interleave, Morse
+from morse import Interleave, Morse, MorseOracle
 from morse.pretrained import dot_path, load_dot
 
 
@@ -127,6 +127,7 @@ MORSE_SOLVERS = [n for n, m in BASELINES.items() if m.evals_per_step == 1]
 METHODS: dict[str, Callable[[Context], Method] | str] = {
     **{name: solver(name) for name in BASELINES},
     "morse": morse("ddim"),
+    "morse-oracle": morse("ddim", MorseOracle),  # Morse's ceiling: its schedules with an exact Dot
     **{f"morse-{name}": morse(name) for name in MORSE_SOLVERS if name != "ddim"},
 }
 
