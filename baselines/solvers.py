@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 import diffusers
 import torch
 
+from baselines import ddim
 from baselines.noise import step_generators
 from baselines.trace import Trace, count_nfe
 
 DEFAULT_SPACING = "trailing"  # starts at t = T-1, which matters at small budgets
+# Our fixes of diffusers schedulers, used in place of the class of the same name (see each module).
+FIXED_SCHEDULERS = {"DDIMScheduler": ddim.DDIMScheduler}
+
+
+def scheduler_class(name: str) -> type:
+    return FIXED_SCHEDULERS.get(name) or getattr(diffusers, name)
 
 
 def solve(scheduler, model_fn, x, generators=None, step_kwargs=None, callback=None):
@@ -56,7 +63,8 @@ class SchedulerMethod:
     description: str = ""
 
     def config(self) -> dict:
-        return dict(name=self.name, scheduler=self.scheduler, overrides=self.overrides,
+        cls = scheduler_class(self.scheduler)
+        return dict(name=self.name, scheduler=f"{cls.__module__}.{cls.__qualname__}", overrides=self.overrides,
                     step_kwargs=self.step_kwargs, diffusers=diffusers.__version__)
 
     def steps_for_budget(self, budget: float) -> int:
@@ -72,7 +80,7 @@ class SchedulerMethod:
         return self.evals_per_step * steps - (self.evals_per_step - 1)
 
     def make_scheduler(self, schedule_config: dict, steps: int, device="cpu", spacing=DEFAULT_SPACING):
-        cls = getattr(diffusers, self.scheduler)
+        cls = scheduler_class(self.scheduler)
         accepted = inspect.signature(cls.__init__).parameters
         cfg = {k: v for k, v in schedule_config.items() if k in accepted}
         cfg["prediction_type"] = "epsilon"  # the Denoiser wrapper has already converted
