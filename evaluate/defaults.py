@@ -36,6 +36,13 @@ FLAGS = dict(
     spacing=Flag("trailing", "timestep spacing where the scheduler offers it: trailing, leading or linspace"),
     data_dir=Flag(None, "folder holding the task's data (default: where the task's package installs it)", str),
     force=Flag(False, "accept fewer samples than --min-samples"),
+    weights=Flag(None, "folder of the task's pretrained Dash (diffusers format; default: the Hugging Face cache)", str),
+    reference=Flag(None, "reference of the task's FID: an image folder or a .npz with mu and sigma", str),
+    random_weights=Flag(False, "the task's real architecture with random weights, no download (--latency-only only)"),
+    latency_only=Flag(False, "measure per-call latency, GFLOP and N of the methods' networks; no sampling"),
+    dtype=Flag("fp32", "fp32, fp16 or bf16 (other than fp32 with --latency-only only; sweeps run in fp32)"),
+    latency_batches=Flag("", "--latency-only batch sizes, comma-separated (default 1,16,64, and 256 on a GPU)"),
+    latency_budget_s=Flag(120.0, "--latency-only skips a batch size whose predicted timing takes longer (s)"),
 )
 
 DEFAULTS = {key: flag.default for key, flag in FLAGS.items()}
