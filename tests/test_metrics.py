@@ -140,3 +140,35 @@ def test_reference_checksum_names_the_statistics_not_the_file(tmp_path, monkeypa
     assert cached["sha256"] == fresh["sha256"]
     np.savez(path, **{**arrays, "mu": arrays["mu"] + 1e-9})
     assert reference_stats(Task(), "train", None, Flat())[1]["sha256"] != fresh["sha256"]
+
+
+class Flat(torch.nn.Module):
+    """The same features for torchmetrics and for us: the images themselves, flattened."""
+
+    num_features = 48
+
+    def forward(self, x):
+        return x.float().flatten(1)
+
+
+def test_fid_and_kid_agree_with_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(300, 3, 4, 4, generator=g)
+    fake = (torch.rand(300, 3, 4, 4, generator=g) * 0.8 + 0.1) ** 1.5
+    fr, ff = Flat()(real).double().numpy(), Flat()(fake).double().numpy()
+
+    fid = FrechetInceptionDistance(feature=Flat(), normalize=True)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    assert frechet_distance(feature_stats(fr), feature_stats(ff)) == pytest.approx(float(fid.compute()), rel=1e-5)
+
+    # One subset holding every sample: both estimators are then the same unbiased MMD, whatever their RNGs draw.
+    kid = KernelInceptionDistance(feature=Flat(), subsets=1, subset_size=300, normalize=True)
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    theirs = float(kid.compute()[0])
+    assert kernel_inception_distance(ff, fr, subsets=1, subset_size=300) == pytest.approx(theirs, rel=1e-5)
+    assert theirs > 1e-3  # far from zero, so the comparison means something

@@ -163,3 +163,63 @@ def test_commit_is_dirty_for_code_changes_not_for_the_report_being_rewritten(tmp
     assert git_commit(root=tmp_path) == head + "+dirty"
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(exclude=report, root=tmp_path) == head + "+dirty"
+
+
+def test_truncated_weights_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """A Dash cut short (a full disk, an interrupted copy) is refused against its card's sha256, in one line."""
+    import shutil
+
+    import baselines.tasks.fmnist as fmnist
+
+    weights = tmp_path / "weights"
+    shutil.copytree(fmnist.WEIGHTS, weights)
+    dash = weights / "fmnist_dash.safetensors"
+    dash.write_bytes(dash.read_bytes()[: dash.stat().st_size // 2])
+    monkeypatch.setattr(fmnist, "WEIGHTS", weights)
+    out = tmp_path / "r"
+    assert main(["--out", str(out)] + SMALL) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "sha256" in err[0] and "fmnist_dash" in err[0]
+    assert not out.exists()
+
+
+def test_out_naming_a_file_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine\n")
+    assert main(["--out", str(path)] + SMALL) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "is a file" in err[0]
+    assert path.read_text() == "mine\n"
+
+
+def test_help_says_what_each_flag_means(capsys):
+    from evaluate.defaults import FLAGS
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for key, flag in FLAGS.items():
+        assert f"{' '.join(flag.help.split())} (default {flag.default})" in text, key
+
+
+def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
+    argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "500", "--bootstrap", "5"]
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "evaluate.run", "--out", str(out)] + argv, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.rglob("shard-*.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if "interrupted" in ln]
+    assert lines == ["interrupted: finished samples are kept; rerun the same command to resume"]
+    done = {p: p.stat().st_mtime_ns for p in out.rglob("shard-*.safetensors")}
+    assert done and not (out / "index.md").exists() and not list(out.rglob("*.tmp"))
+
+    assert main(["--out", str(out)] + argv) == 0
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())
+    assert (out / "index.md").exists()
