@@ -1,4 +1,4 @@
-"""The committed Dots, by task."""
+"""The committed Dots, by task and by the solver whose sampling path they were trained on."""
 
 import json
 from pathlib import Path
@@ -8,13 +8,15 @@ from morse.dot import Dot
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
-def dot_path(task_name: str) -> Path:
-    return WEIGHTS / f"{task_name}_dot.safetensors"
+def dot_path(task_name: str, solver: str = "ddim") -> Path:
+    """DDIM's Dot keeps the name it had before Dots were per solver: `<task>_dot.safetensors`."""
+    suffix = "" if solver == "ddim" else f"_{solver}"
+    return WEIGHTS / f"{task_name}_dot{suffix}.safetensors"
 
 
-def load_dot(task_name: str, dash) -> tuple[Dot, dict]:
-    path = dot_path(task_name)
+def load_dot(task_name: str, dash, solver: str = "ddim") -> tuple[Dot, dict]:
+    path = dot_path(task_name, solver)
     if not path.exists():
-        raise FileNotFoundError(f"no Dot for task {task_name!r} at {path}: train one with "
-                                f"`python -m morse.train --task {task_name} --export {path}`")
+        raise FileNotFoundError(f"no Dot trained for solver {solver!r} on task {task_name!r} at {path}: train one "
+                                f"with `python -m morse.train --task {task_name} --solver {solver} --export {path}`")
     return Dot.load(dash, path), json.loads(path.with_suffix(".json").read_text())

@@ -137,8 +137,9 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", help="e.g. cuda (N on the card is then measured there too)")
     p.add_argument("--out", type=Path, default=Path("runs/dot-fmnist"))
-    p.add_argument("--export", type=Path, default=None, help="also write the final Dot here (e.g. "
-                   "morse/weights/fmnist_dot.safetensors) with its card")
+    p.add_argument("--export", type=Path, default=None, help="also write the final Dot here with its card; "
+                   "the committed ones are morse.pretrained.dot_path(task, solver), e.g. "
+                   "morse/weights/fmnist_dot.safetensors for ddim, fmnist_dot_dpm.safetensors for dpm")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.iters < args.rounds:
         raise SystemExit(f"error: need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")

@@ -233,3 +233,14 @@ def test_dot_save_load_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="not a Dot checkpoint for this Dash"):
         Dot.load(tiny_unet(channels=(16, 16)), path)  # same layer names, other shapes
+
+
+def test_dots_are_stored_by_solver_and_a_missing_one_is_refused_in_one_line():
+    from morse.pretrained import dot_path, load_dot
+
+    assert dot_path("fmnist").name == "fmnist_dot.safetensors"  # DDIM's Dot keeps its name
+    assert dot_path("fmnist", "ddim") == dot_path("fmnist")
+    assert dot_path("fmnist", "dpm").name == "fmnist_dot_dpm.safetensors"
+    with pytest.raises(FileNotFoundError, match="--solver nosuch") as e:
+        load_dot("fmnist", None, "nosuch")
+    assert "\n" not in str(e.value)
