@@ -4,7 +4,7 @@ reference data (see `baselines.tasks.base.Task`)."""
 import importlib
 import inspect
 
-from baselines.tasks.base import CorruptWeightsError, MissingReferenceError, MissingWeightsError, Task
+from baselines.tasks.base import CorruptWeightsError, MissingReferenceError, MissingWeightsError, Task, complete
 from baselines.tasks.celebahq256 import CelebAHQ256
 from baselines.tasks.church256 import Church256
 from baselines.tasks.cifar10 import CIFAR10
@@ -38,4 +38,4 @@ def get_task(name: str, **kwargs):
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
         raise ValueError(f"task {name!r} does not take {flags}")
-    return cls(**{k: v for k, v in kwargs.items() if takes_any or k in params})
+    return complete(cls(**{k: v for k, v in kwargs.items() if takes_any or k in params}))

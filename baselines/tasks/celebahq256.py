@@ -13,6 +13,5 @@ class CelebAHQ256(PretrainedPixelTask):
     name = "celebahq256"
     repo_id = "google/ddpm-ema-celebahq-256"
     config_dir = "ddpm-ema-celebahq-256"
-    image_shape = (3, 256, 256)
     schedule_config = scheduler_kwargs(config_dir)
     reference_hint = "a folder of the 30,000 CelebA-HQ 256x256 images, or their clean-fid mu/sigma"

@@ -15,6 +15,5 @@ class Church256(PretrainedPixelTask):
     name = "church256"
     repo_id = "google/ddpm-ema-church-256"
     config_dir = "ddpm-ema-church-256"
-    image_shape = (3, 256, 256)
     schedule_config = scheduler_kwargs(config_dir)
     reference_hint = "clean-fid's lsun_church statistics at 256, or a folder of the LSUN-Church train images"

@@ -16,6 +16,5 @@ class CIFAR10(PretrainedPixelTask):
     name = "cifar10"
     repo_id = "google/ddpm-cifar10-32"
     config_dir = "ddpm-cifar10-32"
-    image_shape = (3, 32, 32)
     schedule_config = scheduler_kwargs(config_dir)
     reference_hint = "clean-fid's cifar10_clean_train_32.npz, or the 50,000 CIFAR-10 train images"

@@ -4,8 +4,9 @@
 Where the weights come from: `--weights DIR` (a folder as `hf download REPO --local-dir DIR` leaves it), else
 the Hugging Face cache (downloaded there unless HF_HUB_OFFLINE=1). Absent weights end in one line naming the
 download command. A folder is checked before it is trusted: its config must describe the task's network
-(block types, channels in and out, resolution; widths may differ, which lets tests use tiny versions), and
-every tensor must load with its shape; a truncated file or another network's folder is refused in one line.
+(block types, channels in and out; widths, depth and resolution may differ, which lets tests use tiny
+versions, and `image_shape` follows the loaded network), and every tensor must load with its shape; a
+truncated file or another network's folder is refused in one line.
 
 `random_weights=True` builds the real network from the config shipped in `configs/` (the checkpoint's
 config.json and scheduler_config.json): latency does not depend on weight values, so latency-only runs
@@ -32,8 +33,8 @@ from baselines.tasks.data import MissingDataError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 # What makes a folder "this task's network"; widths and norm settings may differ.
-ARCHITECTURE_KEYS = ("_class_name", "in_channels", "out_channels", "sample_size", "down_block_types",
-                     "up_block_types", "time_embedding_type")
+ARCHITECTURE_KEYS = ("_class_name", "in_channels", "out_channels", "down_block_types", "up_block_types",
+                     "time_embedding_type")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # diffusers' preference
 
 
@@ -66,6 +67,12 @@ class PretrainedPixelTask(Task):
     def __init__(self, weights=None, random_weights: bool = False, reference=None, data_dir=None):
         super().__init__(weights, random_weights, reference, data_dir)
         self._checksum = None
+        self._config = self.architecture()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, size, size) of the network `dash()` returned (before that call, of the shipped config)."""
+        return self._config["in_channels"], self._config["sample_size"], self._config["sample_size"]
 
     def download_hint(self) -> str:
         return f"run `hf download {self.repo_id} --local-dir DIR` and pass --weights DIR"
@@ -77,13 +84,16 @@ class PretrainedPixelTask(Task):
         if self.random_weights:
             with torch.random.fork_rng():
                 torch.manual_seed(0)
-                return UNet2DModel.from_config(self.architecture()).eval().requires_grad_(False)
-        return self._load(self.folder())
+                return UNet2DModel.from_config(self._config).eval().requires_grad_(False)
+        model = self._load(self.folder())
+        self._config = dict(model.config)
+        return model
 
     def checksum(self) -> str:
         if self._checksum is None:
             if self.random_weights:
-                self._checksum = "random-" + sha256(CONFIGS / self.config_dir / "config.json")[:9]
+                config = json.dumps(self.architecture(), sort_keys=True).encode()
+                self._checksum = "random-" + hashlib.sha256(config).hexdigest()[:9]
             else:
                 folder = self.folder()
                 files = [folder / "config.json", self._weight_file(folder)]
@@ -146,8 +156,6 @@ class PretrainedPixelTask(Task):
         raise MissingDataError(f"task {self.name} has no local data; its reference comes from --reference")
 
     def reference(self, metric: str) -> ReferenceSource:
-        if metric not in self.metrics:
-            raise ValueError(f"task {self.name!r} declares no metric {metric!r} (it has {', '.join(self.metrics)})")
         if self.reference_path is None:
             raise MissingReferenceError(f"task {self.name}: {metric} needs reference statistics: pass --reference "
                                         f"with an image folder or a .npz of mu and sigma ({self.reference_hint})")

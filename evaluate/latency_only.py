@@ -1,0 +1,174 @@
+"""Latency-only mode: what each network the methods call costs on this machine, without sampling.
+
+    python -m evaluate.run --task cifar10 --methods morse,ddim --latency-only --random-weights
+        [--device cuda] [--dtype fp16] [--latency-batches 1,16,64] [--latency-budget-s 120]
+
+Latency does not depend on weight values, so `--random-weights` measures a paper architecture without
+downloading it (the task builds it from its shipped config). A Morse method whose task has no committed
+Dot gets an untrained one built on the Dash (the embedded recipe's DotConfig: m 2, width 32,
+skip_levels 1): same layers, same cost. Per batch size it reports each network's per-call latency
+(median over interleaved repeats, evaluate.cost), GFLOP per image from torch's FLOP counter, achieved
+TFLOP/s, and N (Dash / Dot latency: median and range over the repeats). A batch size whose predicted
+timing exceeds --latency-budget-s is skipped, and the report says so. Writes
+reports/latency/<device>/<task>.md and .csv (or into --out).
+"""
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from baselines.checkpoint import write_text_atomic
+from baselines.denoisers import Denoiser
+from baselines.runtime import tune_malloc
+from baselines.tasks import get_task
+from evaluate.cost import DASH, measure, union_networks
+from evaluate.methods import Context, resolve
+from evaluate.run import BadInput, command_line, git_commit
+from morse.dot import Dot, DotConfig
+from morse.latency import flops_per_image
+from morse.pretrained import dot_path
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+UNTRAINED_DOT = dict(m=2, width=32, skip_levels=1)  # the committed fmnist Dot's recipe
+REPEATS = {"cpu": 5, "cuda": 10}                    # interleaved repeats per batch size (protocol: >= 5 / >= 10)
+
+
+class UntrainedDotContext(Context):
+    """Method context whose Dot is the task's committed one where there is one (and the Dash is the real one),
+    else an untrained Dot over the Dash: it has the trained Dot's layers, so it costs the same."""
+
+    def dot(self):
+        if self.loaded_dot is None and (getattr(self.task, "random_weights", False)
+                                        or not dot_path(self.task.name).exists()):
+            config = DotConfig(schedule=dict(self.task.schedule_config), **UNTRAINED_DOT)
+            self.loaded_dot = Dot(self.dash, config).eval(), dict(dots_per_dash=3, dot_ratio_planned=6.0), "untrained"
+        return super().dot()
+
+
+def batch_sizes(opts, device: torch.device) -> list[int]:
+    if opts["latency_batches"]:
+        try:
+            sizes = sorted({int(b) for b in str(opts["latency_batches"]).split(",") if b.strip()})
+        except ValueError:
+            raise BadInput(f"--latency-batches must be comma-separated integers, got "
+                           f"{opts['latency_batches']!r}") from None
+        if not sizes or sizes[0] < 1:
+            raise BadInput(f"--latency-batches must be integers >= 1, got {opts['latency_batches']!r}")
+        return sizes
+    return [1, 16, 64, 256] if device.type == "cuda" else [1, 16, 64]
+
+
+def load_networks(opts, device, dtype):
+    """(task, {name: Network}) for every network the methods call, on `device` in `dtype`."""
+    try:
+        task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
+                        random_weights=opts["random_weights"])
+        dash = task.dash()
+        context = UntrainedDotContext(task, dash, opts["dot_ratio"], opts["dots_per_dash"])
+        methods = [resolve(m, context) for m in opts["methods"]]
+    except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, a task that takes no --weights
+        raise BadInput(str(e)) from None
+    denoiser = Denoiser(dash, task.schedule_config)
+    networks = union_networks(methods, denoiser)
+    cast = {} if dtype == torch.float32 else {"dtype": dtype}  # diffusers warns about any cast, even a no-op one
+    for net in networks.values():
+        net.module.to(device, **cast)
+    return task, networks, {m.name: list(m.networks(denoiser)) for m in methods}
+
+
+def latency_only(opts: dict) -> Path:
+    tune_malloc()
+    device, dtype = torch.device(opts["device"]), DTYPES[opts["dtype"]]
+    sizes = batch_sizes(opts, device)
+    task, networks, calls = load_networks(opts, device, dtype)
+    out = Path(opts["out"] or Path("reports") / "latency" / device.type)
+    commit = git_commit(exclude=out)
+    x1 = torch.randn(1, *task.image_shape, device=device, dtype=dtype)
+    t1 = torch.full((1,), 500, device=device)
+    flops = {name: flops_per_image(lambda net=net: net.forward(x1, t1)) for name, net in networks.items()}
+    rows, notes = measure_batches(networks, task.image_shape, sizes, device, dtype, opts["latency_budget_s"])
+    table = pd.DataFrame([dict(r, gflop_per_image=flops[r["network"]] / 1e9,
+                               tflops=flops[r["network"]] * r["batch"] / (r["ms_per_call"] / 1e3) / 1e12)
+                          for r in rows])
+    meta = dict(task=task.name, device=device_name(device), dtype=str(dtype).replace("torch.", ""),
+                threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, load_average=load_average(),
+                weights=f"random (seed 0, config checksum {task.checksum()})" if opts["random_weights"] else
+                f"checksum {task.checksum()}", command=command_line())
+    for key, value in meta.items():
+        table[key] = value
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"{task.name}.csv", table.to_csv(index=False))
+    write_text_atomic(out / f"{task.name}.md", render(table, meta, calls, networks, notes))
+    print(f"report: {out / f'{task.name}.md'}")
+    return out / f"{task.name}.md"
+
+
+def measure_batches(networks, shape, sizes, device, dtype, budget_s: float) -> tuple[list[dict], list[str]]:
+    """Rows (network, batch, ms per call, ...) for each batch size that fits the time budget, and notes on
+    the ones skipped. A batch's cost is predicted from the last measured one, linearly in the batch size."""
+    rows, notes, last = [], [], None
+    repeats = REPEATS.get(device.type, 5)
+    for bs in sizes:
+        if last is not None:
+            call_s = sum(np.median(v) for v in last[1].repeats_s.values()) * bs / last[0]
+            predicted = call_s * (repeats + 2)
+            if predicted > budget_s:
+                notes.append(f"batch {bs} skipped: predicted {predicted:.0f} s of timing (one call of every network "
+                             f"~{call_s:.1f} s, {repeats} repeats + warm-up) exceeds --latency-budget-s {budget_s:g}")
+                continue
+            per_repeat = 1 if call_s > 0.5 else 3
+        else:
+            per_repeat = 1
+        lat = measure(networks, shape, [bs], device, repeats, per_repeat, dtype)[bs]
+        last = bs, lat
+        for name, times in lat.repeats_s.items():
+            ratio = lat.ratio(name)
+            rows.append(dict(network=name, batch=bs, ms_per_call=lat.seconds(name) * 1e3,
+                             ms_min=min(times) * 1e3, ms_max=max(times) * 1e3,
+                             ms_per_image=lat.seconds(name) * 1e3 / bs, repeats=len(times), calls_per_repeat=per_repeat,
+                             n_median=float(np.median(ratio)), n_min=float(ratio.min()), n_max=float(ratio.max())))
+    return rows, notes
+
+
+def render(table: pd.DataFrame, meta: dict, calls: dict, networks: dict, notes: list[str]) -> str:
+    params = {n: sum(p.numel() for p in net.module.parameters()) / 1e6 for n, net in networks.items()}
+    lines = [f"# Latency only: {meta['task']} on {meta['device']} ({meta['dtype']})", ""]
+    lines += [f"* {k}: {v}" for k, v in meta.items() if k not in ("task",)]
+    lines += ["* networks each method calls: " + "; ".join(f"{m}: {', '.join(n)}" for m, n in calls.items()),
+              "* parameters (M, shared Dash layers counted in both): " +
+              ", ".join(f"{n} {p:.2f}" for n, p in params.items()),
+              f"* batch sizes run: {', '.join(str(b) for b in sorted(table.batch.unique()))}"]
+    lines += [f"* {n}" for n in notes]
+    lines += ["", "Per-call latency: median over interleaved repeats (each repeat times every network in turn); "
+              "N = Dash / network latency, median [min, max] over the repeats.", "",
+              "| network | batch | ms per call | [min, max] | ms per image | GFLOP per image | TFLOP/s | N |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        n = "" if r.network == DASH else f"{r.n_median:.2f} [{r.n_min:.2f}, {r.n_max:.2f}]"
+        lines.append(f"| {r.network} | {r.batch} | {r.ms_per_call:.2f} | [{r.ms_min:.2f}, {r.ms_max:.2f}] | "
+                     f"{r.ms_per_image:.2f} | {r.gflop_per_image:.2f} | {r.tflops:.3f} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average and core count: CPU timings taken beside other jobs run slow, and
+    small ops slower still (two threads wait for each other at every barrier)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f"cpu ({model})"
