@@ -15,10 +15,11 @@ INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091
 class ClassifierFeatures:
     """Penultimate features and class probabilities of the task's classifier (fast on CPU)."""
 
-    def __init__(self, classifier, weights_path: Path, name: str = "fd-classifier"):
+    name = "fd-classifier"
+
+    def __init__(self, classifier, weights_path: Path):
         self.model = classifier
         self.checksum = sha256(weights_path)[:16]
-        self.name = name
         self.feature_dim = classifier.feature_dim
 
     @torch.inference_mode()
@@ -90,12 +91,3 @@ class InceptionFeatures:
             out.append(self.model(x).double().cpu().numpy().reshape(len(x), -1))
         return np.concatenate(out), None
 
-
-def extractor_for(task, metric: str, device="cpu"):
-    """The extractor behind one of the metrics `task` declares."""
-    if metric == "fid":
-        return InceptionFeatures(device)
-    if metric == f"fd_{task.name}" and hasattr(task, "classifier"):
-        return ClassifierFeatures(task.classifier(), task.classifier_path, name=f"fd-{task.name}")
-    raise ValueError(f"task {task.name!r} declares metric {metric!r}, for which no feature extractor exists "
-                     f"(known: fid, and fd_<task> for tasks with a classifier)")
