@@ -145,12 +145,15 @@ def test_reference_of_another_dimension_is_refused(tmp_path):
         task_reference(task, "fid", InceptionFeatures(model=TinyExtractor().eval()))
 
 
-def test_fmnist_keeps_its_weights_checksum_and_metric():
+def test_fmnist_keeps_its_weights_checksum_and_metric(tmp_path):
     from baselines.checkpoint import sha256
 
     task = get_task("fmnist", data_dir=None, weights=None, random_weights=False, reference=None)
     assert task.checksum() == sha256(task.dash_path)[:16]  # the cache keys of earlier runs stay valid
     assert task.primary_metric == "fd_fmnist" and task.reference("fd_fmnist").split == "train"
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with_ref = get_task("fmnist", reference=tmp_path / "ref.npz")
+    assert with_ref.reference("fid").kind == "npz" and with_ref.reference("fd_fmnist").kind == "split"
 
 
 class OldStyleTask:

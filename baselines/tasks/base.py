@@ -78,9 +78,9 @@ class Task:
         return x
 
     def reference(self, metric: str) -> ReferenceSource:
-        """Where the reference statistics of `metric` come from: --reference when given, else the task's
-        train split."""
-        if self.reference_path is not None:
+        """Where the reference statistics of `metric` come from: for FID --reference when given, else the
+        task's train split (a classifier's Frechet distance always reads the split its classifier knows)."""
+        if metric == "fid" and self.reference_path is not None:
             return ReferenceSource.from_path(self.reference_path)
         return ReferenceSource("split", split="train")
 
