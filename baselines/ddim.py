@@ -43,6 +43,11 @@ class DDIMScheduler(diffusers.DDIMScheduler):
         finally:
             self.alphas_cumprod, self.final_alpha_cumprod = saved
 
-    def step(self, model_output, timestep, sample, *args, **kwargs):
+    # diffusers' own parameters, spelled out: the solver loop passes per-sample generators only to a
+    # step whose signature names `generator`.
+    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
+             variance_noise=None, return_dict=True):
         with self._landing_on(timestep):
-            return super().step(model_output, timestep, sample, *args, **kwargs)
+            return super().step(model_output, timestep, sample, eta=eta, generator=generator,
+                                use_clipped_model_output=use_clipped_model_output,
+                                variance_noise=variance_noise, return_dict=return_dict)

@@ -120,3 +120,16 @@ def test_each_step_lands_where_the_next_assumes(name, spacing, steps):
             # stochastic sample pins the log SNR only to ~1e-6 / (1 - alpha_bar) (float32 alphas).
             tol = 2e-3 + (1e-6 * (1 + math.exp(want)) if name in STOCHASTIC else 0)
             assert got == pytest.approx(want, abs=tol), f"step {i} of {len(landed)}"
+
+
+def test_fixed_ddim_keeps_diffusers_step_signature():
+    """The solver loop hands per-sample generators only to a step whose signature names them; a
+    fixed scheduler that hid them behind **kwargs made eta = 1 draw from the global RNG."""
+    import inspect
+
+    import diffusers
+
+    from baselines.ddim import DDIMScheduler
+
+    ours = inspect.signature(DDIMScheduler.step).parameters
+    assert list(ours) == list(inspect.signature(diffusers.DDIMScheduler.step).parameters)
