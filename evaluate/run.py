@@ -217,7 +217,7 @@ def run(**overrides) -> Path:
         df, boot_q, costs = score(cells, metrics, task, cost, provenance(task, seeds, device, commit), boot)
         speed = speedup_table(df[df.metric == primary], methods, boot, boot_q[primary], opts["saturation"],
                               lsd_repeats={k: c.lsd_repeats for k, c in costs.items()})
-        header = report_header(task, methods, opts, seeds, device, commit, cost, metrics, timer)
+    header = report_header(task, methods, opts, seeds, device, commit, cost, metrics, timer)  # times the metrics too
     write_report(out, df, speed, cells, header, primary)
     print(timer.summary())
     print(f"report: {out / 'index.md'}")
