@@ -108,10 +108,15 @@ def measure(networks: dict, shape, batch_sizes, device, repeats: int = 5, per_re
     return out
 
 
+def network_flops(networks: dict, shape, device, dtype=torch.float32) -> dict[str, float]:
+    """FLOPs per image of one forward of each network (torch's FLOP counter, at batch 1)."""
+    x1, t1 = torch.randn(1, *shape, device=device, dtype=dtype), torch.full((1,), 500, device=device)
+    return {name: flops_per_image(lambda net=net: net.forward(x1, t1)) for name, net in networks.items()}
+
+
 def cost_model(methods, denoiser, shape, batch_size: int, device, repeats: int = 5) -> CostModel:
     networks = union_networks(methods, denoiser)
-    x1, t1 = torch.randn(1, *shape, device=device), torch.full((1,), 500, device=device)
-    flops = {name: flops_per_image(lambda net=net: net.forward(x1, t1)) for name, net in networks.items()}
+    flops = network_flops(networks, shape, device)
     latency = measure(networks, shape, sorted({1, batch_size}), device, repeats)
     return CostModel(latency, batch_size, flops, str(device))
 

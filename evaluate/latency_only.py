@@ -25,11 +25,10 @@ from baselines.checkpoint import write_text_atomic
 from baselines.denoisers import Denoiser
 from baselines.runtime import tune_malloc
 from baselines.tasks import get_task
-from evaluate.cost import DASH, measure, union_networks
+from evaluate.cost import DASH, measure, network_flops, union_networks
 from evaluate.methods import Context, resolve
 from evaluate.run import BadInput, command_line, git_commit
 from morse.dot import Dot, DotConfig
-from morse.latency import flops_per_image
 from morse.pretrained import dot_path
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -87,9 +86,7 @@ def latency_only(opts: dict) -> Path:
     task, networks, calls = load_networks(opts, device, dtype)
     out = Path(opts["out"] or Path("reports") / "latency" / device.type)
     commit = git_commit(exclude=out)
-    x1 = torch.randn(1, *task.image_shape, device=device, dtype=dtype)
-    t1 = torch.full((1,), 500, device=device)
-    flops = {name: flops_per_image(lambda net=net: net.forward(x1, t1)) for name, net in networks.items()}
+    flops = network_flops(networks, task.image_shape, device, dtype)
     rows, notes = measure_batches(networks, task.image_shape, sizes, device, dtype, opts["latency_budget_s"])
     table = pd.DataFrame([dict(r, gflop_per_image=flops[r["network"]] / 1e9,
                                tflops=flops[r["network"]] * r["batch"] / (r["ms_per_call"] / 1e3) / 1e12)

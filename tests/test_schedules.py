@@ -4,11 +4,14 @@ Step counts that do not divide the 1,000 training steps (7, 11, 13, 16, 41) are 
 DDIM stepped off its own trailing schedule (baselines/ddim.py); 10, 100 and 1,000 hide it.
 """
 
+import inspect
 import math
 
+import diffusers
 import pytest
 import torch
 
+from baselines import ddim
 from baselines.registry import BASELINES, get_baseline
 from baselines.schedule import alpha_bar
 from baselines.solvers import solve
@@ -63,7 +66,7 @@ class PointMass(torch.nn.Module):
 
 def final_log_snr(sched) -> float:
     """Where the solver's own bookkeeping says the last step lands (inf: alpha_bar = 1)."""
-    if hasattr(sched, "sigmas") and sched.sigmas is not None:
+    if getattr(sched, "sigmas", None) is not None:
         sigma = float(sched.sigmas[-1])
     elif hasattr(sched, "final_alpha_cumprod"):
         a = float(sched.final_alpha_cumprod)
@@ -125,11 +128,5 @@ def test_each_step_lands_where_the_next_assumes(name, spacing, steps):
 def test_fixed_ddim_keeps_diffusers_step_signature():
     """The solver loop hands per-sample generators only to a step whose signature names them; a
     fixed scheduler that hid them behind **kwargs made eta = 1 draw from the global RNG."""
-    import inspect
-
-    import diffusers
-
-    from baselines.ddim import DDIMScheduler
-
-    ours = inspect.signature(DDIMScheduler.step).parameters
+    ours = inspect.signature(ddim.DDIMScheduler.step).parameters
     assert list(ours) == list(inspect.signature(diffusers.DDIMScheduler.step).parameters)

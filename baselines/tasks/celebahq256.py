@@ -6,12 +6,10 @@ Inception behind clean-fid's clean resize. clean-fid publishes no CelebA-HQ stat
 the 30,000 images (or a .npz of mu and sigma computed from them with clean-fid) as --reference.
 """
 
-from baselines.tasks.pixel import PretrainedPixelTask, scheduler_kwargs
+from baselines.tasks.pixel import PretrainedPixelTask
 
 
 class CelebAHQ256(PretrainedPixelTask):
     name = "celebahq256"
     repo_id = "google/ddpm-ema-celebahq-256"
-    config_dir = "ddpm-ema-celebahq-256"
-    schedule_config = scheduler_kwargs(config_dir)
     reference_hint = "a folder of the 30,000 CelebA-HQ 256x256 images, or their clean-fid mu/sigma"

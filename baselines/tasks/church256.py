@@ -8,12 +8,10 @@ train images, as --reference, and report which split it holds.
 Anchors: the DDIM paper's Table 3 (19.45 / 12.47 / 10.84 / 10.58 at 10 / 20 / 50 / 100 steps).
 """
 
-from baselines.tasks.pixel import PretrainedPixelTask, scheduler_kwargs
+from baselines.tasks.pixel import PretrainedPixelTask
 
 
 class Church256(PretrainedPixelTask):
     name = "church256"
     repo_id = "google/ddpm-ema-church-256"
-    config_dir = "ddpm-ema-church-256"
-    schedule_config = scheduler_kwargs(config_dir)
     reference_hint = "clean-fid's lsun_church statistics at 256, or a folder of the LSUN-Church train images"

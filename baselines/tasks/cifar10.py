@@ -9,12 +9,10 @@ weights is not stated on its card; non-EMA weights score markedly worse, so chec
 against the paper's.
 """
 
-from baselines.tasks.pixel import PretrainedPixelTask, scheduler_kwargs
+from baselines.tasks.pixel import PretrainedPixelTask
 
 
 class CIFAR10(PretrainedPixelTask):
     name = "cifar10"
     repo_id = "google/ddpm-cifar10-32"
-    config_dir = "ddpm-cifar10-32"
-    schedule_config = scheduler_kwargs(config_dir)
     reference_hint = "clean-fid's cifar10_clean_train_32.npz, or the 50,000 CIFAR-10 train images"

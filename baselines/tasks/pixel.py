@@ -57,12 +57,16 @@ def _first_line(exc: Exception) -> str:
 
 
 class PretrainedPixelTask(Task):
-    repo_id: str = ""
-    config_dir: str = ""              # folder under configs/ holding the checkpoint's JSON files
+    repo_id: str = ""                 # its configs are shipped in configs/<repo name>/
     metrics = ("fid",)
     primary_metric = "fid"
     default_fid_samples = 50_000
     reference_hint: str = ""          # where to get the task's reference images or statistics
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.config_dir = cls.repo_id.split("/")[-1]
+        cls.schedule_config = scheduler_kwargs(cls.config_dir)
 
     def __init__(self, weights=None, random_weights: bool = False, reference=None, data_dir=None):
         super().__init__(weights, random_weights, reference, data_dir)
