@@ -40,12 +40,13 @@ class UntrainedDotContext(Context):
     """Method context whose Dot is the task's committed one where there is one (and the Dash is the real one),
     else an untrained Dot over the Dash: it has the trained Dot's layers, so it costs the same."""
 
-    def dot(self):
+    def dot(self, solver: str = "ddim"):
+        # Every solver's Dot has the same layers, so the DDIM one (or an untrained one) prices them all.
         if self.loaded_dot is None and (getattr(self.task, "random_weights", False)
                                         or not dot_path(self.task.name).exists()):
             config = DotConfig(schedule=dict(self.task.schedule_config), **UNTRAINED_DOT)
             self.loaded_dot = Dot(self.dash, config).eval(), dict(dots_per_dash=3, dot_ratio_planned=6.0), "untrained"
-        return super().dot()
+        return super().dot("ddim")
 
 
 def batch_sizes(opts, device: torch.device) -> list[int]:

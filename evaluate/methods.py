@@ -54,17 +54,25 @@ class Context:
     dash: nn.Module
     dot_ratio: float | None = None
     dots_per_dash: int | None = None
-    loaded_dot: tuple | None = field(default=None, repr=False)  # (Dot, card, checksum), e.g. a test's tiny Dot
+    loaded_dot: tuple | None = field(default=None, repr=False)  # (Dot, card, checksum) for every solver, e.g. a test's
+    # tiny Dot
+    _dots: dict = field(default_factory=dict, repr=False)
 
-    def dot(self) -> tuple:
-        """(Dot, card, checksum): the task's committed Dot, loaded once (every Morse variant shares it)."""
-        if self.loaded_dot is None:
-            path = dot_path(self.task.name)
+    def dot(self, solver: str = "ddim") -> tuple:
+        """(Dot, card, checksum): the Dot trained on `solver`'s sampling path, loaded once. A Dot trained on
+        another solver's path would be fed states it never saw, so a missing one is an error, not a fallback."""
+        if self.loaded_dot is not None:
+            return self.loaded_dot
+        if solver not in self._dots:
+            path = dot_path(self.task.name, solver)
             if path.exists():
                 verify_weights(path)
-            dot, card = load_dot(self.task.name, self.dash)
-            self.loaded_dot = dot, card, sha256(path)[:16]
-        return self.loaded_dot
+            dot, card = load_dot(self.task.name, self.dash, solver)
+            if card.get("solver", "ddim") != solver:
+                raise ValueError(f"{path} was trained on {card['solver']!r} trajectories, not {solver!r}: retrain "
+                                 f"with `python -m morse.train --task {self.task.name} --solver {solver}`")
+            self._dots[solver] = dot, card, sha256(path)[:16]
+        return self._dots[solver]
 
 
 def dash_networks(denoiser) -> dict[str, Network]:
@@ -115,7 +123,7 @@ def solver(name: str) -> Callable[[Context], Method]:
 
 def morse(solver_name: str, variant: type = Morse) -> Callable[[Context], Method]:
     def build(ctx: Context) -> Method:
-        dot, card, checksum = ctx.dot()
+        dot, card, checksum = ctx.dot(solver_name)
         dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
         plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
         return MorseMethod(variant(get_baseline(solver_name), dot, plan_ratio, Interleave(dots)), checksum)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
+from baselines.checkpoint import sha256
 from baselines.denoisers import Denoiser
 from baselines.exact import OptimalDenoiser
 from baselines.noise import initial_noise
@@ -244,3 +245,32 @@ def test_dots_are_stored_by_solver_and_a_missing_one_is_refused_in_one_line():
     with pytest.raises(FileNotFoundError, match="--solver nosuch") as e:
         load_dot("fmnist", None, "nosuch")
     assert "\n" not in str(e.value)
+
+
+def test_each_morse_variant_loads_the_dot_of_the_solver_it_wraps(tmp_path, monkeypatch):
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    import morse.pretrained
+    from evaluate.methods import Context, resolve
+    from morse.pretrained import WEIGHTS
+
+    dash = tiny_unet(channels=(8, 8))
+    dot = Dot(dash, DotConfig(width=8, m=2, skip_levels=1)).eval()
+    monkeypatch.setattr(morse.pretrained, "WEIGHTS", tmp_path)
+    for solver in ("ddim", "dpm"):
+        path = morse.pretrained.dot_path("tiny", solver)
+        dot.save(path, {"card": "{}"})
+        card = json.loads((WEIGHTS / "fmnist_dot.json").read_text()) | dict(solver=solver, sha256=sha256(path))
+        path.with_suffix(".json").write_text(json.dumps(card))
+    ctx = Context(SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG), dash)
+    assert resolve("morse-dpm", ctx).morse.dot is ctx.dot("dpm")[0] is not ctx.dot("ddim")[0]
+    assert resolve("morse", ctx).morse.dot is ctx.dot("ddim")[0]
+    with pytest.raises(FileNotFoundError, match="--solver unipc"):
+        resolve("morse-unipc", ctx)  # no fallback to another solver's Dot
+    shutil.copy(morse.pretrained.dot_path("tiny", "ddim").with_suffix(".json"),
+                morse.pretrained.dot_path("tiny", "ddpm").with_suffix(".json"))
+    shutil.copy(morse.pretrained.dot_path("tiny", "ddim"), morse.pretrained.dot_path("tiny", "ddpm"))
+    with pytest.raises(ValueError, match="trained on 'ddim' trajectories"):
+        Context(ctx.task, dash).dot("ddpm")  # a Dot filed under the wrong solver

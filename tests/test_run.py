@@ -26,6 +26,7 @@ def _values(out: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("argv,needle", [
     (["--methods", "dimm"], "valid:"),
     (["--methods", ""], "empty"),
+    (["--methods", "morse-unipc"], "--solver unipc"),  # no Dot trained on UniPC's path
     (["--task", "cifar"], "valid tasks"),
     (["--budgets", "0.5,4"], ">= 1"),
     (["--budgets", "four"], "comma-separated"),
