@@ -1,7 +1,8 @@
 """Model cards: the JSON written by a training command, rendered as Markdown beside it.
 
 A card whose weights were trained in stages (`init`: the weights it started from, with their
-checksum and card) lists every stage's command, oldest first, and each stage's table and curve.
+checksum and card) lists every stage's command, oldest first, and each stage's table and curve. A card's
+`sections` (title and Markdown lines, added by analyses such as morse.scaling) follow its tables.
 """
 
 import json
@@ -20,7 +21,7 @@ def _table(card: dict, level: str) -> list[str]:
     curve_key = next((k for k in card if k.startswith("loss_per_")), None)
     lines = ["| field | value |", "|---|---|"]
     for key, value in card.items():
-        if key in ("command", curve_key):
+        if key in ("command", curve_key, "sections", "scaling"):
             continue
         if key == "init" and value:
             value = {k: v for k, v in value.items() if k != "card"}
@@ -44,6 +45,8 @@ def render(json_path: Path) -> Path:
         for i, st in enumerate(stages, 1):
             lines += ["", f"## Stage {i}" + (" (these weights)" if i == len(stages) else ""), ""]
             lines += _table(st, "###")
+    for extra in stages[-1].get("sections", []):  # e.g. morse.scaling's plot and fit
+        lines += ["", f"## {extra['title']}", ""] + extra["lines"]
     md = Path(json_path).with_suffix(".md")
     write_text_atomic(md, "\n".join(lines) + "\n")
     return md
