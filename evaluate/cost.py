@@ -12,7 +12,9 @@ noise moves it.
 """
 
 import math
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,11 +116,51 @@ def network_flops(networks: dict, shape, device, dtype=torch.float32) -> dict[st
     return {name: flops_per_image(lambda net=net: net.forward(x1, t1)) for name, net in networks.items()}
 
 
-def cost_model(methods, denoiser, shape, batch_size: int, device, repeats: int = 5) -> CostModel:
+def cost_model(methods, denoiser, shape, batch_size: int, device, repeats: int = 5, dtype=torch.float32) -> CostModel:
     networks = union_networks(methods, denoiser)
-    flops = network_flops(networks, shape, device)
-    latency = measure(networks, shape, sorted({1, batch_size}), device, repeats)
+    flops = network_flops(networks, shape, device, dtype)
+    latency = measure(networks, shape, sorted({1, batch_size}), device, repeats, dtype=dtype)
     return CostModel(latency, batch_size, flops, str(device))
+
+
+# Dense peak TFLOP/s from the vendors' datasheets (no structured sparsity; SXM parts where there are several).
+# Matched in order against torch.cuda.get_device_name, so a specific name comes before its family's.
+PEAK_TFLOPS = [
+    ("H200 NVL", dict(fp32=60.0, tf32=418.0, fp16=835.0, bf16=835.0)),
+    ("H200", dict(fp32=67.0, tf32=494.7, fp16=989.4, bf16=989.4)),
+    ("H100 PCIe", dict(fp32=51.2, tf32=378.0, fp16=756.0, bf16=756.0)),
+    ("H100 NVL", dict(fp32=60.0, tf32=418.0, fp16=835.0, bf16=835.0)),
+    ("H100", dict(fp32=67.0, tf32=494.7, fp16=989.4, bf16=989.4)),
+    ("A100", dict(fp32=19.5, tf32=156.0, fp16=312.0, bf16=312.0)),
+    ("L40S", dict(fp32=91.6, tf32=183.0, fp16=362.0, bf16=362.0)),
+    ("L4", dict(fp32=30.3, tf32=60.0, fp16=121.0, bf16=121.0)),
+    ("A10G", dict(fp32=31.2, tf32=62.5, fp16=125.0, bf16=125.0)),
+    ("A10", dict(fp32=31.2, tf32=62.5, fp16=125.0, bf16=125.0)),
+    ("RTX 4090", dict(fp32=82.6, tf32=82.6, fp16=165.2, bf16=165.2)),
+    ("RTX 3090", dict(fp32=35.6, tf32=35.6, fp16=71.0, bf16=71.0)),
+    ("V100", dict(fp32=15.7, fp16=125.0)),
+    ("T4", dict(fp32=8.1, fp16=65.0)),
+]
+
+
+def peak_tflops(device_name: str, dtype: str) -> float:
+    """The device's dense peak for `dtype` (fp32, tf32, fp16, bf16), NaN where the table has none (CPUs)."""
+    for name, peaks in PEAK_TFLOPS:
+        if name.lower() in device_name.lower():
+            return peaks.get(dtype, math.nan)
+    return math.nan
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f"cpu ({model})"
 
 
 def n_header(cost: CostModel) -> str:
@@ -137,3 +179,13 @@ def n_header(cost: CostModel) -> str:
 def gflop_header(cost: CostModel) -> str:
     return ", ".join(f"{n} {f / 1e9:.3f}" if math.isfinite(f) else f"{n} n/a" for n, f in cost.flops.items()) + \
         " (torch FLOP counter)"
+
+
+def peak_header(cost: CostModel, name: str, dtype: str) -> str:
+    """Achieved TFLOP/s of each network at the sweep's batch size as a share of the device's dense peak."""
+    peak = peak_tflops(name, dtype)
+    if not math.isfinite(peak):
+        return f"n/a (no {dtype} peak on record for {name})"
+    lat = cost.latency[cost.batch_size]
+    shares = [f"{n} {100 * cost.flops[n] * cost.batch_size / lat.seconds(n) / 1e12 / peak:.1f}%" for n in cost.networks]
+    return f"{', '.join(shares)} of {peak:g} TFLOP/s ({name}, {dtype}, batch {cost.batch_size})"

@@ -40,7 +40,10 @@ FLAGS = dict(
     reference=Flag(None, "reference of the task's FID: an image folder or a .npz with mu and sigma", str),
     random_weights=Flag(False, "the task's real architecture with random weights, no download (--latency-only only)"),
     latency_only=Flag(False, "measure per-call latency, GFLOP and N of the methods' networks; no sampling"),
-    dtype=Flag("fp32", "fp32, fp16 or bf16 (other than fp32 with --latency-only only; sweeps run in fp32)"),
+    dtype=Flag("fp32", "network precision: fp32, tf32 (CUDA: fp32 weights, TF32 arithmetic), fp16 or bf16; the solver "
+                       "and the samples stay float32"),
+    compile=Flag("none", "none, graphs (a plain CUDA graph per batch shape; CUDA only), reduce-overhead or "
+                         "max-autotune (torch.compile modes)"),
     latency_batches=Flag("", "--latency-only batch sizes, comma-separated (default 1,16,64, and 256 on a GPU)"),
     latency_budget_s=Flag(120.0, "--latency-only skips a batch size whose predicted timing takes longer (s)"),
 )

@@ -14,7 +14,6 @@ reports/latency/<device>/<task>.md and .csv (or into --out).
 """
 
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,14 @@ import torch
 
 from baselines.checkpoint import write_text_atomic
 from baselines.denoisers import Denoiser
-from baselines.runtime import tune_malloc
+from baselines.runtime import DTYPES, set_precision, speed_up, tune_malloc
 from baselines.tasks import get_task
-from evaluate.cost import DASH, measure, network_flops, union_networks
+from evaluate.cost import DASH, device_name, measure, network_flops, peak_tflops, union_networks
 from evaluate.methods import Context, resolve
 from evaluate.run import BadInput, command_line, git_commit
 from morse.dot import Dot, DotConfig
 from morse.pretrained import dot_path
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNTRAINED_DOT = dict(m=2, width=32, skip_levels=1)  # the committed fmnist Dot's recipe
 REPEATS = {"cpu": 5, "cuda": 10}                    # interleaved repeats per batch size (protocol: >= 5 / >= 10)
 
@@ -62,7 +60,7 @@ def batch_sizes(opts, device: torch.device) -> list[int]:
     return [1, 16, 64, 256] if device.type == "cuda" else [1, 16, 64]
 
 
-def load_networks(opts, device, dtype):
+def load_networks(opts, device):
     """(task, {name: Network}) for every network the methods call, on `device` in `dtype`."""
     try:
         task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
@@ -74,25 +72,27 @@ def load_networks(opts, device, dtype):
         raise BadInput(str(e)) from None
     denoiser = Denoiser(dash, task.schedule_config)
     networks = union_networks(methods, denoiser)
-    cast = {} if dtype == torch.float32 else {"dtype": dtype}  # diffusers warns about any cast, even a no-op one
     for net in networks.values():
-        net.module.to(device, **cast)
+        speed_up(net.module.to(device), opts["dtype"], opts["compile"])
     return task, networks, {m.name: list(m.networks(denoiser)) for m in methods}
 
 
 def latency_only(opts: dict) -> Path:
     tune_malloc()
+    set_precision(opts["dtype"])
     device, dtype = torch.device(opts["device"]), DTYPES[opts["dtype"]]
     sizes = batch_sizes(opts, device)
-    task, networks, calls = load_networks(opts, device, dtype)
+    task, networks, calls = load_networks(opts, device)
     out = Path(opts["out"] or Path("reports") / "latency" / device.type)
     commit = git_commit(exclude=out)
     flops = network_flops(networks, task.image_shape, device, dtype)
     rows, notes = measure_batches(networks, task.image_shape, sizes, device, dtype, opts["latency_budget_s"])
+    name, peak = device_name(device), peak_tflops(device_name(device), opts["dtype"])
     table = pd.DataFrame([dict(r, gflop_per_image=flops[r["network"]] / 1e9,
                                tflops=flops[r["network"]] * r["batch"] / (r["ms_per_call"] / 1e3) / 1e12)
                           for r in rows])
-    meta = dict(task=task.name, device=device_name(device), dtype=str(dtype).replace("torch.", ""),
+    table["peak_share"] = table.tflops / peak
+    meta = dict(task=task.name, device=name, dtype=opts["dtype"], compile=opts["compile"], peak_tflops=peak,
                 threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, load_average=load_average(),
                 weights=f"random (seed 0, config checksum {task.checksum()})" if opts["random_weights"] else
                 f"checksum {task.checksum()}", command=command_line())
@@ -134,7 +134,7 @@ def measure_batches(networks, shape, sizes, device, dtype, budget_s: float) -> t
 
 def render(table: pd.DataFrame, meta: dict, calls: dict, networks: dict, notes: list[str]) -> str:
     params = {n: sum(p.numel() for p in net.module.parameters()) / 1e6 for n, net in networks.items()}
-    lines = [f"# Latency only: {meta['task']} on {meta['device']} ({meta['dtype']})", ""]
+    lines = [f"# Latency only: {meta['task']} on {meta['device']} ({meta['dtype']}, compile {meta['compile']})", ""]
     lines += [f"* {k}: {v}" for k, v in meta.items() if k not in ("task",)]
     lines += ["* networks each method calls: " + "; ".join(f"{m}: {', '.join(n)}" for m, n in calls.items()),
               "* parameters (M, shared Dash layers counted in both): " +
@@ -143,12 +143,12 @@ def render(table: pd.DataFrame, meta: dict, calls: dict, networks: dict, notes: 
     lines += [f"* {n}" for n in notes]
     lines += ["", "Per-call latency: median over interleaved repeats (each repeat times every network in turn); "
               "N = Dash / network latency, median [min, max] over the repeats.", "",
-              "| network | batch | ms per call | [min, max] | ms per image | GFLOP per image | TFLOP/s | N |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| network | batch | ms per call | [min, max] | ms per image | GFLOP per image | TFLOP/s | of peak | N |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         n = "" if r.network == DASH else f"{r.n_median:.2f} [{r.n_min:.2f}, {r.n_max:.2f}]"
         lines.append(f"| {r.network} | {r.batch} | {r.ms_per_call:.2f} | [{r.ms_min:.2f}, {r.ms_max:.2f}] | "
-                     f"{r.ms_per_image:.2f} | {r.gflop_per_image:.2f} | {r.tflops:.3f} | {n} |")
+                     f"{r.ms_per_image:.2f} | {r.gflop_per_image:.2f} | {r.tflops:.3f} | {share(r.peak_share)} | {n} |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,12 +161,5 @@ def load_average() -> str:
         return "unknown"
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.machine()
-    return f"cpu ({model})"
+def share(fraction: float) -> str:
+    return "n/a" if fraction != fraction else f"{100 * fraction:.1f}%"

@@ -3,6 +3,8 @@ latency, compute speedup at equal quality, write tables and plots.
 
     python -m evaluate.run --methods morse,ddim,dpm [--task fmnist] [--budgets 2,4,8,16]
         [--num-samples 1000] [--batch-size 64] [--device cpu] [--seed 0] [--out DIR]
+        [--dtype fp32|tf32|fp16|bf16] [--compile none|graphs|reduce-overhead|max-autotune]
+    torchrun --nproc-per-node K -m evaluate.run ...   (shards dealt out to K ranks; rank 0 reports)
 
 Exit codes: 0 done, 2 bad input (one line on stderr saying what to do).
 """
@@ -22,16 +24,17 @@ import numpy as np
 import torch
 
 from baselines.denoisers import Denoiser
-from baselines.runtime import resolve_device, tune_malloc
+from baselines.runtime import DTYPES, check_speed_options, resolve_device, set_precision, speed_up, tune_malloc
 from baselines.tasks import TASKS, get_task
-from evaluate.cost import cost_model, gflop_header, n_header, union_networks
+from evaluate import distributed
+from evaluate.cost import cost_model, device_name, gflop_header, n_header, peak_header, union_networks
 from evaluate.defaults import DEFAULTS, FLAGS
 from evaluate.methods import Context, check_names, resolve
 from evaluate.metrics import build as build_metrics
 from evaluate.metrics import score
 from evaluate.report import write_report
 from evaluate.speedup import speedup_table
-from evaluate.sweep import NonFiniteSamplesError, sweep
+from evaluate.sweep import MissingShardError, NonFiniteSamplesError, sweep
 
 
 class BadInput(ValueError):
@@ -95,35 +98,35 @@ def validate(opts: dict) -> dict:
         raise BadInput("--batch-size must be at least 1")
     if opts["random_weights"] and not opts["latency_only"]:
         raise BadInput("--random-weights gives an untrained Dash, whose samples mean nothing: add --latency-only")
-    if opts["dtype"] not in ("fp32", "fp16", "bf16") or (opts["dtype"] != "fp32" and not opts["latency_only"]):
-        raise BadInput(f"--dtype must be fp32, fp16 or bf16, and other than fp32 only with --latency-only "
-                       f"(sweeps run in fp32); got {opts['dtype']!r}")
+    if opts["latency_only"] and distributed.launched():
+        raise BadInput("--latency-only runs as one process: start it with python, not torchrun")
     try:
-        resolve_device(opts["device"])
+        check_speed_options(opts["dtype"], opts["compile"], resolve_device(opts["device"]))
     except ValueError as e:
         raise BadInput(str(e)) from None
     return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]))
 
 
-def load(opts: dict, device):
-    """The task, its Dash, the methods and the metrics; any missing or corrupt input is a BadInput raised
-    before anything is written."""
+def load(opts: dict, device, with_metrics: bool = True):
+    """The task, its Dash, the methods and the metrics (only where they are computed: rank 0); any missing or
+    corrupt input is a BadInput raised before anything is written."""
     try:
         task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
                         random_weights=opts["random_weights"], reference=opts["reference"])
         dash = task.dash().to(device)
         context = Context(task, dash, opts["dot_ratio"], opts["dots_per_dash"])
         methods = [resolve(m, context) for m in opts["methods"]]
-        metrics, primary = build_metrics(task, opts, device)
+        metrics, primary = build_metrics(task, opts, device) if with_metrics else ({}, None)
     except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, data, reference; bad task
         raise BadInput(str(e)) from None
     return task, dash, methods, metrics, primary
 
 
-def start_report(out: Path) -> None:
-    """Create the output folder, unfinished until this run writes index.md (its last file)."""
+def start_report(out: Path, world=None) -> None:
+    """Create the output folder, unfinished until this run writes index.md (its last file; rank 0 writes it)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "index.md").unlink(missing_ok=True)
+    if world is None or world.main:
+        (out / "index.md").unlink(missing_ok=True)
 
 
 def fingerprint(task) -> str:
@@ -135,12 +138,18 @@ def command_line() -> str:
     return "python -m evaluate.run" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
 
 
-def report_header(task, methods, opts, seeds, device, commit, cost, metrics, timer) -> dict:
+def report_header(task, methods, opts, seeds, device, commit, costs, metrics, timer, world) -> dict:
+    """`costs`: each rank's cost model, rank 0's first (it prices the cells)."""
+    cost = costs[0]
     header = dict(task=task.name, command=command_line(), methods=", ".join(m.name for m in methods),
                   budgets=", ".join(f"{b:g}" for b in opts["budgets"]), samples_per_cell=len(seeds),
-                  seeds=f"{seeds[0]}..{seeds[-1]}", device=str(device), threads=torch.get_num_threads(),
-                  commit=commit, network_latency=cost.describe(), gflop_per_image=gflop_header(cost),
-                  N_for_lsd=n_header(cost))
+                  seeds=f"{seeds[0]}..{seeds[-1]}", device=f"{device} ({device_name(device)})",
+                  devices=world.describe(), dtype=opts["dtype"], compile=opts["compile"],
+                  threads=torch.get_num_threads(), commit=commit, network_latency=cost.describe(),
+                  peak_share=peak_header(cost, device_name(device), opts["dtype"]),
+                  gflop_per_image=gflop_header(cost), N_for_lsd=n_header(cost))
+    if len(costs) > 1:
+        header["network_latency_per_rank"] = " | ".join(f"rank {r}: {c.describe()}" for r, c in enumerate(costs))
     for metric in metrics.values():
         header.update(metric.describe(len(seeds)))
     header.update(wall_time=f"{timer.total():.0f} s ({timer.fresh} of {timer.cells} cells sampled fresh)",
@@ -180,9 +189,13 @@ class Timer:
                 f"{self.total():.1f} s; harness overhead {100 * self.overhead() / self.total():.1f}% of the run")
 
 
-def provenance(task, seeds, device, commit) -> dict:
-    return dict(task=task.name, seeds=f"{seeds[0]}..{seeds[-1]}", dtype="float32", device=str(device),
-                torch=torch.__version__, commit=commit)
+ROW_DTYPE = {"fp32": "float32", "tf32": "tf32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def provenance(task, seeds, device, commit, opts: dict, world) -> dict:
+    return dict(task=task.name, seeds=f"{seeds[0]}..{seeds[-1]}", dtype=ROW_DTYPE[opts["dtype"]], device=str(device),
+                torch=torch.__version__, commit=commit, compile=opts["compile"], devices=world.size,
+                device_name=device_name(device))
 
 
 def resamples(opts: dict, n: int) -> list[np.ndarray]:
@@ -198,30 +211,44 @@ def run(**overrides) -> Path:
 
         return latency_only(opts)
     tune_malloc()
-    timer, device = Timer(), torch.device(opts["device"])
-    task, dash, methods, metrics, primary = load(opts, device)
-    out = Path(opts["out"] or Path("reports") / task.name / opts["run"])
-    commit = git_commit(exclude=out)  # the code as it was when the run started
-    start_report(out)
+    set_precision(opts["dtype"])
+    with distributed.session(opts["device"]) as world:
+        timer, device = Timer(), world.device(opts["device"])
+        task, dash, methods, metrics, primary = load(opts, device, with_metrics=world.main)
+        out = Path(opts["out"] or Path("reports") / task.name / opts["run"])
+        commit = git_commit(exclude=out)  # the code as it was when the run started
+        start_report(out, world)
+        denoiser = prepare(dash, task, methods, device, opts)
+        seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
+        with timer.phase("latency"):
+            cost = cost_model(methods, denoiser, task.image_shape, opts["batch_size"], device,
+                              dtype=DTYPES[opts["dtype"]])
+        cells = sweep(methods, opts["budgets"], denoiser, seeds, task.image_shape, out, fingerprint(task), opts,
+                      device, task.conditions, world)
+        costs = world.gather(cost)  # every rank measured its own device
+        if not world.main:
+            return out
+        timer.add_cells(cells)
+        with timer.phase("metrics"):
+            boot = resamples(opts, len(seeds))
+            df, boot_q, cell_costs = score(cells, metrics, task, cost,
+                                           provenance(task, seeds, device, commit, opts, world), boot)
+            speed = speedup_table(df[df.metric == primary], methods, boot, boot_q[primary], opts["saturation"],
+                                  lsd_repeats={k: c.lsd_repeats for k, c in cell_costs.items()})
+        header = report_header(task, methods, opts, seeds, device, commit, costs, metrics, timer, world)
+        write_report(out, df, speed, cells, header, primary)
+        print(timer.summary())
+        print(f"report: {out / 'index.md'}")
+        return out
+
+
+def prepare(dash, task, methods, device, opts) -> Denoiser:
+    """The Dash's denoiser, with every network the methods call on `device`, in the run's precision and compiled
+    as asked."""
     denoiser = Denoiser(dash, task.schedule_config).to(device)
     for net in union_networks(methods, denoiser).values():
-        net.module.to(device)
-    seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
-    with timer.phase("latency"):
-        cost = cost_model(methods, denoiser, task.image_shape, opts["batch_size"], device)
-    cells = sweep(methods, opts["budgets"], denoiser, seeds, task.image_shape, out, fingerprint(task), opts,
-                  device, task.conditions)
-    timer.add_cells(cells)
-    with timer.phase("metrics"):
-        boot = resamples(opts, len(seeds))
-        df, boot_q, costs = score(cells, metrics, task, cost, provenance(task, seeds, device, commit), boot)
-        speed = speedup_table(df[df.metric == primary], methods, boot, boot_q[primary], opts["saturation"],
-                              lsd_repeats={k: c.lsd_repeats for k, c in costs.items()})
-    header = report_header(task, methods, opts, seeds, device, commit, cost, metrics, timer)  # times the metrics too
-    write_report(out, df, speed, cells, header, primary)
-    print(timer.summary())
-    print(f"report: {out / 'index.md'}")
-    return out
+        speed_up(net.module.to(device), opts["dtype"], opts["compile"])
+    return denoiser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -240,7 +267,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         run(**vars(args))
-    except (BadInput, NonFiniteSamplesError) as e:
+    except (BadInput, NonFiniteSamplesError, MissingShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:

@@ -4,6 +4,9 @@ A shard is a fixed run of seeds, so the cache does not depend on batch size. Eac
 written to a temporary file and renamed into place: a killed run leaves either a complete
 shard or none, and a rerun redoes only what is missing. A shard that does not load, or was
 made by another configuration, is recomputed.
+
+Under torchrun the shards are dealt out to the ranks; since sample i depends only on seed i and a
+shard's batches are the same whichever rank runs them, the union is bit for bit the single-process set.
 """
 
 import hashlib
@@ -22,6 +25,10 @@ SHARD_SIZE = 250  # seeds per cache file: a kill loses at most this many samples
 
 
 class NonFiniteSamplesError(RuntimeError):
+    pass
+
+
+class MissingShardError(RuntimeError):
     pass
 
 
@@ -80,21 +87,48 @@ def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spa
     return torch.cat(outs), total.to_dict()
 
 
-def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprint: str,
-             batch_size=64, shard_size=250, device="cpu", progress=None, spacing="trailing", conditions=None) -> Cell:
+def speed_key(opts: dict) -> dict:
+    """What the run's precision and compilation add to every shard's key: nothing at fp32 eager, so the caches of
+    runs made before these options existed stay valid."""
+    extra = {"dtype": opts.get("dtype", "fp32"), "compile": opts.get("compile", "none")}
+    return {k: v for k, v in extra.items() if v != {"dtype": "fp32", "compile": "none"}[k]}
+
+
+def cell_shards(method, budget, seeds, cache_dir: Path, fingerprint: str, shard_size=SHARD_SIZE, spacing="trailing",
+                speed=None) -> list[tuple[list[int], Path, str]]:
+    """(seeds, cache path, key) of each shard of one cell."""
     cell_dir = cache_dir / method.name / f"budget-{budget:g}"
-    cell_dir.mkdir(parents=True, exist_ok=True)
+    config = {**method.config(), "spacing": spacing, **(speed or {})}
+    return [(seeds[k:k + shard_size], cell_dir / f"shard-{seeds[k]}-{seeds[min(k + shard_size, len(seeds)) - 1]}"
+             f".safetensors", shard_key(config, budget, seeds[k:k + shard_size], fingerprint))
+            for k in range(0, len(seeds), shard_size)]
+
+
+def sample_to_cache(method, denoiser, budget, shard, shape, batch_size, device, spacing, conditions) -> tuple:
+    shard_seeds, path, key = shard
+    x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device, spacing, conditions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({"samples": x}, path, {"key": key, "trace": json.dumps(trace)})
+    return x, trace
+
+
+def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprint: str, batch_size=64,
+             shard_size=250, device="cpu", progress=None, spacing="trailing", conditions=None, speed=None,
+             fresh: dict | None = None) -> Cell:
+    """One cell from its cached shards, sampling the missing ones; with `fresh` (the shards other ranks sampled in
+    this run, path -> network seconds) every shard must already be cached."""
     samples, cell = [], Cell(method.name, budget, torch.empty(0))
-    for k in range(0, len(seeds), shard_size):
-        shard_seeds = seeds[k:k + shard_size]
-        key = shard_key({**method.config(), "spacing": spacing}, budget, shard_seeds, fingerprint)
-        path = cell_dir / f"shard-{shard_seeds[0]}-{shard_seeds[-1]}.safetensors"
+    for shard in cell_shards(method, budget, seeds, cache_dir, fingerprint, shard_size, spacing, speed):
+        shard_seeds, path, key = shard
         got = _load_shard(path, key)
+        if got is None and fresh is not None:
+            raise MissingShardError(f"{path} is missing after every rank finished sampling: --out must be on a "
+                                    "filesystem every rank (every node) can read")
         if got is None:
-            x, trace = sample_shard(method, denoiser, shard_seeds, budget, shape, batch_size, device, spacing,
-                                    conditions)
-            save_atomic({"samples": x}, path, {"key": key, "trace": json.dumps(trace)})
+            x, trace = sample_to_cache(method, denoiser, budget, shard, shape, batch_size, device, spacing, conditions)
             cell.fresh_network_time_s += sum(trace["network_time_s"].values())
+        elif fresh is not None and str(path) in fresh:
+            (x, trace), cell.fresh_network_time_s = got, cell.fresh_network_time_s + fresh[str(path)]
         else:
             (x, trace), cell.cached_shards = got, cell.cached_shards + 1
         samples.append(x)
@@ -105,14 +139,44 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
     return cell
 
 
+def sample_share(methods, budgets, denoiser, seeds, shape, cache_dir: Path, fingerprint: str, opts: dict, device,
+                 conditions, world) -> dict[str, float]:
+    """This rank's share of every cell's shards, round-robin over (method, budget, shard) so each rank gets a like
+    mix of cheap and dear cells; cached shards are skipped. Returns path -> network seconds of those sampled."""
+    jobs = [(m, b, shard) for m in methods for b in budgets
+            for shard in cell_shards(m, b, seeds, cache_dir, fingerprint, SHARD_SIZE, opts["spacing"], speed_key(opts))]
+    mine = jobs[world.rank::world.size]
+    done = {}
+    with tqdm(total=sum(len(s[0]) for _, _, s in mine), desc=f"sweep, rank {world.rank} of {world.size}",
+              unit="sample", disable=not world.main) as bar:
+        for m, b, shard in mine:
+            if _load_shard(shard[1], shard[2]) is None:
+                _, trace = sample_to_cache(m, denoiser, b, shard, shape, opts["batch_size"], device, opts["spacing"],
+                                           conditions)
+                done[str(shard[1])] = sum(trace["network_time_s"].values())
+            bar.update(len(shard[0]))
+    return done
+
+
 def sweep(methods, budgets, denoiser, seeds, shape, out: Path, fingerprint: str, opts: dict, device,
-          conditions=None) -> list[Cell]:
-    """Every method at every budget, with one progress bar over all samples."""
+          conditions=None, world=None) -> list[Cell]:
+    """Every method at every budget, with one progress bar over all samples. Under torchrun each rank samples its
+    share into the cache, and rank 0 then reads every cell from it (the other ranks get no cells)."""
+    fresh = None
+    if world is not None and world.size > 1:
+        share = sample_share(methods, budgets, denoiser, seeds, shape, out / "cache", fingerprint, opts, device,
+                             conditions, world)
+        world.barrier()
+        shares = world.gather(share)
+        if not world.main:
+            return []
+        # Other ranks' forwards ran beside rank 0's, not in its wall time: they count as fresh, at no time here.
+        fresh = {k: v if rank == 0 else 0.0 for rank, s in enumerate(shares) for k, v in s.items()}
     cells = []
     with tqdm(total=len(methods) * len(budgets) * len(seeds), desc="sweep", unit="sample") as bar:
         for m in methods:
             for b in budgets:
                 bar.set_postfix(method=m.name, budget=f"{b:g}")
                 cells.append(run_cell(m, denoiser, b, seeds, shape, out / "cache", fingerprint, opts["batch_size"],
-                                      SHARD_SIZE, device, bar, opts["spacing"], conditions))
+                                      SHARD_SIZE, device, bar, opts["spacing"], conditions, speed_key(opts), fresh))
     return cells
