@@ -121,9 +121,11 @@ def solver(name: str) -> Callable[[Context], Method]:
     return lambda ctx: Solver(get_baseline(name))
 
 
-def morse(solver_name: str, variant: type = Morse) -> Callable[[Context], Method]:
+def morse(solver_name: str, variant: type = Morse, dot_solver: str | None = None) -> Callable[[Context], Method]:
+    """`dot_solver`: whose Dot to load when it is not `solver_name`'s (an oracle only prices the Dot's calls, and
+    every solver's Dot has the same layers)."""
     def build(ctx: Context) -> Method:
-        dot, card, checksum = ctx.dot(solver_name)
+        dot, card, checksum = ctx.dot(dot_solver or solver_name)
         dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
         plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
         return MorseMethod(variant(get_baseline(solver_name), dot, plan_ratio, Interleave(dots)), checksum)
@@ -137,6 +139,8 @@ METHODS: dict[str, Callable[[Context], Method] | str] = {
     "morse": morse("ddim"),
     "morse-oracle": morse("ddim", MorseOracle),  # Morse's ceiling: its schedules with an exact Dot
     **{f"morse-{name}": morse(name) for name in MORSE_SOLVERS if name != "ddim"},
+    # the ceilings of the paper's CIFAR-10 group A, which wraps DDPM, DDIM and DPM-Solver
+    **{f"morse-{name}-oracle": morse(name, MorseOracle, dot_solver="ddim") for name in ("dpm", "ddpm")},
 }
 
 
