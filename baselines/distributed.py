@@ -1,6 +1,7 @@
 """Several processes, one job: torch.distributed as `torchrun` (or `accelerate launch`) starts it.
 
     torchrun --nproc-per-node K -m evaluate.run ...
+    torchrun --nproc-per-node K -m morse.train ...   (likewise baselines.tasks.train_dash)
 
 Without WORLD_SIZE > 1 in the environment nothing here starts a process group, and a run is the plain
 single process it always was. Under torchrun every rank joins one group (gloo on CPU, NCCL on CUDA, with a
@@ -67,6 +68,23 @@ class World:
         out = [None] * self.size if self.main else None
         dist.gather_object(obj, out, dst=0, group=self.control)
         return out
+
+    def part(self, n: int) -> slice:
+        """This rank's rows of a global batch of n (n must divide evenly: see `check_batch`)."""
+        return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
+
+    def check_batch(self, n: int) -> None:
+        if n % self.size:
+            raise SystemExit(f"error: --batch-size {n} does not split evenly over {self.size} ranks; the global batch "
+                             "is what matches a one-process run")
+
+    def mean(self, value: torch.Tensor) -> float:
+        """The mean of a per-rank scalar over ranks (a logged loss), as a float."""
+        if self.size > 1:
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= self.size
+        return value.item()
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
@@ -201,3 +219,16 @@ class Heartbeat:
 def _die(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
     os._exit(1)  # the main thread may sit in a collective that would never return
+
+
+def ddp(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """`module` behind DistributedDataParallel under torchrun (gradients averaged over ranks in backward), else
+    itself. Every rank then feeds its slice of the same global batch (`World.part`), so a step sees the same
+    examples as one process would: a loss that is a mean over equal slices gives the same gradient."""
+    if world.size == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # A Dot leaves the Dash's deepest level out, whose adapters then get no gradient in a step.
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)

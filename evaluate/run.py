@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baselines import distributed
 from baselines.denoisers import Denoiser
 from baselines.runtime import DTYPES, check_speed_options, resolve_device, set_precision, speed_up, tune_malloc
 from baselines.tasks import TASKS, get_task
-from evaluate import distributed
 from evaluate.cost import cost_model, device_name, gflop_header, n_header, peak_header, union_networks
 from evaluate.defaults import DEFAULTS, FLAGS
 from evaluate.methods import Context, check_names, resolve

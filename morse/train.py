@@ -16,11 +16,17 @@
 Resumable: checkpoint.safetensors (trainable tensors, optimiser moments, RNG, step) is
 rewritten atomically every --checkpoint-every iterations and at each round's end, and each
 round's pairs are cached; rerun the same command to resume.
+
+Under `torchrun --nproc-per-node K` (DDP, gloo on CPU, NCCL on CUDA): rank 0 makes each round's pairs
+into the cache and the others read them; every rank draws the same global batch from the same RNG and
+trains on its 1/K of it, so K processes reach the Dot one would (to rounding); rank 0 writes
+checkpoints, the held-out error and the card. The checkpoint does not depend on K.
 """
 
 import argparse
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from tqdm import tqdm
 
 from baselines.checkpoint import load_keyed, load_training_state, save_atomic, save_training_state, sha256
 from baselines.denoisers import Denoiser
+from baselines.distributed import World, ddp, session
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
 from baselines.runtime import resolve_device, tune_malloc
@@ -102,12 +109,17 @@ def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
                 reuse_rmse=(den / pairs["target"].numel()) ** 0.5, ratio=(num / den) ** 0.5)
 
 
-def _cached_pairs(path: Path, key: str, make):
+def _cached_pairs(path: Path, key: str, make, world: World | None = None):
+    """The pairs cached at `path`, made (by rank 0 alone under torchrun) where there are none."""
+    if world is not None and not world.main:
+        world.barrier()  # rank 0 is making them
+        return load_keyed(path, key, "Dot training pairs")[0]
     got = load_keyed(path, key, "Dot training pairs")
-    if got is not None:
-        return got[0]
-    pairs = make()
-    save_atomic(pairs, path, {"key": key})
+    pairs = got[0] if got is not None else make()
+    if got is None:
+        save_atomic(pairs, path, {"key": key})
+    if world is not None:
+        world.barrier()
     return pairs
 
 
@@ -143,11 +155,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.rounds < 1 or args.iters < args.rounds:
         raise SystemExit(f"error: need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
+    with session(args.device) as world:
+        train(args, world)
 
+
+def train(args, world: World) -> None:
     try:
-        device = resolve_device(args.device)
+        device = world.device(str(resolve_device(args.device)))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    world.check_batch(args.batch_size)
     tune_malloc()
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +186,7 @@ def main(argv=None):
     trainable = list(params.values())
     # The linear path's coefficients reach O(10) (least-squares fits on Dash trajectories); at the body's
     # learning rate they lag the rest of the Dot for thousands of iterations.
+    net = ddp(dot, world, device)
     head = list(dot.linear_coeffs.parameters())
     head_ids = {id(q) for q in head}
     rest = [q for q in trainable if id(q) not in head_ids]
@@ -185,7 +203,7 @@ def main(argv=None):
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731
     ends = [(r + 1) * args.iters // args.rounds for r in range(args.rounds)]
-    log = open(args.out / "loss.jsonl", "a" if start else "w")
+    log = open(args.out / "loss.jsonl", "a" if start else "w") if world.main else open(os.devnull, "w")
     pool, pair_time, train_time = [], 0.0, 0.0
     for r, end in enumerate(ends):
         t0 = time.perf_counter()
@@ -193,7 +211,7 @@ def main(argv=None):
         dot.eval()
         desc = f"round {r + 1}/{args.rounds} pairs"
         pool.append(_cached_pairs(args.out / f"pairs-round{r}.safetensors", f"{train_key}/{r}",
-                                  lambda seeds=seeds, desc=desc: make_pairs(dot, seeds, desc)))
+                                  lambda seeds=seeds, desc=desc: make_pairs(dot, seeds, desc), world))
         pair_time += time.perf_counter() - t0
         if end <= start:
             continue  # trained before the resume; its pairs stay in the pool
@@ -202,26 +220,29 @@ def main(argv=None):
         t1 = time.perf_counter()
         first = max(start, ends[r - 1] if r else 0)
         bar = tqdm(range(first, end), initial=first, total=args.iters, desc=f"round {r + 1}/{args.rounds} train",
-                   unit="it")
+                   unit="it", disable=not world.main)
         for it in bar:
-            idx = torch.randint(int(starts[-1]), (args.batch_size,), generator=gen)
+            idx = torch.randint(int(starts[-1]), (args.batch_size,), generator=gen)[world.part(args.batch_size)]
             for g in opt.param_groups:
                 g["lr"] = lr_at(it) * g["lr_mult"]
-            loss = dot_loss(dot, _rows(pool, starts, idx, device))
+            loss = dot_loss(net, _rows(pool, starts, idx, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
-            log.write(json.dumps({"iter": it, "round": r, "loss": loss.item()}) + "\n")
+            value = world.mean(loss)
+            log.write(json.dumps({"iter": it, "round": r, "loss": value}) + "\n")
             if it % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.5f}", pairs=int(starts[-1]))
-            if (it + 1) % args.checkpoint_every == 0 or it + 1 == end:
+                bar.set_postfix(loss=f"{value:.5f}", pairs=int(starts[-1]))
+            if ((it + 1) % args.checkpoint_every == 0 or it + 1 == end) and world.main:
                 log.flush()
                 save_training_state(ckpt, {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, opt,
                                     params, gen, it + 1, train_key)
         bar.close()
         train_time += time.perf_counter() - t1
     log.close()
+    if not world.main:
+        return
     dot.eval()
     held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
     err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"), device=device)

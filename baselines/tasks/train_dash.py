@@ -9,6 +9,10 @@ fmnist_dash.json / fmnist_dash.md (config, data, steps, wall time, loss curve).
 with), so a longer schedule can be reached in stages that each fit a working session. Resumable:
 `--work-dir` holds checkpoint.safetensors (weights, EMA, Adam moments, RNG, losses), rewritten
 atomically every --checkpoint-every steps; rerun the same command to resume.
+
+Under `torchrun --nproc-per-node K` (DDP, gloo on CPU, NCCL on CUDA) each rank takes 1/K of the same
+global --batch-size drawn from the same RNG, so K processes train what one would (to rounding);
+rank 0 writes checkpoints, weights and card.
 """
 
 import argparse
@@ -25,6 +29,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from baselines.checkpoint import load_training_state, save_atomic, save_training_state, sha256
+from baselines.distributed import World, ddp, session
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
@@ -48,11 +53,16 @@ def main(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", type=Path, default=WEIGHTS / "fmnist_dash.safetensors")
     args = p.parse_args(argv)
+    with session(args.device) as world:
+        train(args, world)
 
+
+def train(args, world: World) -> None:
     try:
-        device = resolve_device(args.device)
+        device = world.device(str(resolve_device(args.device)))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    world.check_batch(args.batch_size)
     tune_malloc()
     torch.manual_seed(args.seed)
     images, _ = load_fmnist("train", args.data_dir)
@@ -66,6 +76,7 @@ def main(argv=None):
         if card_path.exists():  # the lineage of staged training lives in the card
             init["card"] = json.loads(card_path.read_text())
         model.load_state_dict(load_file(args.init))
+    net = ddp(model, world, device)
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
     sched = DDPMScheduler(**SCHEDULE_CONFIG)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -95,13 +106,16 @@ def main(argv=None):
         losses, wall_before = own["losses"].tolist(), float(meta["wall_s"])
         print(f"resuming from {ckpt} at step {start}")
     t0 = time.perf_counter()
-    bar = tqdm(range(start, args.steps), desc="train dash", unit="step", initial=start, total=args.steps)
+    bar = tqdm(range(start, args.steps), desc="train dash", unit="step", initial=start, total=args.steps,
+               disable=not world.main)
+    part = world.part(args.batch_size)  # every rank draws the whole global batch, so the RNG stays in step
     for step in bar:
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
         x0 = images[idx].to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(SCHEDULE_CONFIG["num_train_timesteps"], (args.batch_size,), generator=gen).to(device)
-        loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+        x0, noise, t = x0[part], noise[part], t[part]
+        loss = torch.nn.functional.mse_loss(net(sched.add_noise(x0, noise, t), t).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -109,16 +123,18 @@ def main(argv=None):
             group["lr"] = args.lr * lr_factor(step)
         opt.step()
         ema.step(model.parameters())
-        losses.append(loss.item())
+        losses.append(world.mean(loss))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps and world.main:
             tensors = {f"model/{n}": p for n, p in params.items()}
             tensors.update({f"ema/{n}": s for n, s in zip(params, ema.shadow_params)})
             tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
             save_training_state(ckpt, tensors, opt, params, gen, step + 1, key,
                                 wall_s=wall_before + time.perf_counter() - t0)
     wall = wall_before + time.perf_counter() - t0
+    if not world.main:
+        return
 
     ema.copy_to(model.parameters())
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +145,8 @@ def main(argv=None):
                 data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]", command=command,
                 steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                 ema_decay=args.ema_decay, seed=args.seed, init=init, wall_time_s=round(wall, 1),
-                device=str(device), threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 5) for v in curve])
+                device=str(device), ranks=world.size, threads=torch.get_num_threads(),
+                loss_per_100_steps=[round(v, 5) for v in curve])
     write_card(args.out, card)
     ckpt.unlink(missing_ok=True)
     print(f"saved {args.out} after {wall / 60:.1f} min; final loss {curve[-1]:.4f}")
