@@ -41,9 +41,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from baselines.checkpoint import save_atomic
+from baselines.denoisers import Condition
 
 SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",
           "conv_norm_out", "conv_act")
+# SDXL's added conditioning (pooled text embedding and size/crop ids), shared where the Dash has it.
+ADDED = ("add_time_proj", "add_embedding")
 
 
 @dataclass
@@ -85,13 +88,16 @@ class Dot(nn.Module):
         self.config = config = config or DotConfig()
         dc = dash.config
         self.cross_attention = getattr(dc, "cross_attention_dim", None) is not None
+        self.added = getattr(dc, "addition_embed_type", None)
+        if self.added not in (None, "text_time"):
+            raise ValueError(f"Dot: addition_embed_type {self.added!r} is not supported (None or SDXL's text_time)")
         if any(hasattr(b, "skip_conv") for b in list(dash.down_blocks) + list(dash.up_blocks)):
             raise ValueError("Dot: skip-type UNet blocks are not supported")
         c, body_ch = dc.in_channels, dc.block_out_channels[0]
         w = config.width
 
         self.body = nn.Module()
-        for name in SHARED:
+        for name in SHARED + (ADDED if self.added else ()):
             setattr(self.body, name, _share(getattr(dash, name)))
         if not 0 <= config.skip_levels < len(dash.down_blocks):
             raise ValueError(f"DotConfig.skip_levels must be in [0, {len(dash.down_blocks) - 1}]")
@@ -145,10 +151,17 @@ class Dot(nn.Module):
         return self.body.time_proj(t.reshape(-1)).to(dtype)
 
     def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None):
+        """`cond`: the conditional branch's condition (a tensor or a `Condition`); with guidance, z_s is the
+        guided estimate and one call corrects it."""
         n, dtype = x_ti.shape[0], x_ti.dtype
         sin_i, sin_s = self._embed(t_i, n, dtype).to(x_ti.device), self._embed(t_s, n, dtype).to(x_ti.device)
-        emb = self.body.time_embedding(sin_i) + self.anchor_embedding(sin_s)
-        extra = {"encoder_hidden_states": cond} if self.cross_attention else {}
+        cond = Condition(cond) if self.cross_attention and isinstance(cond, torch.Tensor) else cond
+        if isinstance(cond, Condition):
+            cond = cond.to(x_ti.device, dtype)
+        emb = self.body.time_embedding(sin_i, getattr(cond, "timestep_cond", None)) + self.anchor_embedding(sin_s)
+        if self.added:
+            emb = emb + self._added_embedding(cond, emb.dtype)
+        extra = {"encoder_hidden_states": getattr(cond, "encoder_hidden_states", None)} if self.cross_attention else {}
 
         deviation, x0_s = self.anchor_features(x_ti, x_ts, z_s, t_i, t_s)
         h = self.inp(nn.functional.pixel_unshuffle(torch.cat([x_ti, x_ts, z_s, deviation, x0_s], dim=1), 2))
@@ -179,6 +192,11 @@ class Dot(nn.Module):
         coeffs = self.linear_coeffs(torch.cat([sin_i, sin_s], dim=1)).reshape(n, 3, -1, 1, 1)
         a, b, c = (coeffs + local.reshape(n, 3, *x_ti.shape[1:])).unbind(1)
         return (eta + a * deviation + b * x_ts + c * z_s) * self._at(t_i, n, x_ti)[2]
+
+    def _added_embedding(self, cond, dtype):
+        """SDXL's text_time embedding, as UNet2DConditionModel.get_aug_embed forms it."""
+        time_embeds = self.body.add_time_proj(cond.time_ids.flatten()).reshape(cond.text_embeds.shape[0], -1)
+        return self.body.add_embedding(torch.cat([cond.text_embeds, time_embeds], dim=-1).to(dtype))
 
     def anchor_features(self, x_ti, x_ts, z_s, t_i, t_s):
         """x_ti's deviation from the DDIM step x_ts -> t_i with z_s, and the anchor's x0 estimate."""

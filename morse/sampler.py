@@ -6,7 +6,8 @@
 The solver's update rule is untouched: it takes z_i as if the model had produced it, so
 multistep solvers keep Dot outputs in their history. With classifier-free guidance the Dot
 corrects the guided estimate (one Dot call per step, not two): z_s is already guided, and the
-condition passes through to the shared body.
+conditional branch's condition (as the Denoiser hands it to the network: SDXL's added conditioning,
+LCM's guidance embedding included) passes through to the shared body.
 """
 
 import time
@@ -17,6 +18,13 @@ from baselines.noise import step_generators
 from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, solve, solver_timesteps
 from baselines.trace import Trace, count_nfe
 from morse.interleave import Interleave
+
+
+def dot_condition(denoiser, cond, x):
+    """The condition the Dash sees on its conditional branch, for the Dot (denoisers without guidance or
+    structured conditions, such as tests' exact ones, pass `cond` as it is)."""
+    prepare = getattr(denoiser, "condition", None)
+    return prepare(cond, x) if prepare is not None else cond
 
 
 class Morse:
@@ -42,7 +50,8 @@ class Morse:
 
     def between(self, denoiser, x_ti, t_i, anchor, cond):
         """z_i at a Dot step: the Dash's last estimate plus the Dot's residual."""
-        return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"], cond)
+        return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"],
+                                         dot_condition(denoiser, cond, x_ti))
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
                  spacing=DEFAULT_SPACING):
