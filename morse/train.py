@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from baselines.checkpoint import load_keyed, load_training_state, save_atomic, save_training_state, sha256
-from baselines.denoisers import Denoiser
+from baselines.denoisers import Condition, Denoiser
 from baselines.distributed import World, ddp, session
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
@@ -48,6 +48,23 @@ from morse.latency import dash_dot_times
 from morse.sampler import Morse
 
 FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
+COND = "cond"  # a conditional task's pairs also hold the condition the Dot saw: "cond" or "cond.<field>"
+
+
+def _cond_rows(cond) -> dict:
+    if cond is None:
+        return {}
+    if isinstance(cond, Condition):
+        return {f"{COND}.{k}": v for k, v in vars(cond).items() if v is not None}
+    return {COND: cond}
+
+
+def _cond_of(batch: dict):
+    """The condition stored with a batch of pairs (None for an unconditional task)."""
+    if COND in batch:
+        return batch[COND]
+    fields = {k[len(COND) + 1:]: v for k, v in batch.items() if k.startswith(COND + ".")}
+    return Condition(**fields) if fields else None
 
 
 class _Recorder(nn.Module):
@@ -62,22 +79,24 @@ class _Recorder(nn.Module):
         n = x_ti.shape[0]
         values = (x_ti, x_ts, z_s, torch.full((n,), float(t_i)), torch.full((n,), float(t_s)),
                   self._denoiser[0](x_ti, t_i, cond))
-        for name, v in zip(FIELDS, values, strict=True):
-            self.rows[name].append(v.cpu())  # the pool of all rounds lives in host memory
+        for name, v in [*zip(FIELDS, values, strict=True), *_cond_rows(cond).items()]:
+            self.rows.setdefault(name, []).append(v.cpu())  # the pool of all rounds lives in host memory
         return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond)
 
 
 @torch.inference_mode()
 def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds, shape, batch_size=64,
-                   desc="pairs", device="cpu"):
-    """Dot training pairs from Morse sampling runs with `dot`, one per Dot step."""
+                   desc="pairs", device="cpu", conditions=None):
+    """Dot training pairs from Morse sampling runs with `dot`, one per Dot step; `conditions(seeds)` gives a
+    conditional task's conditions (the task's own)."""
     recorder = _Recorder(dot, denoiser).eval()
     sampler = Morse(solver, recorder, dot_ratio, interleave)
     chunks = [seeds[k:k + batch_size] for k in range(0, len(seeds), batch_size)]
     with tqdm(total=len(budgets) * len(chunks), desc=desc, unit="batch") as bar:
         for budget in budgets:
             for chunk in chunks:
-                sampler(denoiser, initial_noise(chunk, shape, device=device), budget, seeds=chunk)
+                cond = conditions(chunk) if conditions is not None else None
+                sampler(denoiser, initial_noise(chunk, shape, device=device), budget, cond=cond, seeds=chunk)
                 bar.update()
     if not recorder.rows["target"]:
         raise ValueError(f"morse.train: no budget in {budgets} leaves room for a Dot step at N={dot_ratio}")
@@ -88,11 +107,11 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
     """Rows `idx` of the rounds' pairs taken as one table, without concatenating the pool (GBs)."""
     rnd = torch.searchsorted(starts, idx, right=True) - 1
     return {k: torch.cat([q[k][idx[rnd == r] - starts[r]] for r, q in enumerate(pool)]).to(device)
-            for k in FIELDS}
+            for k in pool[0]}
 
 
 def dot_loss(dot, batch):
-    pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"])
+    pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch))
     return torch.nn.functional.mse_loss(pred, batch["target"])
 
 
@@ -102,7 +121,7 @@ def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
     num = den = 0.0
     for k in range(0, len(pairs["target"]), batch_size):
         b = {n: v[k:k + batch_size].to(device) for n, v in pairs.items()}
-        pred = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
+        pred = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b))
         num += (pred - b["target"]).double().square().sum().item()
         den += (b["z_s"] - b["target"]).double().square().sum().item()
     return dict(dot_rmse=(num / pairs["target"].numel()) ** 0.5,
@@ -147,6 +166,9 @@ def main(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--latency-batches", default="1,64,256", help="batch sizes at which N is measured for the card")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--weights", default=None, help="the task's weights folder (text-to-image tasks: diffusers layout)")
+    p.add_argument("--prompts", default=None, help="prompt file of a text-to-image task (one per line, or MS-COCO "
+                   "captions JSON)")
     p.add_argument("--device", default="cpu", help="e.g. cuda (N on the card is then measured there too)")
     p.add_argument("--out", type=Path, default=Path("runs/dot-fmnist"))
     p.add_argument("--export", type=Path, default=None, help="also write the final Dot here with its card; "
@@ -168,15 +190,19 @@ def train(args, world: World) -> None:
     tune_malloc()
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    task = get_task(args.task, data_dir=args.data_dir)
-    dash = task.dash().to(device)
-    denoiser = Denoiser(dash, task.schedule_config).to(device)
+    try:
+        task = get_task(args.task, data_dir=args.data_dir, weights=args.weights, prompts=args.prompts)
+        dash = task.dash().to(device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    # A guided task's Dot learns to correct the guided estimate, at the task's default guidance scale.
+    denoiser = (task.denoiser(dash) if hasattr(task, "denoiser") else Denoiser(dash, task.schedule_config)).to(device)
     solver = get_baseline(args.solver)
     interleave = Interleave(args.dots_per_dash)
     budgets = [float(b) for b in args.budgets.split(",")]
     make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
         denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc,
-        device=device)
+        device=device, conditions=task.conditions)
 
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
                               schedule=dict(task.schedule_config))).to(device)
@@ -194,9 +220,12 @@ def train(args, world: World) -> None:
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     # Pairs and checkpoints are valid only for the Dash (and initial Dot) that made them.
+    # Options added later enter the key only when given, so the keys of earlier commands stay the same.
     resumable = {k: v for k, v in vars(args).items()
-                 if k not in ("export", "latency_batches", "checkpoint_every", "device")}
-    resumable.update(dash=sha256(task.dash_path)[:16], init=sha256(args.init)[:16] if args.init else None)
+                 if k not in ("export", "latency_batches", "checkpoint_every", "device")
+                 and not (k in ("weights", "prompts") and v is None)}
+    dash_sum = sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum()
+    resumable.update(dash=dash_sum, init=sha256(args.init)[:16] if args.init else None)
     train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
     start, own, _ = load_training_state(ckpt, train_key, opt, params, gen, "delete it or use another --out")
@@ -246,7 +275,11 @@ def train(args, world: World) -> None:
     dot.eval()
     held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
     err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"), device=device)
-    times = {b: dash_dot_times(dash, dot, task.image_shape, int(b), device=device)
+    timed_dash, timed_dot = dash, dot
+    if getattr(denoiser, "uncond", None) is not None:  # a text UNet needs a condition: the unconditional one
+        timed_dash = lambda x, t: denoiser.raw(x, t)  # noqa: E731
+        timed_dot = lambda *a: dot(*a, denoiser.condition(None, a[0]))  # noqa: E731
+    times = {b: dash_dot_times(timed_dash, timed_dot, task.image_shape, int(b), device=device)
              for b in args.latency_batches.split(",")}
     ratios = {b: round(dash_s / dot_s, 2) for b, (dash_s, dot_s) in times.items()}
     ms_per_image = {b: dict(dash=round(dash_s * 1e3 / int(b), 3), dot=round(dot_s * 1e3 / int(b), 3))

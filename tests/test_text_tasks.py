@@ -210,3 +210,21 @@ def test_bad_prompt_files_are_refused_in_one_line(tmp_path, content, suffix, err
     assert str(info.value).startswith("pass --prompts") and "\n" not in str(info.value)
     with pytest.raises(error):
         get_task("sd14-coco", random_weights=True, prompts=path)
+
+
+def test_morse_train_runs_on_a_guided_text_task(folders, tmp_path, one_thread):
+    """The Dot trainer on the tiny sd14-like task: pairs on the guided sampling path, with the condition the Dot
+    saw stored beside them, a couple of iterations, a Dot and its card written."""
+    from safetensors.torch import load_file
+
+    from morse.train import main
+
+    out = tmp_path / "dot"
+    main(["--task", "sd14-coco", "--weights", str(folders["sd14-coco"]), "--prompts", str(folders["prompts"]),
+          "--iters", "2", "--rounds", "1", "--trajectories", "2", "--heldout", "2", "--budgets", "2",
+          "--batch-size", "4", "--latency-batches", "1", "--width", "8", "--out", str(out)])
+    pairs = load_file(out / "pairs-round0.safetensors")
+    assert pairs["cond.encoder_hidden_states"].shape[0] == pairs["target"].shape[0] > 0
+    card = json.loads((out / "dot.json").read_text())
+    assert card["task"] == "sd14-coco" and card["heldout_error"]["ratio"] > 0
+    assert Dot.load(UNet2DConditionModel.from_pretrained(folders["sd14-coco"] / "unet"), out / "dot.safetensors")
