@@ -34,6 +34,10 @@ WAIT_TIMEOUT = timedelta(days=1)  # barriers wait for other ranks' work; the hea
 RESUME = "finished work is kept: rerun the same command to resume"
 
 
+class RankLost(RuntimeError):
+    pass
+
+
 @dataclass
 class World:
     rank: int = 0
@@ -59,14 +63,27 @@ class World:
 
     def barrier(self) -> None:
         if self.size > 1:
-            dist.monitored_barrier(group=self.control, timeout=WAIT_TIMEOUT, wait_all_ranks=True)
+            with self._lost_rank():
+                dist.monitored_barrier(group=self.control, timeout=WAIT_TIMEOUT, wait_all_ranks=True)
+
+    @contextmanager
+    def _lost_rank(self):
+        """A collective that fails because a peer vanished raises RankLost naming it (from the heartbeats)."""
+        try:
+            yield
+        except (RuntimeError, dist.DistError) as e:
+            time.sleep(5 * BEAT_S)
+            dead = self.heartbeat.stale(3 * BEAT_S) if self.heartbeat is not None else []
+            who = f"rank {', '.join(map(str, dead))}" if dead else "another rank"
+            raise RankLost(f"{who} is gone ({type(e).__name__} in a collective); {RESUME}") from e
 
     def gather(self, obj) -> list | None:
         """Every rank's `obj`, in rank order, on rank 0 (None elsewhere); [obj] in a single process."""
         if self.size == 1:
             return [obj]
         out = [None] * self.size if self.main else None
-        dist.gather_object(obj, out, dst=0, group=self.control)
+        with self._lost_rank():
+            dist.gather_object(obj, out, dst=0, group=self.control)
         return out
 
     def part(self, n: int) -> slice:
@@ -91,7 +108,8 @@ class World:
         if self.size == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.control)
+        with self._lost_rank():
+            dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
 
@@ -123,6 +141,8 @@ def session(device_name: str = "cpu"):
     world = init(device_name)
     try:
         yield world
+    except RankLost as e:
+        _die(f"error: {e}")
     except BaseException:
         if world.heartbeat is not None:
             world.heartbeat.stop("failed")
@@ -206,19 +226,22 @@ class Heartbeat:
         stopped, and let the lowest surviving rank name it."""
         time.sleep(5 * BEAT_S)
         dead = self.stale(3 * BEAT_S)  # live ranks beat every BEAT_S; slack for a loaded machine's thread switches
-        if dead and self.rank == min(set(range(self.size)) - set(dead) - self.finished):
-            names = ", ".join(str(r) for r in dead)
-            print(f"error: rank {names} died; the launcher stopped the other ranks; {RESUME}", file=sys.stderr,
-                  flush=True)
-        elif not dead and self.rank == 0:
-            print(f"error: stopped by SIGTERM; {RESUME}", file=sys.stderr, flush=True)
         self.halt.set()
-        os._exit(128 + signum)
+        if dead and self.rank == min(set(range(self.size)) - set(dead) - self.finished):
+            _die(f"error: rank {', '.join(map(str, dead))} died; the launcher stopped the other ranks; {RESUME}",
+                 128 + signum)
+        _die(f"error: stopped by SIGTERM; {RESUME}" if not dead and self.rank == 0 else "", 128 + signum)
 
 
-def _die(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-    os._exit(1)  # the main thread may sit in a collective that would never return
+_said = threading.Lock()
+
+
+def _die(line: str, code: int = 1) -> None:
+    """Say `line` (once per process, whichever thread gets here first) and exit at once: the main thread may sit
+    in a collective that would never return."""
+    if line and _said.acquire(blocking=False):
+        print(line, file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 def ddp(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
