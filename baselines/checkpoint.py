@@ -114,3 +114,21 @@ def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str)
     gen.set_state(state["rng"])
     own = {k: v for k, v in state.items() if not k.startswith("opt/") and k != "rng"}
     return int(meta["step"]), own, meta
+
+
+def model_and_ema_tensors(params: dict, ema, losses: list[float]) -> dict:
+    """A trainer's own tensors for `save_training_state`: its weights, its diffusers EMAModel's shadow weights
+    (by parameter name) and the loss history."""
+    tensors = {f"model/{n}": p for n, p in params.items()}
+    tensors.update({f"ema/{n}": s for n, s in zip(params, ema.shadow_params, strict=True)})
+    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
+    return tensors
+
+
+def restore_model_and_ema(own: dict, model, params: dict, ema, step: int) -> list[float]:
+    """Put back what `model_and_ema_tensors` saved at `step` (the checkpoint's); returns the loss history."""
+    model.load_state_dict({k[6:]: v for k, v in own.items() if k.startswith("model/")}, strict=False)
+    for name, shadow in zip(params, ema.shadow_params, strict=True):
+        shadow.copy_(own[f"ema/{name}"])
+    ema.optimization_step = step
+    return own["losses"].tolist()

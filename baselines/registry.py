@@ -24,8 +24,9 @@ BASELINES = {m.name: m for m in [
     SchedulerMethod("euler", "EulerDiscreteScheduler", description="Euler (Karras sigmas off)"),
     SchedulerMethod("heun", "HeunDiscreteScheduler", evals_per_step=2,
                     description="Heun 2nd order, 2 NFE per step but the first"),
+    # The scheduler alone; the `lcm` method (evaluate.methods) runs it on the task's consistency-distilled model.
     SchedulerMethod("lcm", "LCMScheduler", max_steps=50,
-                    description="LCM multistep consistency sampling (for consistency models)"),
+                    description="LCM multistep consistency sampling (for consistency-distilled models)"),
 ]}
 
 

@@ -97,16 +97,18 @@ class SchedulerMethod:
         return sched
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
-                 spacing=DEFAULT_SPACING):
+                 spacing=DEFAULT_SPACING, network="dash"):
+        """`network`: the name the trace counts the denoiser's calls under; a caller sampling another model than
+        the Dash (lcm, a distilled copy of it) names it, so the cost model times the network really called."""
         steps = self.steps_for_budget(budget)
         scheduler = self.make_scheduler(denoiser.schedule_config, steps, noise.device, spacing)
         generators = step_generators(seeds) if seeds is not None else None
         trace = Trace()
-        with count_nfe(trace, noise.shape[0], dash=denoiser.net), torch.inference_mode():
+        with count_nfe(trace, noise.shape[0], **{network: denoiser.net}), torch.inference_mode():
             start = time.perf_counter()
             x = solve(scheduler, lambda x, t, i: denoiser(x, t, cond), noise, generators,
                       self.step_kwargs, callback)
             trace.wall_time_s = time.perf_counter() - start
         trace.timesteps = solver_timesteps(scheduler)
-        trace.networks_per_step = ["dash"] * len(trace.timesteps)
+        trace.networks_per_step = [network] * len(trace.timesteps)
         return x, trace

@@ -80,6 +80,7 @@ class FashionMNIST(Task):
 
     dash_path = WEIGHTS / "fmnist_dash.safetensors"
     classifier_path = WEIGHTS / "fmnist_classifier.safetensors"
+    lcm_path = WEIGHTS / "fmnist_lcm.safetensors"  # the Dash consistency-distilled (baselines.tasks.train_lcm)
 
     def __init__(self, data_dir=None, weights=None, random_weights: bool = False, reference=None):
         if weights is not None:
