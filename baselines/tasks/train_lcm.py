@@ -1,7 +1,7 @@
 """Consistency distillation of the embedded Fashion-MNIST Dash (the Latent Consistency Models recipe, in
 pixel space, unconditional):
 
-    python -m baselines.tasks.train_lcm --steps 3000 --batch-size 64 --loss huber \
+    python -m baselines.tasks.train_lcm --steps 6000 --batch-size 64 --lr 1e-4 --loss huber \
         --export baselines/weights/fmnist_lcm.safetensors
 
 * teacher: the frozen Dash with one DDIM step (diffusers' DDIMScheduler, eta 0) from t_{n+k} to t_n on the
@@ -120,7 +120,7 @@ def make_ema(student, decay: float) -> EMAModel:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps, then constant")
