@@ -205,7 +205,8 @@ def test_help_says_what_each_flag_means(capsys):
 
 
 def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
-    argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "500", "--bootstrap", "5"]
+    # 8 shards: the 7 left after the first keep the run busy well past the interrupt, even on a loaded machine
+    argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "1000", "--bootstrap", "5"]
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "evaluate.run", "--out", str(out)] + argv, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -213,6 +214,7 @@ def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
     while time.time() < deadline and not list(out.rglob("shard-*.safetensors")):
         time.sleep(0.05)
     assert list(out.rglob("shard-*.safetensors")), "no shard finished before the deadline"
+    assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
