@@ -44,3 +44,12 @@ def private_cache(tmp_path_factory):
         os.environ.pop("MORSE_BENCH_CACHE", None)
     else:
         os.environ["MORSE_BENCH_CACHE"] = old
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run thousands of sub-millisecond ops, where a second thread only adds synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -61,14 +61,6 @@ class TinyExtractor(torch.nn.Module):
         return self.net(x)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks run thousands of sub-millisecond ops, where a second thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("name", PAPER_TASKS)
 def test_paper_task_loads_samples_and_scores(name, folders, tmp_path, one_thread):

@@ -82,13 +82,6 @@ def folders(tmp_path_factory):
                                     "lcm-sdxl": save_pipeline(root / "lcm", sdxl=True)})
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("name", ["sd14-coco", "lcm-sdxl"])
 def test_text_task_loads_and_every_method_samples(name, folders, one_thread):
