@@ -13,21 +13,18 @@ Adding an accelerator is one file with its class and factory plus one line in `M
 accelerator").
 """
 
-import copy
 import importlib
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from safetensors.torch import load_file
 from torch import nn
 
 from baselines.checkpoint import sha256, verify_weights
 from baselines.denoisers import Denoiser
+from baselines.lcm import lcm_solver, load_lcm
 from baselines.registry import BASELINES, get_baseline
-from baselines.solvers import DEFAULT_SPACING
+from baselines.solvers import DEFAULT_SPACING, SchedulerMethod
 from morse import Interleave, Morse, MorseOracle
 from morse.pretrained import dot_path, load_dot
 
@@ -74,7 +71,9 @@ class Context:
             path = dot_path(self.task.name, solver)
             if path.exists():
                 verify_weights(path)
-            dot, card = load_dot(self.task.name, self.dash, solver)
+            # Morse-LCM's Dash is the distilled model, so its Dot shares that model's layers.
+            base = self.lcm()[0] if solver == "lcm" else self.dash
+            dot, card = load_dot(self.task.name, base, solver)
             if card.get("solver", "ddim") != solver:
                 raise ValueError(f"{path} was trained on {card['solver']!r} trajectories, not {solver!r}: retrain "
                                  f"with `python -m morse.train --task {self.task.name} --solver {solver}`")
@@ -90,29 +89,6 @@ class Context:
             else:
                 self.loaded_lcm = load_lcm(self.task, self.dash)
         return self.loaded_lcm
-
-
-def load_lcm(task, dash: nn.Module) -> tuple:
-    """The distilled model at the task's `lcm_path`, in a copy of the Dash (same architecture, same device).
-    LCMScheduler's steps assume a model distilled for them: on any other they measure nothing about LCM, so a
-    missing model, or one whose card does not say `distilled: true`, is refused."""
-    if getattr(task, "random_weights", False):  # latency only: the Dash's layers cost what the distilled ones do
-        return copy.deepcopy(dash), {}, "random"
-    path = getattr(task, "lcm_path", None)
-    fix = (f"distil one with `python -m baselines.tasks.train_lcm --export {path}`" if path is not None else
-           "baselines.tasks.train_lcm distils the fmnist Dash; a task offers its own as `lcm_path`")
-    if path is None or not Path(path).exists():
-        where = f" at {path}" if path is not None else ""
-        raise FileNotFoundError(f"lcm samples a consistency-distilled model and task {task.name!r} has none{where}: "
-                                f"{fix}")
-    verify_weights(path)
-    card = json.loads(Path(path).with_suffix(".json").read_text())
-    if card.get("distilled") is not True:
-        raise ValueError(f"{path} was never consistency-distilled (its card lacks `distilled: true`), and "
-                         f"LCMScheduler on such a model measures nothing about LCM: {fix}")
-    net = copy.deepcopy(dash)
-    net.load_state_dict(load_file(path))
-    return net, card, sha256(path)[:16]
 
 
 def dash_networks(denoiser) -> dict[str, Network]:
@@ -166,13 +142,7 @@ class LCM:
     name, wraps = "lcm", None
 
     def __init__(self, net: nn.Module, card: dict, checksum: str):
-        base = get_baseline("lcm")
-        # The scheduler's grid and boundary scalings are the ones the model was distilled with.
-        trained = {k: v for k, v in card.get("scheduler", {}).items() if k in ("original_inference_steps",
-                                                                             "timestep_scaling")}
-        self.solver = replace(base, overrides={**base.overrides, **trained},
-                              max_steps=trained.get("original_inference_steps", base.max_steps))
-        self.net, self.checksum = net, checksum
+        self.solver, self.net, self.checksum = lcm_solver(card), net, checksum
 
     def _denoiser(self, denoiser) -> tuple[Denoiser, str]:
         if self.net is denoiser.net:
@@ -199,14 +169,50 @@ def solver(name: str) -> Callable[[Context], Method]:
     return lambda ctx: Solver(get_baseline(name))
 
 
+class MorseLCM(MorseMethod):
+    """Morse around LCM: LCMScheduler's multistep sampling of the distilled model, with the Dot between its calls.
+    As for lcm, the distilled model's calls are counted and timed as "lcm" and the Dash is declared uncalled.
+
+    The residual lives in the distilled network's epsilon, the quantity LCMScheduler consumes and the one
+    every other solver's Dot corrects. LCM's consistency output f = c_skip x + c_out (x - sigma eps) / alpha is
+    affine in eps with coefficients known at each step, so an epsilon residual is an exact f (x0) residual
+    scaled by -c_out sigma / alpha; predicting eps keeps one Dot interface and one loss for all solvers."""
+
+    def __init__(self, morse: Morse, dot_checksum: str, net: nn.Module, lcm_checksum: str):
+        super().__init__(morse, dot_checksum)
+        self.net, self.lcm_checksum = net, lcm_checksum
+
+    def _denoiser(self, denoiser) -> Denoiser:
+        return Denoiser(self.net, denoiser.schedule_config, denoiser.guidance_scale, denoiser.uncond)
+
+    def networks(self, denoiser) -> dict[str, Network]:
+        lcm = self._denoiser(denoiser)
+        return {**super().networks(denoiser), "lcm": Network(self.net, lambda x, t: lcm.raw(x, t))}
+
+    def config(self) -> dict:
+        return {**super().config(), "lcm_sha256": self.lcm_checksum}
+
+    def __call__(self, denoiser, noise, budget, **kwargs):
+        return self.morse(self._denoiser(denoiser), noise, budget, network="lcm", **kwargs)
+
+
+def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str) -> Morse:
+    dot, card, checksum = ctx.dot(dot_solver)
+    dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
+    plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
+    return variant(solver, dot, plan_ratio, Interleave(dots)), checksum
+
+
 def morse(solver_name: str, variant: type = Morse, dot_solver: str | None = None) -> Callable[[Context], Method]:
     """`dot_solver`: whose Dot to load when it is not `solver_name`'s (an oracle only prices the Dot's calls, and
     every solver's Dot has the same layers)."""
+    return lambda ctx: MorseMethod(*_morse(ctx, get_baseline(solver_name), variant, dot_solver or solver_name))
+
+
+def morse_lcm(variant: type = Morse) -> Callable[[Context], Method]:
     def build(ctx: Context) -> Method:
-        dot, card, checksum = ctx.dot(dot_solver or solver_name)
-        dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
-        plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
-        return MorseMethod(variant(get_baseline(solver_name), dot, plan_ratio, Interleave(dots)), checksum)
+        net, card, lcm_checksum = ctx.lcm()
+        return MorseLCM(*_morse(ctx, lcm_solver(card), variant, "lcm"), net, lcm_checksum)
     return build
 
 
@@ -217,7 +223,9 @@ METHODS: dict[str, Callable[[Context], Method] | str] = {
     "lcm": lcm,  # LCMScheduler on the distilled model, not the Dash
     "morse": morse("ddim"),
     "morse-oracle": morse("ddim", MorseOracle),  # Morse's ceiling: its schedules with an exact Dot
-    **{f"morse-{name}": morse(name) for name in MORSE_SOLVERS if name != "ddim"},
+    **{f"morse-{name}": morse(name) for name in MORSE_SOLVERS if name not in ("ddim", "lcm")},
+    "morse-lcm": morse_lcm(),  # its Dash is the distilled model, as for lcm
+    "morse-lcm-oracle": morse_lcm(MorseOracle),
     # the ceilings of the paper's CIFAR-10 group A, which wraps DDPM, DDIM and DPM-Solver
     **{f"morse-{name}-oracle": morse(name, MorseOracle, dot_solver="ddim") for name in ("dpm", "ddpm")},
 }

@@ -54,7 +54,9 @@ class Morse:
                                          dot_condition(denoiser, cond, x_ti))
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
-                 spacing=DEFAULT_SPACING):
+                 spacing=DEFAULT_SPACING, network="dash"):
+        """`network`: the name the trace counts the denoiser's calls under (Morse-LCM's Dash is "lcm", the
+        distilled model), as for the baselines."""
         jump = self.plan(budget)
         scheduler = self.solver.make_scheduler(denoiser.schedule_config, len(jump), noise.device, spacing)
         anchor = {}
@@ -68,12 +70,12 @@ class Morse:
 
         trace = Trace()
         generators = step_generators(seeds) if seeds is not None else None
-        with count_nfe(trace, noise.shape[0], dash=denoiser.net, dot=self.dot), torch.inference_mode():
+        with count_nfe(trace, noise.shape[0], **{network: denoiser.net}, dot=self.dot), torch.inference_mode():
             start = time.perf_counter()
             x = solve(scheduler, estimate, noise, generators, self.solver.step_kwargs, callback)
             trace.wall_time_s = time.perf_counter() - start
         trace.timesteps = solver_timesteps(scheduler)
-        trace.networks_per_step = ["dash" if j else "dot" for j in jump]
+        trace.networks_per_step = [network if j else "dot" for j in jump]
         return x, trace
 
 
@@ -91,11 +93,11 @@ class MorseOracle(Morse):
     def between(self, denoiser, x_ti, t_i, anchor, cond):
         return denoiser(x_ti, t_i, cond)
 
-    def __call__(self, denoiser, noise, budget, **kwargs):
-        x, trace = super().__call__(denoiser, noise, budget, **kwargs)
+    def __call__(self, denoiser, noise, budget, network="dash", **kwargs):
+        x, trace = super().__call__(denoiser, noise, budget, network=network, **kwargs)
         # The Dash's hook counted the Dot steps too; charge them as the Dot calls Morse makes there
         # (one per step, guided or not). network_time_s keeps the time really spent, in the Dash.
         dot_steps = trace.networks_per_step.count("dot")
-        trace.nfe["dash"] -= trace.nfe["dash"] * dot_steps / len(trace.networks_per_step)
+        trace.nfe[network] -= trace.nfe[network] * dot_steps / len(trace.networks_per_step)
         trace.nfe["dot"] = float(dot_steps)
         return x, trace

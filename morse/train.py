@@ -13,6 +13,9 @@
    only LoRA and new blocks trainable.
 3. Held-out seeds, sampled with the final Dot, give its error against reusing z_s.
 
+With `--solver lcm` the Dash is the task's consistency-distilled model (baselines.lcm), sampled by
+LCMScheduler as it was distilled: Morse-LCM's Dot corrects that model's epsilon.
+
 Resumable: checkpoint.safetensors (trainable tensors, optimiser moments, RNG, step) is
 rewritten atomically every --checkpoint-every iterations and at each round's end, and each
 round's pairs are cached; rerun the same command to resume.
@@ -37,6 +40,7 @@ from tqdm import tqdm
 from baselines.checkpoint import load_keyed, load_training_state, save_atomic, save_training_state, sha256
 from baselines.denoisers import Condition, Denoiser
 from baselines.distributed import World, ddp, session
+from baselines.lcm import lcm_solver, load_lcm
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
 from baselines.runtime import resolve_device, tune_malloc
@@ -195,9 +199,15 @@ def train(args, world: World) -> None:
         dash = task.dash().to(device)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    solver, dash_sum = get_baseline(args.solver), None
+    if args.solver == "lcm":  # Morse-LCM's Dash is the consistency-distilled model, sampled as it was distilled
+        try:
+            dash, lcm_card, dash_sum = load_lcm(task, dash)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+        solver = lcm_solver(lcm_card)
     # A guided task's Dot learns to correct the guided estimate, at the task's default guidance scale.
     denoiser = (task.denoiser(dash) if hasattr(task, "denoiser") else Denoiser(dash, task.schedule_config)).to(device)
-    solver = get_baseline(args.solver)
     interleave = Interleave(args.dots_per_dash)
     budgets = [float(b) for b in args.budgets.split(",")]
     make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
@@ -224,7 +234,7 @@ def train(args, world: World) -> None:
     resumable = {k: v for k, v in vars(args).items()
                  if k not in ("export", "latency_batches", "checkpoint_every", "device")
                  and not (k in ("weights", "prompts") and v is None)}
-    dash_sum = sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum()
+    dash_sum = dash_sum or (sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum())
     resumable.update(dash=dash_sum, init=sha256(args.init)[:16] if args.init else None)
     train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]
     ckpt = args.out / "checkpoint.safetensors"
@@ -293,7 +303,7 @@ def train(args, world: World) -> None:
                 trainable_parameters=sum(q.numel() for q in trainable),
                 dash_parameters=sum(q.numel() for q in dash.parameters()),
                 heldout_error=err, pair_generation_s=round(pair_time, 1), train_time_s=round(train_time, 1),
-                loss_per_100_iters=curve,
+                loss_per_100_iters=curve, **({"lcm_sha256": dash_sum} if args.solver == "lcm" else {}),
                 command="python -m morse.train " + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                     if v is not None and k not in ("out", "export", "data_dir", "latency_batches", "device")))

@@ -70,3 +70,36 @@ def test_changed_arguments_refuse_a_foreign_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="other training arguments"):
         train.main(ARGS[:-6] + ["--iters", "20", "--checkpoint-every", "10", "--batch-size", "8", "--lr", "0.5",
                                 "--latency-batches", "1", "--out", str(tmp_path)])
+
+
+def test_lcm_dot_trains_on_the_distilled_model(tmp_path, monkeypatch):
+    """`--solver lcm`: Morse-LCM's Dash is the distilled model, so the pairs' targets are its epsilon, not the
+    Dash's; without a distilled model the trainer refuses in one line."""
+    import json
+
+    from baselines.checkpoint import save_atomic, sha256
+    from baselines.denoisers import Denoiser
+    from baselines.tasks import get_task
+    from baselines.tasks.cards import write_card
+    from baselines.tasks.fmnist import FashionMNIST
+
+    path = tmp_path / "fmnist_lcm.safetensors"
+    monkeypatch.setattr(FashionMNIST, "lcm_path", path)
+    with pytest.raises(SystemExit, match="^error: .*python -m baselines.tasks.train_lcm"):
+        train.main(ARGS + ["--solver", "lcm", "--out", str(tmp_path / "none")])
+
+    weights = {k: v * 0.9 for k, v in load_file(FashionMNIST.dash_path).items()}  # another net, the Dash's layers
+    save_atomic(weights, path)
+    write_card(path, {"distilled": True, "scheduler": {"original_inference_steps": 50, "timestep_scaling": 10.0}})
+    train.main(ARGS + ["--solver", "lcm", "--out", str(tmp_path / "dot")])
+    card = json.loads((tmp_path / "dot" / "dot.json").read_text())
+    assert card["solver"] == "lcm" and card["lcm_sha256"] == sha256(path)[:16]
+
+    task = get_task("fmnist")
+    lcm, dash = task.dash(), task.dash()
+    lcm.load_state_dict(weights)
+    pairs = load_file(tmp_path / "dot" / "pairs-round0.safetensors")
+    x, t = pairs["x_ti"][:4], pairs["t_i"][:4]
+    with torch.inference_mode():
+        torch.testing.assert_close(Denoiser(lcm, task.schedule_config)(x, t), pairs["target"][:4])
+        assert (Denoiser(dash, task.schedule_config)(x, t) - pairs["target"][:4]).abs().max() > 1e-2
