@@ -28,7 +28,14 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from baselines.checkpoint import load_training_state, save_atomic, save_training_state, sha256
+from baselines.checkpoint import (
+    load_training_state,
+    model_and_ema_tensors,
+    restore_model_and_ema,
+    save_atomic,
+    save_training_state,
+    sha256,
+)
 from baselines.distributed import World, ddp, session
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks.cards import write_card
@@ -99,11 +106,7 @@ def train(args, world: World) -> None:
     start, own, meta = load_training_state(ckpt, key, opt, params, gen, "delete it or use another --work-dir")
     losses, wall_before = [], 0.0
     if start:
-        model.load_state_dict({k[6:]: v for k, v in own.items() if k.startswith("model/")}, strict=False)
-        for name, shadow in zip(params, ema.shadow_params):
-            shadow.copy_(own[f"ema/{name}"])
-        ema.optimization_step = start
-        losses, wall_before = own["losses"].tolist(), float(meta["wall_s"])
+        losses, wall_before = restore_model_and_ema(own, model, params, ema, start), float(meta["wall_s"])
         print(f"resuming from {ckpt} at step {start}")
     t0 = time.perf_counter()
     bar = tqdm(range(start, args.steps), desc="train dash", unit="step", initial=start, total=args.steps,
@@ -127,10 +130,7 @@ def train(args, world: World) -> None:
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps and world.main:
-            tensors = {f"model/{n}": p for n, p in params.items()}
-            tensors.update({f"ema/{n}": s for n, s in zip(params, ema.shadow_params)})
-            tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
-            save_training_state(ckpt, tensors, opt, params, gen, step + 1, key,
+            save_training_state(ckpt, model_and_ema_tensors(params, ema, losses), opt, params, gen, step + 1, key,
                                 wall_s=wall_before + time.perf_counter() - t0)
     wall = wall_before + time.perf_counter() - t0
     if not world.main:
