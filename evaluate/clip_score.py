@@ -41,6 +41,7 @@ class ClipScorer:
     def __init__(self, model_name: str = "ViT-B-32", pretrained: str = "openai", device: str | torch.device = "cpu",
                  cache_dir: str | None = None):
         path, tag_cfg = resolve_weights(model_name, pretrained, cache_dir)
+        self.weights = path  # the file the scores come from: its checksum goes beside them
         # Handing open_clip a file path (so it cannot download) skips its tag handling: re-apply what the tag
         # sets, chiefly QuickGELU for the OpenAI weights and the tag's mean/std.
         model = open_clip.create_model(model_name, pretrained=path, device=device, require_pretrained=True,
@@ -52,6 +53,7 @@ class ClipScorer:
         """Wrap a built open_clip model. `preprocess` (open_clip's PIL transform, or None) is unused: tensors are
         preprocessed on the model's device from the model's own preprocess config, which that transform mirrors."""
         self = cls.__new__(cls)
+        self.weights = None
         self._setup(model, tokenizer)
         return self
 

@@ -44,6 +44,13 @@ FLAGS = dict(
                        "and the samples stay float32"),
     compile=Flag("none", "none, graphs (a plain CUDA graph per batch shape; CUDA only), reduce-overhead or "
                          "max-autotune (torch.compile modes)"),
+    prompts=Flag(None, "prompt file of a text-to-image task: one prompt per line, or an MS-COCO captions JSON; seed "
+                       "s gets prompt s mod their count (default: the task's built-in list)", str),
+    guidance=Flag("", "comma-separated classifier-free guidance scales (>= 1), each a sweep axis of a guided task "
+                      "(default: the task's own scale)"),
+    clip_model=Flag(None, "open_clip model name behind clip_score (default: the task's, else ViT-B-32)", str),
+    clip_weights=Flag(None, "its weights: a local checkpoint file or an open_clip pretrained tag already in the "
+                            "Hugging Face cache (default: the task's, else openai)", str),
     latency_batches=Flag("", "--latency-only batch sizes, comma-separated (default 1,16,64, and 256 on a GPU)"),
     latency_budget_s=Flag(120.0, "--latency-only skips a batch size whose predicted timing takes longer (s)"),
 )

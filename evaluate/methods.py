@@ -124,7 +124,9 @@ class MorseMethod:
 
     def networks(self, denoiser) -> dict[str, Network]:
         dot = self.morse.dot
-        return {**dash_networks(denoiser), "dot": Network(dot, lambda x, t: dot(x, x, x, t, t + 100))}
+        # Timed on the unconditional condition: a cross-attention Dot (and SDXL's added conditioning) needs one.
+        return {**dash_networks(denoiser),
+                "dot": Network(dot, lambda x, t: dot(x, x, x, t, t + 100, denoiser.condition(None, x)))}
 
     def config(self) -> dict:
         return {**self.morse.config(), "dot_sha256": self.dot_checksum}

@@ -5,10 +5,13 @@ A task names its metrics (`task.metrics`) and the primary one that speedups are 
 
 * `fd_<name>`: Frechet distance on the task classifier's penultimate features (fast on CPU), with the
   classifier's mean confidence and the smallest and largest class fraction of the samples;
-* `fid`: Frechet distance on TF-FID Inception features behind clean-fid's clean resize.
+* `fid`: Frechet distance on TF-FID Inception features behind clean-fid's clean resize;
+* `clip_score`: each sample's CLIP score against its own prompt (`task.prompts_for(seeds)`), computed for every
+  task with prompts, with the open_clip model of --clip-model/--clip-weights (else the task's, else ViT-B-32
+  with the openai weights, from the Hugging Face cache: never downloaded).
 
-Every Frechet distance has a 95% bootstrap interval over seeds; the resampled indices are the same for
-every cell (paired), so differences between cells are not blurred by resampling noise.
+Every Frechet distance and the CLIP score have a 95% bootstrap interval over seeds; the resampled indices are the
+same for every cell (paired), so differences between cells are not blurred by resampling noise.
 """
 
 import math
@@ -19,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from baselines.checkpoint import sha256
 from evaluate.features import ClassifierFeatures, InceptionFeatures
 from evaluate.frechet import Stats, feature_stats, frechet_distance
 from evaluate.reference import task_reference
@@ -54,7 +58,7 @@ class ClassifierFD:
                          reference=f"{self.ref_prov['split']} x{self.ref_prov['count']}",
                          reference_sha256=self.ref_prov["sha256"])
 
-    def __call__(self, images: torch.Tensor, boot) -> Scores:
+    def __call__(self, images: torch.Tensor, boot, seeds=None) -> Scores:
         feats, probs = self.extractor(images)
         fd = frechet_distance(self.ref, feature_stats(feats))
         resamples = bootstrap_fd(feats, self.ref, boot)
@@ -95,7 +99,7 @@ class InceptionFID:
                          reference=f"{self.ref_prov['split']} x{self.ref_prov['count']}",
                          reference_sha256=self.ref_prov["sha256"])
 
-    def __call__(self, images: torch.Tensor, boot) -> Scores:
+    def __call__(self, images: torch.Tensor, boot, seeds=None) -> Scores:
         k = min(self.samples, len(images))
         feats, _ = self.extractor(images[:k])
         prov = dict(self.prov, n_samples=k)
@@ -111,21 +115,70 @@ class InceptionFID:
         return {f"reference ({self.name})": f"{ref}; {self.samples} samples per cell"}
 
 
+def clip_choice(task, opts: dict) -> tuple[str, str]:
+    """(open_clip model name, weights: a file or a pretrained tag): the flags', else the task's, else ViT-B-32 with
+    the openai weights."""
+    return (opts.get("clip_model") or getattr(task, "clip_model", None) or "ViT-B-32",
+            opts.get("clip_weights") or getattr(task, "clip_weights", None) or "openai")
+
+
+class ClipScore:
+    """`clip_score`: 100 max(cos, 0) of each sample against its own prompt (torchmetrics' convention), its mean
+    over the samples. Higher is better. Every row carries the CLIP model's name and its weights' sha256."""
+
+    def __init__(self, name: str, task, opts: dict, device):
+        from evaluate.clip_score import ClipScorer  # open_clip is imported only by runs that score prompts
+
+        if not hasattr(task, "prompts_for"):
+            raise ValueError(f"task {task.name} declares {name} but has no prompts (prompts_for) to score against")
+        self.name, self.task = name, task
+        self.model_name, weights = clip_choice(task, opts)
+        hint = "pass --clip-model NAME --clip-weights FILE (or a pretrained tag in the Hugging Face cache)"
+        try:
+            self.scorer = ClipScorer(self.model_name, weights, device)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{name} needs a CLIP model: {e}; or {hint}") from None
+        except RuntimeError as e:  # an unknown model name, or a file holding another model's weights
+            raise ValueError(f"{name}: CLIP {self.model_name} does not load from {weights!r} "
+                             f"({str(e).strip().splitlines()[0]}); {hint}") from None
+        self.weights = self.scorer.weights
+        self.prov = dict(metric_impl="CLIP score 100 * max(cos, 0) against each sample's prompt (open_clip)",
+                         clip_model=self.model_name, clip_sha256=sha256(self.weights))
+
+    def __call__(self, images: torch.Tensor, boot, seeds=None) -> Scores:
+        scores = self.scorer.score(images, self.task.prompts_for(seeds))
+        resamples = np.array([scores[ix].mean() for ix in boot])
+        lo, hi = interval(resamples)
+        rows = [(self.name, float(scores.mean()), self.prov), (f"{self.name}_ci_low", lo, self.prov),
+                (f"{self.name}_ci_high", hi, self.prov)]
+        return Scores(rows, resamples)
+
+    def describe(self, n: int) -> dict:
+        return {f"CLIP model ({self.name})": f"open_clip {self.model_name}, weights {self.weights}, sha256 "
+                                             f"{self.prov['clip_sha256']}"}
+
+
+METRICS = {"fid": InceptionFID, "clip_score": ClipScore}  # by name; fd_<name> by prefix
+HIGHER_IS_BETTER = {"clip_score"}
+
+
 def metric_class(name: str):
-    if name == "fid":
-        return InceptionFID
+    if name in METRICS:
+        return METRICS[name]
     if name.startswith("fd_"):
         return ClassifierFD
-    raise ValueError(f"no implementation for metric {name!r}: known are fid and fd_<classifier>")
+    raise ValueError(f"no implementation for metric {name!r}: known are {', '.join(METRICS)} and fd_<classifier>")
 
 
 def declared(task, opts: dict) -> tuple[list[str], str]:
     """(metric names to compute, the primary one): the task's, FID only where it has samples to run on (the
-    task's default or --fid-samples; it is slow on a CPU)."""
+    task's default or --fid-samples; it is slow on a CPU), and CLIP score wherever the task has prompts."""
     fid = opts["fid_samples"] or task.default_fid_samples
     names = [n for n in task.metrics if n != "fid" or fid or n == task.primary_metric]
     if opts["fid_samples"] and "fid" not in names:
         names.append("fid")
+    if hasattr(task, "prompts_for") and "clip_score" not in names:
+        names.append("clip_score")
     return names, task.primary_metric
 
 
@@ -144,19 +197,22 @@ def cost_rows(cost, cell, n_samples: int) -> tuple[float, list]:
     return c, rows
 
 
-def score(cells, metrics: dict, task, cost, prov: dict, boot) -> tuple[pd.DataFrame, dict, dict]:
-    """The tidy table (one row per method x budget x metric), each metric's bootstrap resamples per cell
-    ({metric: {(method, budget): values}}) and each cell's cost ({(method, budget): CellCost})."""
+def score(cells, metrics: dict, task, cost, prov: dict, boot, seeds) -> tuple[pd.DataFrame, dict, dict]:
+    """The tidy table (one row per method x budget x guidance x metric; guidance NaN for an unguided task), each
+    metric's bootstrap resamples per cell ({metric: {(method, budget, guidance): values}}) and each cell's cost
+    ({(method, budget, guidance): CellCost}). `seeds`: the samples' seeds, in order (a prompt's CLIP score needs
+    the prompt)."""
     rows, resamples, costs = [], {name: {} for name in metrics}, {}
     for cell in tqdm(cells, desc="metrics", unit="cell"):
-        key = (cell.method, cell.budget)
+        key = (cell.method, cell.budget, cell.guidance)
         costs[key], cell_rows = cost_rows(cost, cell, len(cell.samples))
         images = task.decode(cell.samples)  # identity for pixel models, the VAE for latent ones
         for name, metric in metrics.items():
-            got = metric(images, boot)
+            got = metric(images, boot, seeds)
             resamples[name][key] = got.resamples
             cell_rows = got.rows + cell_rows if name == next(iter(metrics)) else cell_rows + got.rows
-        base = {"task": prov["task"], "method": cell.method, "budget": cell.budget, "n_samples": len(cell.samples),
-                **prov}
+        guidance = math.nan if cell.guidance is None else cell.guidance
+        base = {"task": prov["task"], "method": cell.method, "budget": cell.budget, "guidance": guidance,
+                "n_samples": len(cell.samples), **prov}
         rows += [{**base, "lsd": costs[key].lsd, "metric": m, "value": v, **extra} for m, v, extra in cell_rows]
     return pd.DataFrame(rows), resamples, costs

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from baselines.checkpoint import atomic_path, write_text_atomic  # noqa: E402
+from evaluate.metrics import HIGHER_IS_BETTER  # noqa: E402
 from evaluate.speedup import LOWER, NO_BOUND, POINT, UPPER  # noqa: E402
 
 SPEEDUP_METHOD = (
@@ -33,11 +34,20 @@ def pivot(df: pd.DataFrame, metric: str, fmt="{:.2f}") -> pd.DataFrame:
     return table.map(lambda v: "" if v != v else fmt.format(v))
 
 
+def labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a guided sweep with the scale in the method's label, so every table and curve keyed by method
+    shows one (method, guidance) each; an unguided run's rows unchanged."""
+    if "guidance" not in df.columns or df.guidance.isna().all():
+        return df
+    return df.assign(method=[m if g != g else f"{m} (guidance {g:g})" for m, g in zip(df.method, df.guidance)])
+
+
 def grids(cells, out: Path, n=64) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for cell in cells:
-        name = f"{cell.method}-budget{cell.budget:g}.png"
+        w = getattr(cell, "guidance", None)
+        name = f"{cell.method}-budget{cell.budget:g}" + ("" if w is None else f"-guidance{w:g}") + ".png"
         grid = make_grid(cell.samples[:n].clamp(-1, 1), nrow=8, normalize=True, value_range=(-1, 1), pad_value=1)
         save_image(grid, out / name)
         names.append(name)
@@ -67,9 +77,37 @@ def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) 
         if all(k in lo.index for k in keys):
             ax.fill_between(xv, [lo[k] for k in keys], [hi[k] for k in keys], alpha=0.15)
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if metric not in HIGHER_IS_BETTER:  # a bounded score such as CLIP's reads better, and may be 0, on a linear axis
+        ax.set_yscale("log")
     ax.set_xlabel(x.upper() if x != "nfe_total" else "NFE (all networks)")
     ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    _save(fig, ax, path)
+
+
+def tradeoff_metric(df: pd.DataFrame, quality: str) -> str | None:
+    """The quality metric to trade CLIP score against (the primary, or FID where CLIP score is the primary), or
+    None where the run lacks either."""
+    if not (df.metric == "clip_score").any():
+        return None
+    return next((m for m in (quality, "fid") if m != "clip_score" and (df.metric == m).any()), None)
+
+
+def plot_tradeoff(df: pd.DataFrame, metric: str, path: Path, title: str) -> None:
+    """`metric` against CLIP score as guidance varies, as a guidance study draws it: one curve per method and
+    budget through its guidance scales (each point labelled with its scale)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    keys = ["method", "budget", "guidance"]
+    both = df[df.metric == metric].set_index(keys)["value"].to_frame("y").join(
+        df[df.metric == "clip_score"].set_index(keys)["value"].rename("x"), how="inner").reset_index()
+    for (method, budget), g in both.groupby(["method", "budget"]):
+        g = g.sort_values("guidance")
+        ax.plot(g.x, g.y, marker="o", label=f"{method}, budget {budget:g}")
+        for _, r in g.iterrows():
+            if r.guidance == r.guidance:
+                ax.annotate(f"{r.guidance:g}", (r.x, r.y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("CLIP score (higher is better)")
+    ax.set_ylabel(f"{metric} (lower is better)")
     ax.set_title(title, fontsize=9)
     _save(fig, ax, path)
 
@@ -165,6 +203,18 @@ def mean_lines(speed: pd.DataFrame) -> list[str]:
     return lines
 
 
+def tradeoff_lines(df: pd.DataFrame, quality: str, out: Path, task: str) -> list[str]:
+    """The quality-versus-CLIP-score plot over the guidance scales, and its section of index.md (none without both
+    metrics)."""
+    metric = tradeoff_metric(df, quality)
+    if metric is None:
+        return []
+    name = f"{metric}_vs_clip_score.png"
+    plot_tradeoff(df, metric, out / name, f"{task}: {metric} vs CLIP score over guidance scales")
+    return ["## Guidance trade-off", "", f"{metric} against CLIP score, one curve per method and budget through the "
+            "guidance scales (each point labelled with its scale).", "", f"![{metric} vs CLIP score]({name})", ""]
+
+
 def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header: dict, quality: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.md").unlink(missing_ok=True)
@@ -172,14 +222,24 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
         df.to_csv(tmp, index=False)
     if len(speed):
         speed.to_csv(out / "speedup.csv", index=False)
+    tradeoff = tradeoff_lines(df, quality, out, header["task"])
+    df, speed = labelled(df), labelled(speed)
 
-    tables = {quality: pivot(df, quality), "lsd": pivot(df, "lsd"), "nfe_dash": pivot(df, "nfe_dash", "{:.0f}"),
-              "nfe_dot": pivot(df, "nfe_dot", "{:.0f}"), "ms_per_image": pivot(df, "ms_per_image")}
-    for extra in ("confidence", "fid"):
-        if (df.metric == extra).any():
+    # One NFE table per network that ran (the distilled LCM is its own network), then their total.
+    nfe = sorted(m for m in df.metric.unique() if m.startswith("nfe_") and m != "nfe_total") + ["nfe_total"]
+    nfe = [m for m in nfe if (df.metric == m).any()]
+    tables = {quality: pivot(df, quality), "lsd": pivot(df, "lsd"),
+              **{m: pivot(df, m, "{:.0f}") for m in nfe}, "ms_per_image": pivot(df, "ms_per_image")}
+    for extra in ("confidence", "fid", "clip_score"):
+        if extra != quality and (df.metric == extra).any():
             tables[extra] = pivot(df, extra, "{:.3f}" if extra == "confidence" else "{:.2f}")
-    if len(speed):
-        tables["speedup"], speed_detail = speedup_tables(speed)
+    # One speedup table per metric it was read from (the primary first, e.g. CLIP score beside it).
+    by_metric = {m: speed[speed.metric == m] for m in speed.metric.unique()} if "metric" in speed.columns else (
+        {quality: speed} if len(speed) else {})
+    details = {}
+    for m, sp in by_metric.items():
+        key = "speedup" if m == quality else f"speedup_at_equal_{m}"
+        tables[key], details[m] = speedup_tables(sp)
     md = [f"### {name} (columns: budget in LSD)\n\n{t.to_markdown() if hasattr(t, 'to_markdown') else t}\n"
           for name, t in tables.items()]
     write_text_atomic(out / "tables.md", "\n".join(md))
@@ -188,23 +248,26 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
 
     plot_quality(df, "lsd", quality, out / f"{quality}_vs_lsd.png", f"{header['task']}: {quality} vs LSD")
     plot_quality(df, "nfe_total", quality, out / f"{quality}_vs_nfe.png", f"{header['task']}: {quality} vs NFE")
-    if len(speed):
-        plot_speedup(speed, out / "speedup.png")
+    for m, sp in by_metric.items():
+        plot_speedup(sp, out / ("speedup.png" if m == quality else f"speedup_at_equal_{m}.png"))
     grid_names = grids(cells, out / "grids")
 
     lines = [f"# Morse Bench report: {header['task']}", "",
              f"Command: `{header['command']}`", "",
              "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in header.items() if k != "command"]
-    lines += ["", f"## {quality} (lower is better; 95% bootstrap CI in results.csv)", "",
+    better = "higher" if quality in HIGHER_IS_BETTER else "lower"
+    lines += ["", f"## {quality} ({better} is better; 95% bootstrap CI in results.csv)", "",
               tables[quality].to_markdown(), "", f"![{quality} vs LSD]({quality}_vs_lsd.png)",
-              f"![{quality} vs NFE]({quality}_vs_nfe.png)", ""]
-    if len(speed):
-        lines += ["## Speedup at equal quality", "", SPEEDUP_METHOD, "", f"Rule: {speed.rule.iloc[0]}.", "",
-                  tables["speedup"].to_markdown(), "", speed_detail.to_markdown(index=False), "",
-                  "![speedup](speedup.png)", ""]
-        lines += mean_lines(speed) + [""]
-    lines += ["## Cost", "", "NFE per sample, by network, and sampling wall time per image.", "",
-              tables["nfe_dash"].to_markdown(), "", tables["nfe_dot"].to_markdown(), "",
-              tables["ms_per_image"].to_markdown(), "", "## Samples", ""]
+              f"![{quality} vs NFE]({quality}_vs_nfe.png)", ""] + tradeoff
+    for m, sp in by_metric.items():
+        key, png = ("speedup", "speedup.png") if m == quality else (f"speedup_at_equal_{m}", f"speedup_at_equal_{m}.png")
+        title = "quality" if m == quality else m
+        lines += [f"## Speedup at equal {title}", "", SPEEDUP_METHOD, "", f"Rule: {sp.rule.iloc[0]}.", "",
+                  tables[key].to_markdown(), "", details[m].to_markdown(index=False), "", f"![speedup]({png})", ""]
+        lines += mean_lines(sp) + [""]
+    lines += ["## Cost", "", "NFE per sample, by network and in total, then sampling wall time per image.", ""]
+    for m in nfe:
+        lines += [f"`{m}`", "", tables[m].to_markdown(), ""]
+    lines += ["`ms_per_image`", "", tables["ms_per_image"].to_markdown(), "", "## Samples", ""]
     lines += [f"![{g}](grids/{g})" for g in grid_names]
     write_text_atomic(out / "index.md", "\n".join(lines) + "\n")

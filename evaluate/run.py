@@ -4,6 +4,7 @@ latency, compute speedup at equal quality, write tables and plots.
     python -m evaluate.run --methods morse,ddim,dpm [--task fmnist] [--budgets 2,4,8,16]
         [--num-samples 1000] [--batch-size 64] [--device cpu] [--seed 0] [--out DIR]
         [--dtype fp32|tf32|fp16|bf16] [--compile none|graphs|reduce-overhead|max-autotune]
+        [--prompts FILE] [--guidance 1.5,3,5,7.5] [--clip-model NAME --clip-weights FILE|TAG]
     torchrun --nproc-per-node K -m evaluate.run ...   (shards dealt out to K ranks; rank 0 reports)
 
 Exit codes: 0 done, 2 bad input (one line on stderr saying what to do).
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from baselines import distributed
@@ -30,6 +32,7 @@ from baselines.tasks import TASKS, get_task
 from evaluate.cost import cost_model, device_name, gflop_header, n_header, peak_header, union_networks
 from evaluate.defaults import DEFAULTS, FLAGS
 from evaluate.methods import Context, check_names, resolve
+from evaluate.metrics import HIGHER_IS_BETTER
 from evaluate.metrics import build as build_metrics
 from evaluate.metrics import score
 from evaluate.report import write_report
@@ -71,6 +74,26 @@ def parse_budgets(text: str) -> list[float]:
     return sorted(set(budgets))
 
 
+def parse_guidance(text: str) -> list[float]:
+    """The guidance scales to sweep, in the order given; none: the task's own."""
+    try:
+        scales = [float(w) for w in str(text).split(",") if w.strip()]
+    except ValueError:
+        raise BadInput(f"--guidance must be comma-separated numbers, got {text!r}") from None
+    if any(not (w >= 1 and math.isfinite(w)) for w in scales):
+        raise BadInput(f"every guidance scale must be a number >= 1 (1: no guidance), got {text!r}")
+    return list(dict.fromkeys(scales))
+
+
+def guidance_scales(task, scales: list[float]) -> list[float | None]:
+    """The sweep's guidance axis: [None] for a task without guidance (its cells and cache keys carry none)."""
+    if not hasattr(task, "denoiser"):
+        if scales:
+            raise BadInput(f"task {task.name} has no classifier-free guidance: leave out --guidance")
+        return [None]
+    return scales or [task.default_guidance]
+
+
 def validate(opts: dict) -> dict:
     methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
     if not methods:
@@ -104,15 +127,17 @@ def validate(opts: dict) -> dict:
         check_speed_options(opts["dtype"], opts["compile"], resolve_device(opts["device"]))
     except ValueError as e:
         raise BadInput(str(e)) from None
-    return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]))
+    return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]),
+                guidance=parse_guidance(opts["guidance"]))
 
 
 def load(opts: dict, device, with_metrics: bool = True):
     """The task, its Dash, the methods and the metrics (only where they are computed: rank 0); any missing or
-    corrupt input is a BadInput raised before anything is written."""
+    corrupt input is a BadInput raised before anything is written. Resolves opts["guidance"] to the sweep's axis."""
     try:
         task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
-                        random_weights=opts["random_weights"], reference=opts["reference"])
+                        random_weights=opts["random_weights"], reference=opts["reference"], prompts=opts["prompts"])
+        opts["guidance"] = guidance_scales(task, opts["guidance"])
         dash = task.dash().to(device)
         context = Context(task, dash, opts["dot_ratio"], opts["dots_per_dash"])
         methods = [resolve(m, context) for m in opts["methods"]]
@@ -142,7 +167,9 @@ def report_header(task, methods, opts, seeds, device, commit, costs, metrics, ti
     """`costs`: each rank's cost model, rank 0's first (it prices the cells)."""
     cost = costs[0]
     header = dict(task=task.name, command=command_line(), methods=", ".join(m.name for m in methods),
-                  budgets=", ".join(f"{b:g}" for b in opts["budgets"]), samples_per_cell=len(seeds),
+                  budgets=", ".join(f"{b:g}" for b in opts["budgets"]),
+                  guidance=", ".join(f"{w:g}" for w in opts["guidance"] if w is not None) or "n/a (unguided task)",
+                  samples_per_cell=len(seeds),
                   seeds=f"{seeds[0]}..{seeds[-1]}", device=f"{device} ({device_name(device)})",
                   devices=world.describe(), dtype=opts["dtype"], compile=opts["compile"],
                   threads=torch.get_num_threads(), commit=commit, network_latency=cost.describe(),
@@ -218,12 +245,12 @@ def run(**overrides) -> Path:
         out = Path(opts["out"] or Path("reports") / task.name / opts["run"])
         commit = git_commit(exclude=out)  # the code as it was when the run started
         start_report(out, world)
-        denoiser = prepare(dash, task, methods, device, opts)
+        denoisers = prepare(dash, task, methods, device, opts)
         seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
-        with timer.phase("latency"):
-            cost = cost_model(methods, denoiser, task.image_shape, opts["batch_size"], device,
+        with timer.phase("latency"):  # guidance changes no network's cost per call: one denoiser prices them all
+            cost = cost_model(methods, next(iter(denoisers.values())), task.image_shape, opts["batch_size"], device,
                               dtype=DTYPES[opts["dtype"]])
-        cells = sweep(methods, opts["budgets"], denoiser, seeds, task.image_shape, out, fingerprint(task), opts,
+        cells = sweep(methods, opts["budgets"], denoisers, seeds, task.image_shape, out, fingerprint(task), opts,
                       device, task.conditions, world)
         costs = world.gather(cost)  # every rank measured its own device
         if not world.main:
@@ -232,9 +259,11 @@ def run(**overrides) -> Path:
         with timer.phase("metrics"):
             boot = resamples(opts, len(seeds))
             df, boot_q, cell_costs = score(cells, metrics, task, cost,
-                                           provenance(task, seeds, device, commit, opts, world), boot)
-            speed = speedup_table(df[df.metric == primary], methods, boot, boot_q[primary], opts["saturation"],
-                                  lsd_repeats={k: c.lsd_repeats for k, c in cell_costs.items()})
+                                           provenance(task, seeds, device, commit, opts, world), boot, seeds)
+            parts = [speedups(df, m, methods, boot, boot_q[m], cell_costs, opts)
+                     for m in speedup_metrics(metrics, primary)]
+            speed = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else \
+                pd.DataFrame()
         header = report_header(task, methods, opts, seeds, device, commit, costs, metrics, timer, world)
         write_report(out, df, speed, cells, header, primary)
         print(timer.summary())
@@ -242,13 +271,52 @@ def run(**overrides) -> Path:
         return out
 
 
-def prepare(dash, task, methods, device, opts) -> Denoiser:
-    """The Dash's denoiser, with every network the methods call on `device`, in the run's precision and compiled
-    as asked."""
-    denoiser = Denoiser(dash, task.schedule_config).to(device)
-    for net in union_networks(methods, denoiser).values():
+def speedup_metrics(metrics: dict, primary: str) -> list[str]:
+    """The metrics speedups at equal quality are read from: the primary, and CLIP score beside it where the task
+    has prompts (its users read both: equal FID and equal prompt fidelity can rank accelerators differently)."""
+    return [primary] + [m for m in ("clip_score",) if m in metrics and m != primary]
+
+
+def speedups(df: pd.DataFrame, metric: str, methods, boot, boot_q: dict, cell_costs: dict, opts: dict) -> pd.DataFrame:
+    """Speedup at equal `metric` at each guidance scale, the accelerator against its baseline at the same scale
+    (guidance moves quality, so curves at different scales are not comparable). An unguided task's table has no
+    guidance column, as before guidance was an axis.
+
+    speedup_table reads lower as better; a higher-is-better score (CLIP score, at most 100) enters as its gap to
+    100, which keeps the log-log interpolation and the relative saturation rule meaningful, and its baseline
+    quality is written back as the score."""
+    q = df[df.metric == metric]
+    higher = metric in HIGHER_IS_BETTER
+    if higher:
+        q = q.assign(value=100.0 - q.value)
+        boot_q = {k: 100.0 - np.asarray(v) for k, v in boot_q.items()}
+    parts = []
+    for w in opts["guidance"]:
+        def at(d, w=w):
+            return {(m, b): v for (m, b, g), v in d.items() if g == w}
+        sub = q[q.guidance.isna()] if w is None else q[q.guidance == w]
+        part = speedup_table(sub, methods, boot, at(boot_q), opts["saturation"],
+                             lsd_repeats=at({k: c.lsd_repeats for k, c in cell_costs.items()}),
+                             meaningful_max=math.inf if higher else None)
+        parts.append(part if w is None or part.empty else part.assign(guidance=w))
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True).assign(metric=metric)
+    return out.assign(baseline_quality=100.0 - out.baseline_quality) if higher else out
+
+
+def prepare(dash, task, methods, device, opts) -> dict[float | None, Denoiser]:
+    """The Dash's denoiser at each guidance scale of the sweep (a guided task builds it: unconditional
+    condition, guidance embedding), with every network the methods call on `device`, in the run's precision and
+    compiled as asked."""
+    if hasattr(task, "denoiser"):
+        denoisers = {w: task.denoiser(dash, w).to(device) for w in opts["guidance"]}
+    else:
+        denoisers = {None: Denoiser(dash, task.schedule_config).to(device)}
+    for net in union_networks(methods, next(iter(denoisers.values()))).values():
         speed_up(net.module.to(device), opts["dtype"], opts["compile"])
-    return denoiser
+    return denoisers
 
 
 def parser() -> argparse.ArgumentParser:

@@ -229,7 +229,7 @@ def speedup_table(q: pd.DataFrame, methods, boot=None, boot_fd=None, saturation=
             continue
         curves[m.name] = _curve(m.name, base, bq, mq, boot_fd, n_boot, lsd_repeats, saturation, limit)
     rule = (f"a budget is left out of the mean when the baseline's quality is worse than {limit:g} (not "
-            f"meaningful on {task}: samples are not usable)" if limit is not None else
+            f"meaningful on {task}: samples are not usable)" if limit is not None and math.isfinite(limit) else
             f"no quality threshold is set for {task}") + (
         f", or when it has saturated (its next budget improves it by < {saturation:.0%})")
     records = []

@@ -1,4 +1,5 @@
-"""Every method x budget on the same per-sample seeds, cached per (method, budget, shard).
+"""Every method x budget (x guidance scale, for a guided task) on the same per-sample seeds, cached per
+(method, budget, guidance, shard).
 
 A shard is a fixed run of seeds, so the cache does not depend on batch size. Each shard is
 written to a temporary file and renamed into place: a killed run leaves either a complete
@@ -10,6 +11,7 @@ shard's batches are the same whichever rank runs them, the union is bit for bit 
 """
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ class MissingShardError(RuntimeError):
 
 @dataclass
 class Cell:
-    """All samples and the summed trace of one method at one budget."""
+    """All samples and the summed trace of one method at one budget (and guidance scale: None when unguided)."""
 
     method: str
     budget: float
@@ -46,6 +48,7 @@ class Cell:
     networks_per_step: list = field(default_factory=list)
     cached_shards: int = 0
     fresh_network_time_s: float = 0.0  # network time spent in this run (cached shards cost none)
+    guidance: float | None = None
 
 
 def shard_key(config: dict, budget: float, seeds: list[int], fingerprint: str) -> str:
@@ -95,10 +98,15 @@ def speed_key(opts: dict) -> dict:
 
 
 def cell_shards(method, budget, seeds, cache_dir: Path, fingerprint: str, shard_size=SHARD_SIZE, spacing="trailing",
-                speed=None) -> list[tuple[list[int], Path, str]]:
-    """(seeds, cache path, key) of each shard of one cell."""
-    cell_dir = cache_dir / method.name / f"budget-{budget:g}"
+                speed=None, guidance=None) -> list[tuple[list[int], Path, str]]:
+    """(seeds, cache path, key) of each shard of one cell. A guided cell's scale is in its key and its folder (the
+    scales of one sweep must not overwrite each other); an unguided one keeps the key and place it had before
+    guidance was an axis, so existing caches stay valid."""
+    method_dir = cache_dir / method.name
     config = {**method.config(), "spacing": spacing, **(speed or {})}
+    if guidance is not None:
+        method_dir, config = method_dir / f"guidance-{guidance:g}", {**config, "guidance": guidance}
+    cell_dir = method_dir / f"budget-{budget:g}"
     return [(seeds[k:k + shard_size], cell_dir / f"shard-{seeds[k]}-{seeds[min(k + shard_size, len(seeds)) - 1]}"
              f".safetensors", shard_key(config, budget, seeds[k:k + shard_size], fingerprint))
             for k in range(0, len(seeds), shard_size)]
@@ -114,11 +122,11 @@ def sample_to_cache(method, denoiser, budget, shard, shape, batch_size, device, 
 
 def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprint: str, batch_size=64,
              shard_size=250, device="cpu", progress=None, spacing="trailing", conditions=None, speed=None,
-             fresh: dict | None = None) -> Cell:
+             fresh: dict | None = None, guidance=None) -> Cell:
     """One cell from its cached shards, sampling the missing ones; with `fresh` (the shards other ranks sampled in
-    this run, path -> network seconds) every shard must already be cached."""
-    samples, cell = [], Cell(method.name, budget, torch.empty(0))
-    for shard in cell_shards(method, budget, seeds, cache_dir, fingerprint, shard_size, spacing, speed):
+    this run, path -> network seconds) every shard must already be cached. `denoiser` is the one at `guidance`."""
+    samples, cell = [], Cell(method.name, budget, torch.empty(0), guidance=guidance)
+    for shard in cell_shards(method, budget, seeds, cache_dir, fingerprint, shard_size, spacing, speed, guidance):
         shard_seeds, path, key = shard
         got = _load_shard(path, key)
         if got is None and fresh is not None:
@@ -139,32 +147,34 @@ def run_cell(method, denoiser, budget, seeds, shape, cache_dir: Path, fingerprin
     return cell
 
 
-def sample_share(methods, budgets, denoiser, seeds, shape, cache_dir: Path, fingerprint: str, opts: dict, device,
-                 conditions, world) -> dict[str, float]:
-    """This rank's share of every cell's shards, round-robin over (method, budget, shard) so each rank gets a like
-    mix of cheap and dear cells; cached shards are skipped. Returns path -> network seconds of those sampled."""
-    jobs = [(m, b, shard) for m in methods for b in budgets
-            for shard in cell_shards(m, b, seeds, cache_dir, fingerprint, SHARD_SIZE, opts["spacing"], speed_key(opts))]
+def sample_share(methods, budgets, denoisers: dict, seeds, shape, cache_dir: Path, fingerprint: str, opts: dict,
+                 device, conditions, world) -> dict[str, float]:
+    """This rank's share of every cell's shards, round-robin over (guidance, method, budget, shard) so each rank gets
+    a like mix of cheap and dear cells; cached shards are skipped. Returns path -> network seconds of those sampled."""
+    jobs = [(den, m, b, shard) for w, den in denoisers.items() for m in methods for b in budgets
+            for shard in cell_shards(m, b, seeds, cache_dir, fingerprint, SHARD_SIZE, opts["spacing"], speed_key(opts),
+                                     w)]
     mine = jobs[world.rank::world.size]
     done = {}
-    with tqdm(total=sum(len(s[0]) for _, _, s in mine), desc=f"sweep, rank {world.rank} of {world.size}",
+    with tqdm(total=sum(len(s[0]) for *_, s in mine), desc=f"sweep, rank {world.rank} of {world.size}",
               unit="sample", disable=not world.main) as bar:
-        for m, b, shard in mine:
+        for den, m, b, shard in mine:
             if _load_shard(shard[1], shard[2]) is None:
-                _, trace = sample_to_cache(m, denoiser, b, shard, shape, opts["batch_size"], device, opts["spacing"],
+                _, trace = sample_to_cache(m, den, b, shard, shape, opts["batch_size"], device, opts["spacing"],
                                            conditions)
                 done[str(shard[1])] = sum(trace["network_time_s"].values())
             bar.update(len(shard[0]))
     return done
 
 
-def sweep(methods, budgets, denoiser, seeds, shape, out: Path, fingerprint: str, opts: dict, device,
+def sweep(methods, budgets, denoisers: dict, seeds, shape, out: Path, fingerprint: str, opts: dict, device,
           conditions=None, world=None) -> list[Cell]:
-    """Every method at every budget, with one progress bar over all samples. Under torchrun each rank samples its
-    share into the cache, and rank 0 then reads every cell from it (the other ranks get no cells)."""
+    """Every method at every budget and guidance scale (`denoisers`: scale -> its denoiser; one entry, None, for an
+    unguided task), with one progress bar over all samples. Under torchrun each rank samples its share into the
+    cache, and rank 0 then reads every cell from it (the other ranks get no cells)."""
     fresh = None
     if world is not None and world.size > 1:
-        share = sample_share(methods, budgets, denoiser, seeds, shape, out / "cache", fingerprint, opts, device,
+        share = sample_share(methods, budgets, denoisers, seeds, shape, out / "cache", fingerprint, opts, device,
                              conditions, world)
         world.barrier()
         shares = world.gather(share)
@@ -173,10 +183,9 @@ def sweep(methods, budgets, denoiser, seeds, shape, out: Path, fingerprint: str,
         # Other ranks' forwards ran beside rank 0's, not in its wall time: they count as fresh, at no time here.
         fresh = {k: v if rank == 0 else 0.0 for rank, s in enumerate(shares) for k, v in s.items()}
     cells = []
-    with tqdm(total=len(methods) * len(budgets) * len(seeds), desc="sweep", unit="sample") as bar:
-        for m in methods:
-            for b in budgets:
-                bar.set_postfix(method=m.name, budget=f"{b:g}")
-                cells.append(run_cell(m, denoiser, b, seeds, shape, out / "cache", fingerprint, opts["batch_size"],
-                                      SHARD_SIZE, device, bar, opts["spacing"], conditions, speed_key(opts), fresh))
+    with tqdm(total=len(denoisers) * len(methods) * len(budgets) * len(seeds), desc="sweep", unit="sample") as bar:
+        for (w, den), m, b in itertools.product(denoisers.items(), methods, budgets):
+            bar.set_postfix(method=m.name, budget=f"{b:g}", **({} if w is None else {"guidance": f"{w:g}"}))
+            cells.append(run_cell(m, den, b, seeds, shape, out / "cache", fingerprint, opts["batch_size"], SHARD_SIZE,
+                                  device, bar, opts["spacing"], conditions, speed_key(opts), fresh, w))
     return cells
