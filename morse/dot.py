@@ -29,6 +29,10 @@ schedule and r = alpha_i / alpha_s:
   t = 0 the network need not emit large values itself;
 * the output convolution and the MLP's last layer are zero-initialised: an untrained Dot
   returns z_s exactly.
+
+With `residual="x0"` (Morse-LCM) the same output corrects the anchor's x0 estimate instead, unscaled,
+and the Dot returns the epsilon that gives the corrected x0 at t_i; an untrained Dot then reuses the
+anchor's x0 (why: `Dot.reuse`).
 """
 
 import copy
@@ -59,6 +63,7 @@ class DotConfig:
     skip_levels: int = 0            # deepest Dash levels (and the mid block) the Dot leaves out
     lora_targets: list[str] = field(default_factory=lambda: [
         "to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"])
+    residual: str = "eps"           # where the learned residual lives: "eps" or "x0" (see Dot.forward)
 
 
 def _share(module: nn.Module) -> nn.Module:
@@ -119,6 +124,8 @@ class Dot(nn.Module):
 
         if config.m < 1:
             raise ValueError("DotConfig.m must be at least 1")
+        if config.residual not in ("eps", "x0"):
+            raise ValueError(f"DotConfig.residual must be 'eps' or 'x0', got {config.residual!r}")
         self.inp = _block(5 * c * 4, body_ch if config.m == 1 else w)
         self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 2 else w, stride=2)
                                    for k in range(config.m - 1)])
@@ -191,7 +198,35 @@ class Dot(nn.Module):
         eta, local = nn.functional.pixel_shuffle(self.out(h), 2).tensor_split([x_ti.shape[1]], dim=1)
         coeffs = self.linear_coeffs(torch.cat([sin_i, sin_s], dim=1)).reshape(n, 3, -1, 1, 1)
         a, b, c = (coeffs + local.reshape(n, 3, *x_ti.shape[1:])).unbind(1)
-        return (eta + a * deviation + b * x_ts + c * z_s) * self._at(t_i, n, x_ti)[2]
+        raw = eta + a * deviation + b * x_ts + c * z_s
+        if self.config.residual == "eps":
+            return raw * self._at(t_i, n, x_ti)[2]
+        # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
+        return self.reuse(x_ti, x_ts, z_s, t_i, t_s, raw) - z_s
+
+    def reuse(self, x_ti, x_ts, z_s, t_i, t_s, delta_x0=None):
+        """The estimate an untrained Dot gives: z_s itself in "eps" mode; in "x0" mode the epsilon at (x_ti, t_i)
+        that yields the anchor's x0 estimate (plus `delta_x0`).
+
+        Why "x0" exists: a consistency model (LCM) turns epsilon into x0 = (x - sigma eps) / alpha and re-noises
+        it with fresh noise at every step, so an epsilon error reaches the next state multiplied by sigma / alpha
+        (about 50 at t = 879 on the linear schedule), and successive epsilons of its path are unrelated (fresh
+        noise) while its successive x0 estimates are close. There the residual must live in x0, and the loss too
+        (`error_scale`). DDIM-like solvers move x by a bounded multiple of epsilon: "eps" suits them."""
+        if self.config.residual == "eps":
+            return z_s
+        alpha_i, sigma_i, _ = self._at(t_i, x_ti.shape[0], x_ti)
+        alpha_s, sigma_s, _ = self._at(t_s, x_ti.shape[0], x_ti)
+        x0 = (x_ts - sigma_s * z_s) / alpha_s
+        x0 = x0 if delta_x0 is None else x0 + delta_x0
+        return (x_ti - alpha_i * x0) / sigma_i
+
+    def error_scale(self, t_i, like):
+        """Per-row factor that turns an epsilon error at t_i into an error in the space the residual lives in."""
+        if self.config.residual == "eps":
+            return torch.ones((), dtype=like.dtype, device=like.device)
+        alpha_i, sigma_i, _ = self._at(t_i, like.shape[0], like)
+        return sigma_i / alpha_i
 
     def _added_embedding(self, cond, dtype):
         """SDXL's text_time embedding, as UNet2DConditionModel.get_aug_embed forms it."""

@@ -14,7 +14,8 @@
 3. Held-out seeds, sampled with the final Dot, give its error against reusing z_s.
 
 With `--solver lcm` the Dash is the task's consistency-distilled model (baselines.lcm), sampled by
-LCMScheduler as it was distilled: Morse-LCM's Dot corrects that model's epsilon.
+LCMScheduler as it was distilled, and the Dot's residual lives in x0 (`--residual x0`, the default there; why:
+morse.dot.Dot.reuse): loss and held-out error are measured in x0, against reuse of the anchor's x0.
 
 Resumable: checkpoint.safetensors (trainable tensors, optimiser moments, RNG, step) is
 rewritten atomically every --checkpoint-every iterations and at each round's end, and each
@@ -115,19 +116,28 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
 
 
 def dot_loss(dot, batch):
+    """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0)."""
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch))
-    return torch.nn.functional.mse_loss(pred, batch["target"])
+    scale = _unwrap(dot).error_scale(batch["t_i"], batch["x_ti"])
+    return torch.nn.functional.mse_loss(pred * scale, batch["target"] * scale)
+
+
+def _unwrap(dot):
+    return getattr(dot, "module", dot)  # DDP wraps the Dot
 
 
 @torch.inference_mode()
 def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
-    """|z_s + eta - target| against |z_s - target| (reuse of the last Dash estimate), pooled."""
+    """|z_s + eta - target| against the error of reusing the last Dash estimate (z_s; in "x0" mode its x0), pooled,
+    both measured where the residual lives."""
     num = den = 0.0
     for k in range(0, len(pairs["target"]), batch_size):
         b = {n: v[k:k + batch_size].to(device) for n, v in pairs.items()}
-        pred = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b))
-        num += (pred - b["target"]).double().square().sum().item()
-        den += (b["z_s"] - b["target"]).double().square().sum().item()
+        args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
+        pred = b["z_s"] + dot(*args, _cond_of(b))
+        scale = dot.error_scale(b["t_i"], b["x_ti"])
+        num += ((pred - b["target"]) * scale).double().square().sum().item()
+        den += ((dot.reuse(*args) - b["target"]) * scale).double().square().sum().item()
     return dict(dot_rmse=(num / pairs["target"].numel()) ** 0.5,
                 reuse_rmse=(den / pairs["target"].numel()) ** 0.5, ratio=(num / den) ** 0.5)
 
@@ -165,6 +175,8 @@ def main(argv=None):
     p.add_argument("--lora-rank", type=int, default=DotConfig.lora_rank)
     p.add_argument("--skip-levels", type=int, default=1,
                    help="deepest Dash levels (and mid block) the Dot leaves out")
+    p.add_argument("--residual", choices=("eps", "x0"), default=None,
+                   help="where the Dot's residual lives (default: x0 for --solver lcm, else eps; see morse.dot)")
     p.add_argument("--init", type=Path, default=None, help="start from this Dot's weights instead of zero residual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
@@ -214,8 +226,9 @@ def train(args, world: World) -> None:
         denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc,
         device=device, conditions=task.conditions)
 
+    residual = args.residual or ("x0" if args.solver == "lcm" else "eps")
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
-                              schedule=dict(task.schedule_config))).to(device)
+                              schedule=dict(task.schedule_config), residual=residual)).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
@@ -233,7 +246,9 @@ def train(args, world: World) -> None:
     # Options added later enter the key only when given, so the keys of earlier commands stay the same.
     resumable = {k: v for k, v in vars(args).items()
                  if k not in ("export", "latency_batches", "checkpoint_every", "device")
-                 and not (k in ("weights", "prompts") and v is None)}
+                 and not (k in ("weights", "prompts", "residual") and v is None)}
+    if residual != "eps":  # the key of every epsilon-residual command stays what it was before the option
+        resumable["residual"] = residual
     dash_sum = dash_sum or (sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum())
     resumable.update(dash=dash_sum, init=sha256(args.init)[:16] if args.init else None)
     train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]

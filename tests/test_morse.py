@@ -274,3 +274,29 @@ def test_each_morse_variant_loads_the_dot_of_the_solver_it_wraps(tmp_path, monke
     shutil.copy(morse.pretrained.dot_path("tiny", "ddim"), morse.pretrained.dot_path("tiny", "ddpm"))
     with pytest.raises(ValueError, match="trained on 'ddim' trajectories"):
         Context(ctx.task, dash).dot("ddpm")  # a Dot filed under the wrong solver
+
+
+def test_x0_residual_dot_reuses_the_anchors_x0_and_weighs_errors_in_x0():
+    """residual="x0" (Morse-LCM): an untrained Dot gives the epsilon at (x_ti, t_i) whose x0 is the anchor's,
+    a trained output moves that x0 by exactly its value, and error_scale turns epsilon errors into x0 errors."""
+    dot = Dot(tiny_unet(), DotConfig(width=8, m=2, residual="x0", schedule=SCHEDULE_CONFIG)).eval()
+    ac = DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod.double()
+    g = torch.Generator().manual_seed(3)
+    x_ts, z_s, x_ti = (torch.randn(3, *SHAPE, generator=g) for _ in range(3))
+    t_s, t_i = torch.full((3,), 879), torch.full((3,), 759)
+
+    def x0(x, eps, t):
+        a = ac[t[0]]
+        return (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+
+    with torch.inference_mode():
+        eps = z_s + dot(x_ti, x_ts, z_s, t_i, t_s)
+        torch.testing.assert_close(x0(x_ti, eps, t_i), x0(x_ts, z_s, t_s), rtol=0, atol=1e-4)
+        dot.out.bias[:4] = 0.1  # eta = 0.1 everywhere: pixel_shuffle makes output channel 0 of input channels 0-3
+        moved = z_s + dot(x_ti, x_ts, z_s, t_i, t_s)
+        torch.testing.assert_close(x0(x_ti, moved, t_i) - x0(x_ts, z_s, t_s), torch.full_like(x_ti, 0.1).double(),
+                                   rtol=0, atol=1e-4)
+        scale = dot.error_scale(t_i, x_ti)
+    torch.testing.assert_close(scale.flatten().double(), ((1 - ac[759]) / ac[759]).sqrt().expand(3), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="residual"):
+        Dot(tiny_unet(), DotConfig(width=8, m=2, residual="v"))

@@ -94,6 +94,7 @@ def test_lcm_dot_trains_on_the_distilled_model(tmp_path, monkeypatch):
     train.main(ARGS + ["--solver", "lcm", "--out", str(tmp_path / "dot")])
     card = json.loads((tmp_path / "dot" / "dot.json").read_text())
     assert card["solver"] == "lcm" and card["lcm_sha256"] == sha256(path)[:16]
+    assert card["dot_config"]["residual"] == "x0"  # LCM consumes x0: the residual lives there
 
     task = get_task("fmnist")
     lcm, dash = task.dash(), task.dash()
