@@ -118,6 +118,12 @@ def test_report_files(tmp_path):
     assert {"commit", "metric_impl", "reference_sha256", "n_samples", "seeds", "device"} <= set(df.columns)
     nfe = df[(df.metric == "nfe_dot") & (df.method == "morse") & (df.budget == 3)].value.item()
     assert nfe > 0
+    # The cost section has one NFE table per network that ran, then the total, and no empty table.
+    index = (out / "index.md").read_text()
+    cost = index[index.index("## Cost"):index.index("## Samples")]
+    assert [line for line in cost.splitlines() if line.startswith("`")] == [
+        "`nfe_dash`", "`nfe_dot`", "`nfe_total`", "`ms_per_image`"]
+    assert "| method   |\n|----------|" not in cost
 
 
 def test_check_update_then_check(tmp_path, capsys):
@@ -208,8 +214,11 @@ def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
     # 8 shards: the 7 left after the first keep the run busy well past the interrupt, even on a loaded machine
     argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "1000", "--bootstrap", "5"]
     out = tmp_path / "r"
+    # A runner started in the background by a non-interactive shell ignores SIGINT, and a child inherits that
+    # (Python then installs no KeyboardInterrupt handler): give the run the default, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "evaluate.run", "--out", str(out)] + argv, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while time.time() < deadline and not list(out.rglob("shard-*.safetensors")):
         time.sleep(0.05)
