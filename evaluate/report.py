@@ -226,16 +226,15 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
     df, speed = labelled(df), labelled(speed)
 
     # One NFE table per network that ran (the distilled LCM is its own network), then their total.
-    nfe = sorted(m for m in df.metric.unique() if m.startswith("nfe_") and m != "nfe_total") + ["nfe_total"]
-    nfe = [m for m in nfe if (df.metric == m).any()]
+    nfe = sorted(m for m in df.metric.unique() if m.startswith("nfe_") and m != "nfe_total")
+    nfe += ["nfe_total"] if (df.metric == "nfe_total").any() else []
     tables = {quality: pivot(df, quality), "lsd": pivot(df, "lsd"),
               **{m: pivot(df, m, "{:.0f}") for m in nfe}, "ms_per_image": pivot(df, "ms_per_image")}
     for extra in ("confidence", "fid", "clip_score"):
         if extra != quality and (df.metric == extra).any():
             tables[extra] = pivot(df, extra, "{:.3f}" if extra == "confidence" else "{:.2f}")
     # One speedup table per metric it was read from (the primary first, e.g. CLIP score beside it).
-    by_metric = {m: speed[speed.metric == m] for m in speed.metric.unique()} if "metric" in speed.columns else (
-        {quality: speed} if len(speed) else {})
+    by_metric = {m: speed[speed.metric == m] for m in speed.metric.unique()} if len(speed) else {}
     details = {}
     for m, sp in by_metric.items():
         key = "speedup" if m == quality else f"speedup_at_equal_{m}"

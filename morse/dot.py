@@ -202,11 +202,11 @@ class Dot(nn.Module):
         if self.config.residual == "eps":
             return raw * self._at(t_i, n, x_ti)[2]
         # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
-        return self.reuse(x_ti, x_ts, z_s, t_i, t_s, raw) - z_s
+        return self._eps_giving(self._anchor_x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
 
-    def reuse(self, x_ti, x_ts, z_s, t_i, t_s, delta_x0=None):
+    def reuse(self, x_ti, x_ts, z_s, t_i, t_s):
         """The estimate an untrained Dot gives: z_s itself in "eps" mode; in "x0" mode the epsilon at (x_ti, t_i)
-        that yields the anchor's x0 estimate (plus `delta_x0`).
+        that yields the anchor's x0 estimate.
 
         Why "x0" exists: a consistency model (LCM) turns epsilon into x0 = (x - sigma eps) / alpha and re-noises
         it with fresh noise at every step, so an epsilon error reaches the next state multiplied by sigma / alpha
@@ -215,10 +215,14 @@ class Dot(nn.Module):
         (`error_scale`). DDIM-like solvers move x by a bounded multiple of epsilon: "eps" suits them."""
         if self.config.residual == "eps":
             return z_s
+        return self._eps_giving(self._anchor_x0(x_ts, z_s, t_s), x_ti, t_i)
+
+    def _anchor_x0(self, x_ts, z_s, t_s):
+        alpha_s, sigma_s, _ = self._at(t_s, x_ts.shape[0], x_ts)
+        return (x_ts - sigma_s * z_s) / alpha_s
+
+    def _eps_giving(self, x0, x_ti, t_i):
         alpha_i, sigma_i, _ = self._at(t_i, x_ti.shape[0], x_ti)
-        alpha_s, sigma_s, _ = self._at(t_s, x_ti.shape[0], x_ti)
-        x0 = (x_ts - sigma_s * z_s) / alpha_s
-        x0 = x0 if delta_x0 is None else x0 + delta_x0
         return (x_ti - alpha_i * x0) / sigma_i
 
     def error_scale(self, t_i, like):
