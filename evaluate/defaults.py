@@ -16,8 +16,10 @@ class Flag:
 FLAGS = dict(
     methods=Flag("morse,ddim,dpm", "comma-separated method names (the registry in evaluate/methods.py)"),
     task=Flag("fmnist", "a registered task name, or your own task class as package.module:Class"),
-    budgets=Flag("2,4,8,16", "comma-separated step budgets in LSD (= NFE for the Dash-only baselines)"),
-    num_samples=Flag(1000, "samples per method and budget"),
+    budgets=Flag(None, "comma-separated step budgets in LSD (= NFE for the Dash-only baselines); default: the "
+                       "task's `default_budgets`, else 2,4,8,16", str),
+    num_samples=Flag(None, "samples per method and budget; default: the task's `default_num_samples`, else 1000",
+                     int),
     batch_size=Flag(64, "sampling batch size; results do not depend on it (the per-image sweet spot on CPU)"),
     device=Flag("cpu", "torch device, e.g. cpu or cuda"),
     seed=Flag(0, "sample i uses seed `seed + i`"),
@@ -56,3 +58,4 @@ FLAGS = dict(
 )
 
 DEFAULTS = {key: flag.default for key, flag in FLAGS.items()}
+FALLBACK = dict(budgets="2,4,8,16", num_samples=1000)  # where neither the command nor the task says

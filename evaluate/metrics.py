@@ -4,7 +4,8 @@ A task names its metrics (`task.metrics`) and the primary one that speedups are 
 (`task.primary_metric`). Names map to implementations by convention:
 
 * `fd_<name>`: Frechet distance on the task classifier's penultimate features (fast on CPU), with the
-  classifier's mean confidence and the smallest and largest class fraction of the samples;
+  classifier's mean confidence, the smallest and largest class fraction of the samples, and, where each prompt
+  names a class (`task.prompted_classes(seeds)`), the fraction of samples classified as their prompt's class;
 * `fid`: Frechet distance on TF-FID Inception features behind clean-fid's clean resize;
 * `clip_score`: each sample's CLIP score against its own prompt (`task.prompts_for(seeds)`), computed for every
   task with prompts, with the open_clip model of --clip-model/--clip-weights (else the task's, else ViT-B-32
@@ -67,6 +68,9 @@ class ClassifierFD:
         rows = [(self.name, fd, self.prov), (f"{self.name}_ci_low", lo, self.prov),
                 (f"{self.name}_ci_high", hi, self.prov), ("confidence", float(probs.max(1).mean()), {}),
                 ("class_min_frac", float(hist.min()), {}), ("class_max_frac", float(hist.max()), {})]
+        if hasattr(self.task, "prompted_classes") and seeds is not None:  # a prompt that names a class
+            hit = probs.argmax(1) == self.task.prompted_classes(seeds).numpy()
+            rows.append(("prompt_class_frac", float(hit.mean()), {}))
         return Scores(rows, resamples)
 
     def describe(self, n: int) -> dict:

@@ -30,7 +30,7 @@ from baselines.denoisers import Denoiser
 from baselines.runtime import DTYPES, check_speed_options, resolve_device, set_precision, speed_up, tune_malloc
 from baselines.tasks import TASKS, get_task
 from evaluate.cost import cost_model, device_name, gflop_header, n_header, peak_header, union_networks
-from evaluate.defaults import DEFAULTS, FLAGS
+from evaluate.defaults import DEFAULTS, FALLBACK, FLAGS
 from evaluate.methods import Context, check_names, resolve
 from evaluate.metrics import HIGHER_IS_BETTER
 from evaluate.metrics import build as build_metrics
@@ -94,6 +94,14 @@ def guidance_scales(task, scales: list[float]) -> list[float | None]:
     return scales or [task.default_guidance]
 
 
+def task_defaults(opts: dict) -> dict:
+    """--budgets and --num-samples left unset: the registered task's own (a sweep that fits its cost), else the
+    suite's."""
+    cls = TASKS.get(opts["task"])
+    fill = {k: getattr(cls, f"default_{k}", None) or FALLBACK[k] for k in FALLBACK if opts.get(k) is None}
+    return {**opts, **fill}
+
+
 def validate(opts: dict) -> dict:
     methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
     if not methods:
@@ -104,6 +112,7 @@ def validate(opts: dict) -> dict:
         raise BadInput(str(e)) from None
     if opts["task"] not in TASKS and ":" not in opts["task"]:
         raise BadInput(f"unknown task {opts['task']!r}; valid tasks: {', '.join(TASKS)} or a class path module:Class")
+    opts = task_defaults(opts)
     if opts["spacing"] not in ("trailing", "leading", "linspace"):
         raise BadInput(f"--spacing must be trailing, leading or linspace, got {opts['spacing']!r}")
     n = opts["num_samples"]

@@ -9,10 +9,11 @@ from baselines.tasks.celebahq256 import CelebAHQ256
 from baselines.tasks.church256 import Church256
 from baselines.tasks.cifar10 import CIFAR10
 from baselines.tasks.fmnist import FashionMNIST
+from baselines.tasks.fmnist_text import FashionMNISTText
 from baselines.tasks.lcm_sdxl import LCMSDXL
 from baselines.tasks.sd14_coco import SD14Coco
 
-TASKS = {t.name: t for t in (FashionMNIST, CIFAR10, CelebAHQ256, Church256, SD14Coco, LCMSDXL)}
+TASKS = {t.name: t for t in (FashionMNIST, FashionMNISTText, CIFAR10, CelebAHQ256, Church256, SD14Coco, LCMSDXL)}
 
 __all__ = ["TASKS", "CorruptWeightsError", "MissingReferenceError", "MissingWeightsError", "Task", "get_task"]
 

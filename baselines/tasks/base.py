@@ -55,6 +55,8 @@ class Task:
     metrics: tuple[str, ...] = ()    # quality metrics the task declares, primary first
     primary_metric: str = ""         # the one speedups at equal quality are read from
     default_fid_samples: int = 0     # samples per cell behind FID unless --fid-samples says otherwise
+    default_budgets: str | None = None      # evaluate.run's --budgets when not given (None: the suite's)
+    default_num_samples: int | None = None  # evaluate.run's --num-samples when not given (None: the suite's)
 
     def __init__(self, weights=None, random_weights: bool = False, reference=None, data_dir=None):
         self.weights = Path(weights) if weights is not None else None

@@ -1,0 +1,93 @@
+"""Does the offline text-to-image default hold up? The measurements behind `fmnist-text`'s model cards:
+
+    python -m evaluate.text_check [--num-samples 1000] [--steps 50] [--guidance 3] [--out runs/text-check]
+
+* the small CLIP's zero-shot accuracy on the task's 10,000 test images, with the held-out templates;
+* the text Dash at `--steps` DDIM steps and guidance `--guidance` on seeds 0..n-1 (prompt s mod 90 of the task's
+  held-out-template prompts): the fraction of samples the FD classifier puts in the prompted class, the task's
+  Frechet distance on that classifier's features, and the CLIP score of each sample against its own prompt and against a shuffled prompt;
+* with --unconditional, the embedded unconditional Dash at 100 DDIM steps on the same seeds, and the ratio of
+  the two FDs.
+
+Samples are cached under --out like evaluate.run's (rerunning resumes); the numbers go to --out/text_check.json.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from baselines.checkpoint import write_text_atomic
+from baselines.denoisers import Denoiser
+from baselines.runtime import tune_malloc
+from baselines.tasks import fmnist_clip, get_task
+from evaluate.clip_score import ClipScorer
+from evaluate.features import ClassifierFeatures
+from evaluate.frechet import feature_stats, frechet_distance
+from evaluate.methods import Context, resolve
+from evaluate.reference import task_reference
+from evaluate.sweep import run_cell
+
+
+def fd_and_classes(extractor, ref, images):
+    feats, probs = extractor(images)
+    return frechet_distance(ref, feature_stats(feats)), probs.argmax(1)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--unconditional", action="store_true", help="also sample the unconditional Dash at 100 steps")
+    p.add_argument("--out", type=Path, default=Path("runs/text-check"))
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    tune_malloc()
+    torch.manual_seed(0)
+    task = get_task("fmnist-text")
+    seeds = list(range(args.num_samples))
+    result = dict(command="python -m evaluate.text_check " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  n_samples=len(seeds), steps=args.steps, guidance=args.guidance)
+
+    clip, tokenizer = task.clip()
+    test_x, test_y = task.data("test")
+    result["zero_shot_accuracy_heldout_templates"] = fmnist_clip.zero_shot_accuracy(clip, tokenizer, test_x, test_y)
+
+    dash = task.dash()
+    ddim = resolve("ddim", Context(task, dash))
+    cell = run_cell(ddim, task.denoiser(dash, args.guidance), args.steps, seeds, task.image_shape,
+                    args.out / "cache" / "text", task.checksum(), args.batch_size, conditions=task.conditions,
+                    guidance=args.guidance)
+    extractor = ClassifierFeatures(task.classifier(), task.classifier_path)
+    metric = task.primary_metric
+    ref, _ = task_reference(task, metric, extractor)
+    fd, classes = fd_and_classes(extractor, ref, cell.samples)
+    prompts = task.prompts_for(seeds)
+    shuffled = [prompts[i] for i in np.random.default_rng(0).permutation(len(prompts))]
+    scorer = ClipScorer.from_model(clip, None, tokenizer)
+    result.update(prompt_class_frac=float((classes == task.prompted_classes(seeds).numpy()).mean()),
+                  **{metric: fd}, clip_score_matched=scorer.mean_score(cell.samples, prompts),
+                  clip_score_shuffled=scorer.mean_score(cell.samples, shuffled),
+                  shuffled_same_class_frac=float(np.mean([fmnist_clip.class_of(a) == fmnist_clip.class_of(b)
+                                                          for a, b in zip(prompts, shuffled, strict=True)])))
+    if args.unconditional:
+        base = get_task("fmnist")
+        udash = base.dash()
+        uddim = resolve("ddim", Context(base, udash))
+        ucell = run_cell(uddim, Denoiser(udash, base.schedule_config), 100, seeds, base.image_shape,
+                         args.out / "cache" / "unconditional", f"{base.name}|dash:{base.checksum()}", args.batch_size)
+        result[f"{metric}_unconditional_100_steps"] = fd_and_classes(extractor, ref, ucell.samples)[0]
+        result["fd_ratio"] = fd / result[f"{metric}_unconditional_100_steps"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "text_check.json", json.dumps(result, indent=1) + "\n")
+    for k, v in result.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
