@@ -68,9 +68,10 @@ class ClassifierFD:
         rows = [(self.name, fd, self.prov), (f"{self.name}_ci_low", lo, self.prov),
                 (f"{self.name}_ci_high", hi, self.prov), ("confidence", float(probs.max(1).mean()), {}),
                 ("class_min_frac", float(hist.min()), {}), ("class_max_frac", float(hist.max()), {})]
-        if hasattr(self.task, "prompted_classes") and seeds is not None:  # a prompt that names a class
-            hit = probs.argmax(1) == self.task.prompted_classes(seeds).numpy()
-            rows.append(("prompt_class_frac", float(hit.mean()), {}))
+        if hasattr(self.task, "prompted_classes") and seeds is not None:  # prompts that name a class (else -1)
+            want = self.task.prompted_classes(seeds).numpy()
+            if (want >= 0).any():
+                rows.append(("prompt_class_frac", float((probs.argmax(1) == want)[want >= 0].mean()), {}))
         return Scores(rows, resamples)
 
     def describe(self, n: int) -> dict:

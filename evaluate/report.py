@@ -259,7 +259,8 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
               tables[quality].to_markdown(), "", f"![{quality} vs LSD]({quality}_vs_lsd.png)",
               f"![{quality} vs NFE]({quality}_vs_nfe.png)", ""] + tradeoff
     for m, sp in by_metric.items():
-        key, png = ("speedup", "speedup.png") if m == quality else (f"speedup_at_equal_{m}", f"speedup_at_equal_{m}.png")
+        key = "speedup" if m == quality else f"speedup_at_equal_{m}"
+        png = f"{key}.png"
         title = "quality" if m == quality else m
         lines += [f"## Speedup at equal {title}", "", SPEEDUP_METHOD, "", f"Rule: {sp.rule.iloc[0]}.", "",
                   tables[key].to_markdown(), "", details[m].to_markdown(index=False), "", f"![speedup]({png})", ""]

@@ -32,9 +32,8 @@ from baselines.tasks import TASKS, get_task
 from evaluate.cost import cost_model, device_name, gflop_header, n_header, peak_header, union_networks
 from evaluate.defaults import DEFAULTS, FALLBACK, FLAGS
 from evaluate.methods import Context, check_names, resolve
-from evaluate.metrics import HIGHER_IS_BETTER
+from evaluate.metrics import HIGHER_IS_BETTER, score
 from evaluate.metrics import build as build_metrics
-from evaluate.metrics import score
 from evaluate.report import write_report
 from evaluate.speedup import speedup_table
 from evaluate.sweep import MissingShardError, NonFiniteSamplesError, sweep

@@ -5,7 +5,8 @@
 * the small CLIP's zero-shot accuracy on the task's 10,000 test images, with the held-out templates;
 * the text Dash at `--steps` DDIM steps and guidance `--guidance` on seeds 0..n-1 (prompt s mod 90 of the task's
   held-out-template prompts): the fraction of samples the FD classifier puts in the prompted class, the task's
-  Frechet distance on that classifier's features, and the CLIP score of each sample against its own prompt and against a shuffled prompt;
+  Frechet distance on that classifier's features, and the CLIP score of each sample against its own prompt and
+  against a shuffled prompt;
 * with --unconditional, the embedded unconditional Dash at 100 DDIM steps on the same seeds, and the ratio of
   the two FDs.
 

@@ -90,8 +90,8 @@ def test_committed_clip_loads_by_name_and_knows_the_classes():
 def test_committed_text_dash_follows_its_prompt_under_guidance():
     """A few samples per class at 20 DDIM steps and guidance 3: the FD classifier sees the prompted class."""
     task = get_task("fmnist-text")
-    from baselines.registry import get_baseline
     from baselines.noise import initial_noise
+    from baselines.registry import get_baseline
 
     seeds = list(range(20))
     denoiser = task.denoiser(task.dash(), 3.0)
@@ -141,3 +141,10 @@ def test_trainers_write_weights_with_a_card(tmp_path, module):
     weights = load_file(out)
     assert weights and all(torch.isfinite(v).all() for v in weights.values())
     assert not (tmp_path / "work" / "checkpoint.safetensors").exists()  # a finished run leaves no checkpoint
+
+
+def test_prompts_naming_no_class_are_left_out_of_the_prompted_class_fraction(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a sneaker\na photo of a cat\n")
+    task = get_task("fmnist-text", prompts=str(prompts))
+    assert task.prompted_classes([0, 1, 2]).tolist() == [7, -1, 7]

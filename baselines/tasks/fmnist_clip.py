@@ -130,10 +130,9 @@ def learn_bpe(words) -> list[tuple[str, str]]:
 
 
 def caption_words() -> list[str]:
-    import regex
-
+    """The words SimpleTokenizer splits every caption into (its pattern, for lower-case ASCII text)."""
     text = [c for c, _ in captions(TRAIN_TEMPLATES + HELDOUT_TEMPLATES)]
-    return [w for t in text for w in regex.findall(r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", t.lower())]
+    return [w for t in text for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", t.lower())]
 
 
 def write_bpe(path: Path = BPE_PATH) -> Path:

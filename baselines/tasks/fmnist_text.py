@@ -72,10 +72,11 @@ class FashionMNISTText(FashionMNIST):
     metrics = ("fd_fmnist", "clip_score")
     primary_metric = "fd_fmnist"
     default_guidance = 3.0
-    # A guided step costs two Dash rows: 3 budgets x 500 samples keep a 3-method, 3-scale sweep within ~10 min on
-    # 2 CPU cores (FD on 500 samples is biased upward; compare cells of one run, or pass --num-samples 1000).
+    # A guided step costs two Dash rows (~5 ms per row on 2 CPU cores): 3 budgets x 400 samples keep a 3-method,
+    # 3-scale sweep within ~10 min (FD on 400 samples is biased upward: compare cells of one run, or pass
+    # --num-samples 1000 and take ~25 min).
     default_budgets = "2,4,8"
-    default_num_samples = 500
+    default_num_samples = 400
     clip_model = fmnist_clip.CLIP_NAME
     clip_weights = str(fmnist_clip.CLIP_PATH)
     dash_path = WEIGHTS / "fmnist_text_dash.safetensors"
@@ -106,7 +107,8 @@ class FashionMNISTText(FashionMNIST):
         """16 hex digits over the Dash, the CLIP whose text features condition it, its merges and the prompts."""
         if self.random_weights:
             return "random-" + prompts_checksum(self.prompts)[:9]
-        lines = "".join(f"{p.name} {sha256(p)}\n" for p in (self.dash_path, fmnist_clip.CLIP_PATH, fmnist_clip.BPE_PATH))
+        files = (self.dash_path, fmnist_clip.CLIP_PATH, fmnist_clip.BPE_PATH)
+        lines = "".join(f"{p.name} {sha256(p)}\n" for p in files)
         return hashlib.sha256((lines + prompts_checksum(self.prompts)).encode()).hexdigest()[:16]
 
     def clip(self):
@@ -120,10 +122,17 @@ class FashionMNISTText(FashionMNIST):
         return prompts_for(self.prompts, seeds)
 
     def prompted_classes(self, seeds) -> torch.Tensor:
-        """The class each seed's prompt names (what the classifier should see in its sample)."""
-        return torch.tensor([fmnist_clip.class_of(p) for p in self.prompts_for(seeds)])
+        """The class each seed's prompt names (what the classifier should see in its sample); -1 where a prompt of
+        a --prompts file names none."""
+        def named(prompt):
+            try:
+                return fmnist_clip.class_of(prompt)
+            except ValueError:
+                return -1
 
-    @torch.inference_mode()
+        return torch.tensor([named(p) for p in self.prompts_for(seeds)])
+
+    @torch.no_grad()  # not inference mode: a Dot in training cross-attends to these
     def encode(self, prompts: list[str]) -> torch.Tensor:
         model, tokenizer = self.clip()
         return fmnist_clip.token_features(model, tokenizer(prompts))
