@@ -33,7 +33,7 @@ POINT, UPPER, LOWER, NO_BOUND = "", "<", ">", "?"
 # fmnist, FD on the task classifier's features: DDIM at 2 steps (FD 84) draws blurred silhouettes
 # and noise, at 4 steps (FD 13) recognisable garments; 50 sits between, about 100x the quality
 # floor of real held-out images (0.35-0.49).
-MEANINGFUL_MAX = {"fmnist": 50.0}
+MEANINGFUL_MAX = {"fmnist": 50.0, "fmnist-text": 50.0}  # both on FD-fmnist
 
 
 @dataclass

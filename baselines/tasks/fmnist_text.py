@@ -72,11 +72,11 @@ class FashionMNISTText(FashionMNIST):
     metrics = ("fd_fmnist", "clip_score")
     primary_metric = "fd_fmnist"
     default_guidance = 3.0
-    # A guided step costs two Dash rows (~5 ms per row on 2 CPU cores): 3 budgets x 400 samples keep a 3-method,
-    # 3-scale sweep within ~10 min (FD on 400 samples is biased upward: compare cells of one run, or pass
-    # --num-samples 1000 and take ~25 min).
+    # A guided step costs two Dash rows (~5 ms per row on 2 CPU cores): 3 budgets x 300 samples keep a 3-method,
+    # 3-scale sweep within 10 min (400 samples took 12; FD on 300 samples is biased upward: compare cells of one
+    # run, or pass --num-samples 1000 and take ~30 min).
     default_budgets = "2,4,8"
-    default_num_samples = 400
+    default_num_samples = 300
     clip_model = fmnist_clip.CLIP_NAME
     clip_weights = str(fmnist_clip.CLIP_PATH)
     dash_path = WEIGHTS / "fmnist_text_dash.safetensors"
