@@ -116,11 +116,17 @@ def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str)
     return int(meta["step"]), own, meta
 
 
+def _emas(ema) -> dict:
+    """{checkpoint prefix: EMAModel}: one EMA is saved as "ema"; a trainer keeping several names them."""
+    return ema if isinstance(ema, dict) else {"ema": ema}
+
+
 def model_and_ema_tensors(params: dict, ema, losses: list[float]) -> dict:
     """A trainer's own tensors for `save_training_state`: its weights, its diffusers EMAModel's shadow weights
-    (by parameter name) and the loss history."""
+    (by parameter name; `ema` may be a dict of EMAs by prefix) and the loss history."""
     tensors = {f"model/{n}": p for n, p in params.items()}
-    tensors.update({f"ema/{n}": s for n, s in zip(params, ema.shadow_params, strict=True)})
+    for prefix, one in _emas(ema).items():
+        tensors.update({f"{prefix}/{n}": s for n, s in zip(params, one.shadow_params, strict=True)})
     tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
     return tensors
 
@@ -128,7 +134,8 @@ def model_and_ema_tensors(params: dict, ema, losses: list[float]) -> dict:
 def restore_model_and_ema(own: dict, model, params: dict, ema, step: int) -> list[float]:
     """Put back what `model_and_ema_tensors` saved at `step` (the checkpoint's); returns the loss history."""
     model.load_state_dict({k[6:]: v for k, v in own.items() if k.startswith("model/")}, strict=False)
-    for name, shadow in zip(params, ema.shadow_params, strict=True):
-        shadow.copy_(own[f"ema/{name}"])
-    ema.optimization_step = step
+    for prefix, one in _emas(ema).items():
+        for name, shadow in zip(params, one.shadow_params, strict=True):
+            shadow.copy_(own[f"{prefix}/{name}"])
+        one.optimization_step = step
     return own["losses"].tolist()

@@ -68,13 +68,14 @@ class Condition:
         return kw
 
 
-def guidance_embedding(w: float, n: int, dim: int) -> torch.Tensor:
-    """LCM's embedding of the guidance scale w, as diffusers' LCM pipelines compute it (of w - 1)."""
+def guidance_embedding(w: float | torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """LCM's embedding of the guidance scale w (a float, or one per row), as diffusers' LCM pipelines compute it
+    (of w - 1)."""
     from diffusers import LatentConsistencyModelPipeline
 
+    w = torch.as_tensor(w, dtype=torch.float32).expand(n)
     # A static computation on the pipeline class (it does not touch `self`): the same numbers as its pipelines.
-    return LatentConsistencyModelPipeline.get_guidance_scale_embedding(
-        None, torch.full((n,), float(w) - 1.0), embedding_dim=dim)
+    return LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w - 1.0, embedding_dim=dim)
 
 
 def _cat(a, b):

@@ -21,10 +21,13 @@ def load_lcm(task, dash: nn.Module) -> tuple[nn.Module, dict, str]:
     """(network, card, checksum): the distilled model at the task's `lcm_path`, in a copy of the Dash (same
     architecture, same device). LCMScheduler's steps assume a model distilled for them: on any other they measure
     nothing about LCM, so a missing model, or one whose card does not say `distilled: true`, is refused."""
+    # A distilled model of another layout than the Dash (guidance as an input) comes from the task.
+    layout = (lambda: task.lcm_network(dash)) if hasattr(task, "lcm_network") else lambda: copy.deepcopy(dash)
     if getattr(task, "random_weights", False):  # latency only: the Dash's layers cost what the distilled ones do
-        return copy.deepcopy(dash), {}, "random"
+        return layout(), {}, "random"
     path = getattr(task, "lcm_path", None)
-    fix = (f"distil one with `python -m baselines.tasks.train_lcm --export {path}`" if path is not None else
+    fix = (f"distil one with `python -m baselines.tasks.train_lcm --task {task.name} --export {path}`"
+           if path is not None else
            "baselines.tasks.train_lcm distils the fmnist Dash; a task offers its own as `lcm_path`")
     if path is None or not Path(path).exists():
         where = f" at {path}" if path is not None else ""
@@ -35,8 +38,8 @@ def load_lcm(task, dash: nn.Module) -> tuple[nn.Module, dict, str]:
     if card.get("distilled") is not True:
         raise ValueError(f"{path} was never consistency-distilled (its card lacks `distilled: true`), and "
                          f"LCMScheduler on such a model measures nothing about LCM: {fix}")
-    net = copy.deepcopy(dash)
-    net.load_state_dict(load_file(path))
+    net = layout()
+    net.load_state_dict(load_file(path))  # stored in float16, loaded into the Dash's dtype
     return net, card, sha256(path)[:16]
 
 

@@ -74,9 +74,13 @@ class Context:
             # Morse-LCM's Dash is the distilled model, so its Dot shares that model's layers.
             base = self.lcm()[0] if solver == "lcm" else self.dash
             dot, card = load_dot(self.task.name, base, solver)
+            retrain = f"retrain with `python -m morse.train --task {self.task.name} --solver {solver}`"
             if card.get("solver", "ddim") != solver:
-                raise ValueError(f"{path} was trained on {card['solver']!r} trajectories, not {solver!r}: retrain "
-                                 f"with `python -m morse.train --task {self.task.name} --solver {solver}`")
+                raise ValueError(f"{path} was trained on {card['solver']!r} trajectories, not {solver!r}: {retrain}")
+            # Morse-LCM's Dot learnt one distilled model's path: another one's would feed it states it never saw.
+            if solver == "lcm" and card.get("lcm_sha256", self.lcm()[2]) != self.lcm()[2]:
+                raise ValueError(f"{path} was trained on the distilled model {card['lcm_sha256']}, not on "
+                                 f"{self.lcm()[2]} now at the task's lcm_path: {retrain}")
             self._dots[solver] = dot, card, sha256(path)[:16]
         return self._dots[solver]
 

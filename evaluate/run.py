@@ -331,7 +331,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluate.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for key, flag in FLAGS.items():
-        name, text = "--" + key.replace("_", "-"), f"{flag.help} (default {flag.default})"
+        name = "--" + key.replace("_", "-")
+        # Unset (None) flags say in their help what fills them.
+        text = flag.help if flag.default is None else f"{flag.help} (default {flag.default})"
         if isinstance(flag.default, bool):
             p.add_argument(name, action="store_true", help=text)
         else:

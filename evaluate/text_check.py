@@ -26,16 +26,14 @@ from baselines.denoisers import Denoiser
 from baselines.runtime import tune_malloc
 from baselines.tasks import fmnist_clip, get_task
 from evaluate.clip_score import ClipScorer
-from evaluate.features import ClassifierFeatures
-from evaluate.frechet import feature_stats, frechet_distance
 from evaluate.methods import Context, resolve
-from evaluate.reference import task_reference
+from evaluate.metrics import ClassifierFD
 from evaluate.sweep import run_cell
 
 
-def fd_and_classes(extractor, ref, images):
-    feats, probs = extractor(images)
-    return frechet_distance(ref, feature_stats(feats)), probs.argmax(1)
+def score(metric: ClassifierFD, samples, seeds=None) -> dict:
+    """The metric's rows as {name: value}: FD, class shares and, with seeds, the prompted-class fraction."""
+    return {name: value for name, value, _ in metric(samples, [], seeds).rows}
 
 
 def main(argv=None) -> int:
@@ -63,15 +61,15 @@ def main(argv=None) -> int:
     cell = run_cell(ddim, task.denoiser(dash, args.guidance), args.steps, seeds, task.image_shape,
                     args.out / "cache" / "text", task.checksum(), args.batch_size, conditions=task.conditions,
                     guidance=args.guidance)
-    extractor = ClassifierFeatures(task.classifier(), task.classifier_path)
     metric = task.primary_metric
-    ref, _ = task_reference(task, metric, extractor)
-    fd, classes = fd_and_classes(extractor, ref, cell.samples)
+    fd_metric = ClassifierFD(metric, task, {}, "cpu")  # FD-fmnist against the Fashion-MNIST train set
+    rows = score(fd_metric, cell.samples, seeds)
+    fd = rows[metric]
     prompts = task.prompts_for(seeds)
     shuffled = [prompts[i] for i in np.random.default_rng(0).permutation(len(prompts))]
     scorer = ClipScorer.from_model(clip, None, tokenizer)
-    result.update(prompt_class_frac=float((classes == task.prompted_classes(seeds).numpy()).mean()),
-                  **{metric: fd}, clip_score_matched=scorer.mean_score(cell.samples, prompts),
+    result.update(prompt_class_frac=rows["prompt_class_frac"], **{metric: fd},
+                  clip_score_matched=scorer.mean_score(cell.samples, prompts),
                   clip_score_shuffled=scorer.mean_score(cell.samples, shuffled),
                   shuffled_same_class_frac=float(np.mean([fmnist_clip.class_of(a) == fmnist_clip.class_of(b)
                                                           for a, b in zip(prompts, shuffled, strict=True)])))
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
         uddim = resolve("ddim", Context(base, udash))
         ucell = run_cell(uddim, Denoiser(udash, base.schedule_config), 100, seeds, base.image_shape,
                          args.out / "cache" / "unconditional", f"{base.name}|dash:{base.checksum()}", args.batch_size)
-        result[f"{metric}_unconditional_100_steps"] = fd_and_classes(extractor, ref, ucell.samples)[0]
+        result[f"{metric}_unconditional_100_steps"] = score(fd_metric, ucell.samples)[metric]
         result["fd_ratio"] = fd / result[f"{metric}_unconditional_100_steps"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "text_check.json", json.dumps(result, indent=1) + "\n")

@@ -148,3 +148,17 @@ def test_prompts_naming_no_class_are_left_out_of_the_prompted_class_fraction(tmp
     prompts.write_text("a photo of a sneaker\na photo of a cat\n")
     task = get_task("fmnist-text", prompts=str(prompts))
     assert task.prompted_classes([0, 1, 2]).tolist() == [7, -1, 7]
+
+
+def test_text_check_measures_what_the_cards_state(tmp_path):
+    """evaluate.text_check on a few samples: the CLIP's zero-shot accuracy, the prompted-class fraction and FD
+    through the harness's own metric, matched above shuffled CLIP score, and the FD ratio to the unconditional
+    Dash."""
+    from evaluate.text_check import main as text_check
+
+    assert text_check(["--num-samples", "40", "--steps", "10", "--unconditional", "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "text_check.json").read_text())
+    assert got["zero_shot_accuracy_heldout_templates"] >= 0.85
+    assert 0.5 <= got["prompt_class_frac"] <= 1.0
+    assert got["clip_score_matched"] > got["clip_score_shuffled"] + 20
+    assert got["fd_ratio"] == pytest.approx(got["fd_fmnist"] / got["fd_fmnist_unconditional_100_steps"])

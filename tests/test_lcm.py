@@ -11,16 +11,19 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from baselines.checkpoint import save_atomic
-from baselines.denoisers import Denoiser
+from baselines.denoisers import Condition, Denoiser, guidance_embedding
 from baselines.noise import initial_noise
+from baselines.tasks import get_task
 from baselines.tasks.cards import write_card
 from baselines.tasks.fmnist import SCHEDULE_CONFIG, FashionMNIST
+from baselines.tasks.fmnist_text import GUIDANCE_EMBEDDING_DIM, FashionMNISTText, build_text_lcm
 from baselines.tasks.train_lcm import Distiller
 from evaluate.methods import LCM
 from evaluate.run import main
@@ -171,3 +174,90 @@ def test_lcm_refuses_a_model_never_distilled(tmp_path, capsys, monkeypatch):
     write_card(path, {"command": "cp fmnist_dash.safetensors fmnist_lcm.safetensors"})
     _fails_with_one_line(argv, capsys, "never consistency-distilled")
     assert not (tmp_path / "r").exists()
+
+
+def test_text_lcm_starts_as_the_teachers_conditional_branch_at_any_guidance_scale():
+    dash = get_task("fmnist-text", random_weights=True).dash()
+    lcm = build_text_lcm(dash)
+    assert lcm.config.time_cond_proj_dim == GUIDANCE_EMBEDDING_DIM
+    g = torch.Generator().manual_seed(0)
+    x, t, text = torch.randn(2, 1, 32, 32, generator=g), torch.tensor([999, 300]), torch.randn(2, 16, 64, generator=g)
+    with torch.no_grad():
+        want = dash(x, t, encoder_hidden_states=text).sample
+        for w in (1.0, 5.0):
+            got = lcm(x, t, encoder_hidden_states=text, timestep_cond=guidance_embedding(w, 2, GUIDANCE_EMBEDDING_DIM))
+            torch.testing.assert_close(got.sample, want)
+        lcm.time_embedding.cond_proj.weight.normal_()  # once trained, w is an input
+        outs = [lcm(x, t, encoder_hidden_states=text, timestep_cond=guidance_embedding(w, 2, GUIDANCE_EMBEDDING_DIM))
+                .sample for w in (1.0, 5.0)]
+    assert (outs[0] - outs[1]).abs().max() > 1e-3
+
+
+def test_guided_teacher_matches_the_denoiser_at_each_rows_own_scale():
+    """The distillation's teacher guides each row at its own w; the harness's Denoiser guides a batch at one w.
+    Row by row they must agree (w = 1: the conditional branch alone)."""
+    dash = get_task("fmnist-text", random_weights=True).dash()
+    g = torch.Generator().manual_seed(1)
+    x, text = torch.randn(3, 1, 32, 32, generator=g), torch.randn(3, 16, 64, generator=g)
+    uncond, t, w = torch.randn(1, 16, 64, generator=g), torch.tensor([999, 500, 19]), torch.tensor([1.0, 2.5, 4.0])
+    with torch.no_grad():
+        got = Distiller.teacher_eps(dash, x, t, text=text, uncond=uncond, w=w)
+        for i in range(3):
+            den = Denoiser(dash, SCHEDULE_CONFIG, guidance_scale=float(w[i]), uncond=Condition(uncond))
+            want = den(x[i:i + 1], t[i:i + 1], Condition(text[i:i + 1]))
+            torch.testing.assert_close(got[i:i + 1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_text_distillation_writes_a_guidance_distilled_model_that_lcm_samples(tmp_path, monkeypatch):
+    """`--task fmnist-text`: the distilled model embeds w (one row per step at any guidance scale), is stored in
+    float16 with a card naming its guidance range, and `lcm` samples the task with it through the harness."""
+    from baselines.tasks.train_lcm import main as distil
+
+    distil(["--task", "fmnist-text", "--steps", "2", "--batch-size", "4", "--checkpoint-every", "1",
+            "--out", str(tmp_path / "work")])
+    path = tmp_path / "work" / "fmnist_text_lcm.safetensors"
+    weights = load_file(path)
+    assert {v.dtype for v in weights.values()} == {torch.float16} and "time_embedding.cond_proj.weight" in weights
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["distilled"] is True and card["guidance"]["w_min"] == 1.0 and card["guidance"]["w_max"] == 6.0
+    assert card["command"].startswith("python -m baselines.tasks.train_lcm --task fmnist-text")
+    assert not (tmp_path / "work" / "checkpoint.safetensors").exists()
+
+    monkeypatch.setattr(FashionMNISTText, "lcm_path", path)
+    out = tmp_path / "report"
+    assert main(["--task", "fmnist-text", "--methods", "lcm", "--budgets", "2", "--num-samples", "8", "--force",
+                 "--guidance", "1.5,5", "--bootstrap", "0", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "results.csv")
+    nfe = df[df.metric == "nfe_lcm"]
+    assert len(nfe) == 2 and (nfe.value == 2).all()  # guidance embedded: one pass per step, no unconditional rows
+    assert len(df[df.metric == "clip_score"]) == 2
+
+
+def test_an_unfinished_distillation_ends_at_its_checkpoint_as_a_shorter_run(tmp_path, monkeypatch):
+    """The learning rate does not depend on --steps, so a 6-step run killed after its step-2 checkpoint and rerun
+    with --steps 2 gives the 2-step run's model; asking for fewer steps than the checkpoint holds is refused."""
+    from baselines.tasks import trainer
+    from baselines.tasks.train_lcm import main as distil
+
+    def argv(name, steps):
+        return ["--steps", str(steps), "--batch-size", "2", "--checkpoint-every", "2", "--warmup", "2",
+                "--eval-ema-decay", "0.9", "--out", str(tmp_path / name)]
+
+    distil(argv("straight", 2))
+    real_save = trainer.save_training_state
+
+    def save_then_die(*a, **kw):
+        real_save(*a, **kw)
+        raise KeyboardInterrupt  # as a kill right after the checkpoint at step 2
+
+    monkeypatch.setattr(trainer, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        distil(argv("cut", 6))
+    monkeypatch.setattr(trainer, "save_training_state", real_save)
+    with pytest.raises(SystemExit, match="holds step 2, past the 1 steps"):
+        distil(argv("cut", 1))
+    distil(argv("cut", 2))
+    a, b = (load_file(tmp_path / d / "fmnist_lcm.safetensors") for d in ("straight", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((tmp_path / "cut" / "fmnist_lcm.json").read_text())
+    assert card["steps"] == 2 and "--eval-ema-decay 0.9" in card["command"] and "decay 0.9" in card["weights"]

@@ -276,6 +276,27 @@ def test_each_morse_variant_loads_the_dot_of_the_solver_it_wraps(tmp_path, monke
         Context(ctx.task, dash).dot("ddpm")  # a Dot filed under the wrong solver
 
 
+def test_morse_lcm_refuses_a_dot_trained_on_another_distilled_model(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import morse.pretrained
+    from evaluate.methods import Context
+    from morse.pretrained import WEIGHTS
+
+    dash = tiny_unet(channels=(8, 8))
+    monkeypatch.setattr(morse.pretrained, "WEIGHTS", tmp_path)
+    path = morse.pretrained.dot_path("tiny", "lcm")
+    Dot(dash, DotConfig(width=8, m=2, skip_levels=1, residual="x0")).eval().save(path, {"card": "{}"})
+    card = json.loads((WEIGHTS / "fmnist_dot_lcm.json").read_text()) | dict(sha256=sha256(path),
+                                                                           lcm_sha256="0123456789abcdef")
+    path.with_suffix(".json").write_text(json.dumps(card))
+    task = SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG)
+    assert Context(task, dash, loaded_lcm=(dash, {}, "0123456789abcdef")).dot("lcm")[1]["solver"] == "lcm"
+    with pytest.raises(ValueError, match="trained on the distilled model 0123456789abcdef, not on fedcba"):
+        Context(task, dash, loaded_lcm=(dash, {}, "fedcba9876543210")).dot("lcm")
+
+
 def test_x0_residual_dot_reuses_the_anchors_x0_and_weighs_errors_in_x0():
     """residual="x0" (Morse-LCM): an untrained Dot gives the epsilon at (x_ti, t_i) whose x0 is the anchor's,
     a trained output moves that x0 by exactly its value, and error_scale turns epsilon errors into x0 errors."""

@@ -207,7 +207,9 @@ def test_help_says_what_each_flag_means(capsys):
     assert exit_.value.code == 0
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also after a hyphen
     for key, flag in FLAGS.items():
-        assert "".join(f"{flag.help} (default {flag.default})".split()) in text, key
+        shown = flag.help if flag.default is None else f"{flag.help} (default {flag.default})"
+        assert "".join(shown.split()) in text, key
+    assert "(defaultNone)" not in text  # an unset flag's help says what fills it instead
 
 
 def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from baselines.tasks import train_dash
+from baselines.tasks import train_dash, trainer
 
 
 def _args(tmp_path, name, *extra):
@@ -17,16 +17,16 @@ def _args(tmp_path, name, *extra):
 def test_killed_training_resumes_to_the_same_dash(tmp_path, monkeypatch):
     train_dash.main(_args(tmp_path, "straight"))
 
-    real_save = train_dash.save_training_state
+    real_save = trainer.save_training_state  # the training loop all trainers share
 
     def save_then_die(*a, **kw):
         real_save(*a, **kw)
         raise KeyboardInterrupt  # as a kill right after the checkpoint at step 2
 
-    monkeypatch.setattr(train_dash, "save_training_state", save_then_die)
+    monkeypatch.setattr(trainer, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_dash.main(_args(tmp_path, "resumed"))
-    monkeypatch.setattr(train_dash, "save_training_state", real_save)
+    monkeypatch.setattr(trainer, "save_training_state", real_save)
     train_dash.main(_args(tmp_path, "resumed"))
 
     a, b = load_file(tmp_path / "straight" / "dash.safetensors"), load_file(tmp_path / "resumed" / "dash.safetensors")

@@ -130,9 +130,13 @@ def learn_bpe(words) -> list[tuple[str, str]]:
 
 
 def caption_words() -> list[str]:
-    """The words SimpleTokenizer splits every caption into (its pattern, for lower-case ASCII text)."""
+    """The words SimpleTokenizer splits every caption into: its own cleaning and word pattern (of the stock
+    tokenizer, which has the same ones as ours)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    stock = SimpleTokenizer()
     text = [c for c, _ in captions(TRAIN_TEMPLATES + HELDOUT_TEMPLATES)]
-    return [w for t in text for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", t.lower())]
+    return [w for t in text for w in stock.pat.findall(stock.clean_fn(t))]
 
 
 def write_bpe(path: Path = BPE_PATH) -> Path:

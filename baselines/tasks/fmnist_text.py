@@ -40,6 +40,20 @@ def build_text_dash() -> UNet2DConditionModel:
     return UNet2DConditionModel(**TEXT_DASH_CONFIG)
 
 
+GUIDANCE_EMBEDDING_DIM = 256  # LCM's w-embedding width
+
+
+def build_text_lcm(dash: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The text Dash with guidance as an input (`time_cond_proj_dim`, LCM's layout), starting as `dash`: the new
+    projection of w's embedding into the time embedding is zero, so w changes nothing until distillation."""
+    model = UNet2DConditionModel(**{**TEXT_DASH_CONFIG, "time_cond_proj_dim": GUIDANCE_EMBEDDING_DIM})
+    missing, unexpected = model.load_state_dict(dash.state_dict(), strict=False)
+    assert missing == ["time_embedding.cond_proj.weight"] and not unexpected, (missing, unexpected)
+    torch.nn.init.zeros_(model.time_embedding.cond_proj.weight)
+    first = next(dash.parameters())
+    return model.to(first.device, first.dtype).eval().requires_grad_(False)
+
+
 def from_unconditional(model: UNet2DConditionModel, dash_state: dict) -> list[str]:
     """Start `model` from the unconditional Dash: every tensor of the same name and shape is copied (convolutions,
     norms, time embedding: all but the attention blocks), each self-attention's group norm and q/k/v/out weights go
@@ -80,7 +94,7 @@ class FashionMNISTText(FashionMNIST):
     clip_model = fmnist_clip.CLIP_NAME
     clip_weights = str(fmnist_clip.CLIP_PATH)
     dash_path = WEIGHTS / "fmnist_text_dash.safetensors"
-    lcm_path = None  # not distilled: `lcm` refuses the task in one line
+    lcm_path = WEIGHTS / "fmnist_text_lcm.safetensors"  # baselines.tasks.train_lcm --task fmnist-text
 
     def __init__(self, data_dir=None, weights=None, random_weights: bool = False, reference=None, prompts=None):
         super().__init__(data_dir, weights, random_weights, reference)
@@ -102,6 +116,11 @@ class FashionMNISTText(FashionMNIST):
         model = build_text_dash()
         model.load_state_dict(load_file(self.dash_path))
         return model.eval().requires_grad_(False)
+
+    @staticmethod
+    def lcm_network(dash: UNet2DConditionModel) -> UNet2DConditionModel:
+        """A network of the distilled model's layout, on `dash`'s device and dtype (`lcm` loads its weights)."""
+        return build_text_lcm(dash)
 
     def checksum(self) -> str:
         """16 hex digits over the Dash, the CLIP whose text features condition it, its merges and the prompts."""

@@ -11,25 +11,20 @@ Resumable: --work-dir holds an atomic checkpoint every --checkpoint-every steps;
 import argparse
 import hashlib
 import math
-import time
 from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
 from open_clip.loss import ClipLoss
-from tqdm import tqdm
 
 from baselines.checkpoint import (
-    load_training_state,
-    model_and_ema_tensors,
-    restore_model_and_ema,
     save_atomic,
-    save_training_state,
 )
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import fmnist_clip
 from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
+from baselines.tasks.trainer import loss_curve, train_loop
 
 
 def shift(images: torch.Tensor, gen: torch.Generator, pixels: int = 2) -> torch.Tensor:
@@ -78,38 +73,22 @@ def main(argv=None):
                f"--lr {args.lr} --weight-decay {args.weight_decay} --ema-decay {args.ema_decay} --seed {args.seed}")
     key = hashlib.sha256((command + fmnist_clip.BPE_PATH.read_bytes().hex()).encode()).hexdigest()[:16]
     gen = torch.Generator().manual_seed(args.seed)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = args.work_dir / "checkpoint.safetensors"
-    params = dict(model.named_parameters())
-    start, own, meta = load_training_state(ckpt, key, opt, params, gen, "delete it or use another --work-dir")
-    losses, wall_before = [], 0.0
-    if start:
-        losses, wall_before = restore_model_and_ema(own, model, params, ema, start), float(meta["wall_s"])
-        print(f"resuming from {ckpt} at step {start}")
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, args.steps), desc="train clip", unit="step", initial=start, total=args.steps)
-    for step in bar:
+
+    def loss_at(step):
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
         x = fmnist_clip.normalize(shift(images[idx], gen)).to(device)
         row = labels[idx] * per_class + torch.randint(per_class, (args.batch_size,), generator=gen)
         img, txt = model.encode_image(x, normalize=True), model.encode_text(tokens[row].to(device), normalize=True)
-        loss = loss_fn(img, txt, model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor(step)
-        opt.step()
-        with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 makes the loss unstable
-            model.logit_scale.clamp_(0, math.log(100))
-        ema.step(model.parameters())
-        losses.append(loss.item())
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
-            save_training_state(ckpt, model_and_ema_tensors(params, ema, losses), opt, params, gen, step + 1, key,
-                                wall_s=wall_before + time.perf_counter() - t0)
-    wall = wall_before + time.perf_counter() - t0
+        return loss_fn(img, txt, model.logit_scale.exp())
+
+    @torch.no_grad()
+    def clamp_temperature():  # CLIP's clamp: a temperature below 1/100 makes the loss unstable
+        model.logit_scale.clamp_(0, math.log(100))
+
+    losses, wall = train_loop(model, ema, opt, gen, loss_at, steps=args.steps, lr=args.lr, lr_factor=lr_factor,
+                              ckpt=ckpt, key=key, checkpoint_every=args.checkpoint_every, desc="train clip",
+                              after_step=clamp_temperature)
 
     ema.copy_to(model.parameters())
     model = model.cpu().eval()
@@ -118,7 +97,7 @@ def main(argv=None):
            for name, templates in (("heldout", fmnist_clip.HELDOUT_TEMPLATES), ("train", fmnist_clip.TRAIN_TEMPLATES))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(model.state_dict(), args.out)
-    curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
+    curve = loss_curve(losses)
     card = dict(model=f"open_clip CLIP ({fmnist_clip.CLIP_NAME})", config=fmnist_clip.model_config(),
                 tokenizer=f"open_clip SimpleTokenizer, merges {fmnist_clip.BPE_PATH.name} (fmnist_clip.write_bpe)",
                 parameters=sum(p.numel() for p in model.parameters()),

@@ -1,8 +1,9 @@
-"""Consistency distillation of the embedded Fashion-MNIST Dash (the Latent Consistency Models recipe, in
-pixel space, unconditional):
+"""Consistency distillation of an embedded Dash (the Latent Consistency Models recipe, in pixel space):
+`fmnist` unconditional, `fmnist-text` text-conditional with the guidance scale distilled in.
 
     python -m baselines.tasks.train_lcm --steps 6000 --batch-size 64 --lr 1e-4 --loss huber \
         --export baselines/weights/fmnist_lcm.safetensors
+    python -m baselines.tasks.train_lcm --task fmnist-text --export baselines/weights/fmnist_text_lcm.safetensors
 
 * teacher: the frozen Dash with one DDIM step (diffusers' DDIMScheduler, eta 0) from t_{n+k} to t_n on the
   grid of 1000/k trailing timesteps (k = --skip, 20 as in LCM: a 50-step grid), the grid LCMScheduler samples
@@ -11,43 +12,50 @@ pixel space, unconditional):
   epsilon; c_skip and c_out are LCMScheduler's (`get_scalings_for_boundary_condition_discrete`, timestep
   scaling 10), so f(x, 0) = x holds by construction and sampling uses the same f;
 * target: f of an EMA of the student (decay 0.95, diffusers' EMAModel) at (teacher's x_{t_n}, t_n);
-* loss: pseudo-Huber (c = 0.001, as in diffusers' LCM script) or L2 between the two.
+* loss: pseudo-Huber (c = 0.001, as in diffusers' LCM script) or L2 between the two;
+* fmnist-text, as LCM distils guidance: each row draws a training caption of its image and a guidance scale w
+  uniform in [--w-min, --w-max]; the teacher's step uses classifier-free guidance at w (against the empty
+  prompt), and student and target see the caption and w's embedding (`time_cond_proj_dim`, zero-initialised,
+  so the student starts as the teacher's conditional branch). Sampling then costs one row per step at any w.
 
 diffusers ships the schedulers and the EMA but no consistency-distillation loop outside its example scripts,
 so the loop is here (`Distiller`). Data: Fashion-MNIST train images noised to t_{n+k}.
 
-Writes `<out>/fmnist_lcm.safetensors` (the EMA target's weights) with its model card (`distilled: true`, the
+Writes `<out>/<name>.safetensors` (the EMA target's weights, or with --eval-ema-decay a slower EMA of the
+student's, stored in float16: two distilled copies of the
+Dashes in float32 would not fit the embedded weights' 20 MB) with its model card (`distilled: true`, the
 teacher's checksum, the recipe command, loss curve, wall time), and the same at `--export` when given; the
-`lcm` method reads `baselines/weights/fmnist_lcm.safetensors`. Resumable: `<out>/checkpoint.safetensors`
-(student, target, Adam moments, RNG, losses) is rewritten atomically every --checkpoint-every steps; rerun the
-same command to resume.
+`lcm` method reads the task's `lcm_path`. Resumable: `<out>/checkpoint.safetensors` (student, target, Adam
+moments, RNG, losses) is rewritten atomically every --checkpoint-every steps; rerun the same command to resume,
+or, while the run is unfinished, the same with another --steps to extend it or to end it at its last checkpoint
+(the learning rate does not depend on --steps).
+`--init` continues distilling from an earlier distilled model (student and target start from its weights, with
+a fresh optimiser); the card keeps the earlier model's card as its lineage.
 """
 
 import argparse
 import copy
 import hashlib
-import time
+import json
 from pathlib import Path
 
 import torch
 from diffusers import LCMScheduler
 from diffusers.training_utils import EMAModel
-from tqdm import tqdm
+from safetensors.torch import load_file
 
-from baselines.checkpoint import (
-    load_training_state,
-    model_and_ema_tensors,
-    restore_model_and_ema,
-    save_atomic,
-    save_training_state,
-    sha256,
-)
+from baselines.checkpoint import save_atomic, sha256
+from baselines.denoisers import guidance_embedding
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.solvers import scheduler_class
+from baselines.tasks import fmnist_clip
 from baselines.tasks.cards import write_card
 from baselines.tasks.fmnist import FashionMNIST
+from baselines.tasks.fmnist_text import FashionMNISTText, build_text_lcm
+from baselines.tasks.trainer import loss_curve, train_loop
 
 LOSSES = ("huber", "l2")
+TASKS = {"fmnist": FashionMNIST, "fmnist-text": FashionMNISTText}
 
 
 class Distiller:
@@ -80,17 +88,27 @@ class Distiller:
     def grid_size(self) -> int:
         return len(self.grid)
 
-    def consistency(self, net, x, t):
+    def consistency(self, net, x, t, **cond):
         """f(x, t) = c_skip(t) x + c_out(t) x0(x, t), the parameterisation LCMScheduler.step samples with."""
         ab = self.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
-        x0 = (x - (1 - ab).sqrt() * net(x, t).sample) / ab.sqrt()
+        x0 = (x - (1 - ab).sqrt() * net(x, t, **cond).sample) / ab.sqrt()
         c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(t.view(-1, 1, 1, 1).float())
         return c_skip * x + c_out * x0
 
-    def teacher_step(self, teacher, x, t):
+    @staticmethod
+    def teacher_eps(teacher, x, t, text=None, uncond=None, w=None):
+        """The teacher's epsilon; with `text`, classifier-free guidance u + w (c - u) at each row's own w (the
+        Denoiser wrapper takes one scale per batch), both branches as one batch."""
+        if text is None:
+            return teacher(x, t).sample
+        hidden = torch.cat([uncond.expand(len(x), *uncond.shape[1:]), text])
+        eps_u, eps_c = teacher(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=hidden).sample.chunk(2)
+        return eps_u + w.view(-1, 1, 1, 1) * (eps_c - eps_u)
+
+    def teacher_step(self, teacher, x, t, **guidance):
         """One DDIM step of the teacher from each sample's t to the grid entry below it. diffusers' step takes
         one timestep per call: the batch goes through it grouped by timestep."""
-        eps = teacher(x, t).sample
+        eps = self.teacher_eps(teacher, x, t, **guidance)
         out = torch.empty_like(x)
         for tv in t.unique().tolist():
             rows = t == tv
@@ -102,24 +120,44 @@ class Distiller:
             return torch.nn.functional.mse_loss(pred, target)
         return (((pred - target) ** 2 + self.huber_c ** 2).sqrt() - self.huber_c).mean()
 
-    def loss(self, student, teacher, target_net, x0, noise, index):
-        """Loss of the batch x0 (noise, grid index n+k per sample); gradients reach only the student."""
+    def loss(self, student, teacher, target_net, x0, noise, index, text=None, uncond=None, w=None):
+        """Loss of the batch x0 (noise, grid index n+k per sample); gradients reach only the student. With `text`
+        (per-row token features), `uncond` (the empty prompt's) and `w` (per-row guidance scales), the teacher is
+        guided at w and student and target are conditioned on the text and w's embedding."""
         t_start = self.grid.to(x0.device)[index]
         t_end = (t_start - self.skip).clamp(min=0)  # below the grid's first entry: t = 0, where f(x, 0) = x
         x_start = self.lcm.add_noise(x0, noise, t_start)
-        pred = self.consistency(student, x_start, t_start)
+        cond = {}
+        if text is not None:
+            emb = guidance_embedding(w.cpu(), len(w), student.config.time_cond_proj_dim)
+            cond = dict(encoder_hidden_states=text, timestep_cond=emb.to(x0.device))
+        pred = self.consistency(student, x_start, t_start, **cond)
         with torch.no_grad():
-            target = self.consistency(target_net, self.teacher_step(teacher, x_start, t_start), t_end)
+            x_prev = self.teacher_step(teacher, x_start, t_start, text=text, uncond=uncond, w=w)
+            target = self.consistency(target_net, x_prev, t_end, **cond)
         return self.distance(pred, target)
 
 
+def read_init(path: Path) -> dict:
+    """The lineage of a continued distillation: the earlier model's path, checksum and card."""
+    card_path = Path(path).with_suffix(".json")
+    if not Path(path).exists() or not card_path.exists():
+        raise FileNotFoundError(f"--init {path}: no such distilled model with its card (.json beside it)")
+    card = json.loads(card_path.read_text())
+    if card.get("distilled") is not True:
+        raise ValueError(f"--init {path}: its card lacks `distilled: true`; continue only from a distilled model")
+    return dict(path=str(path), sha256=sha256(path), card=card)
+
+
 def make_ema(student, decay: float) -> EMAModel:
-    # min_decay = decay: LCM's target follows the student at a fixed rate, without diffusers' EMA warm-up.
+    # min_decay = decay: the target (and the exported EMA) follow the student at a fixed rate, as in LCM, without
+    # diffusers' EMA warm-up.
     return EMAModel(student.parameters(), decay=decay, min_decay=decay, use_ema_warmup=False)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=TASKS, default="fmnist")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -129,84 +167,124 @@ def main(argv=None):
     p.add_argument("--skip", type=int, default=20, help="teacher DDIM skip k on the 1000-step schedule")
     p.add_argument("--ema-decay", type=float, default=0.95, help="EMA rate of the target network")
     p.add_argument("--timestep-scaling", type=float, default=10.0)
+    p.add_argument("--eval-ema-decay", type=float, default=None, help="export a slower EMA of the student at this "
+                   "decay, as consistency models are evaluated, instead of the target network (whose fast EMA "
+                   "carries the student's step noise)")
+    p.add_argument("--w-min", type=float, default=1.0, help="fmnist-text: least guidance scale drawn (1: none)")
+    p.add_argument("--w-max", type=float, default=6.0, help="fmnist-text: largest guidance scale drawn")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", help="e.g. cuda; data and RNG stay on the CPU, so a run "
                    "draws the same batches on any device")
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--out", type=Path, default=Path("runs/lcm-fmnist"))
+    p.add_argument("--out", type=Path, default=None, help="work folder (default runs/lcm-<task>)")
+    p.add_argument("--init", type=Path, default=None, help="continue from this distilled model (a card with "
+                   "`distilled: true`) instead of the Dash")
     p.add_argument("--export", type=Path, default=None, help="also write the distilled model here with its card; "
-                   f"the `lcm` method reads {FashionMNIST.lcm_path}")
+                   "the `lcm` method reads the task's lcm_path (baselines/weights/<name>.safetensors)")
     args = p.parse_args(argv)
+    text = args.task == "fmnist-text"
     try:
         device = resolve_device(args.device)
         distiller = Distiller(FashionMNIST.schedule_config, args.skip, args.timestep_scaling, args.loss,
                               args.huber_c)
-    except ValueError as e:
+        if text and not 1.0 <= args.w_min <= args.w_max:
+            raise ValueError(f"need 1 <= --w-min <= --w-max, got {args.w_min} and {args.w_max}")
+        init = read_init(args.init) if args.init is not None else None
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     tune_malloc()
     torch.manual_seed(args.seed)
-    task = FashionMNIST(args.data_dir)
-    images, _ = task.data("train")
+    task = TASKS[args.task](args.data_dir)
+    images, labels = task.data("train")
     teacher = task.dash().to(device)
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
-    target = copy.deepcopy(teacher)
+    student = build_text_lcm(teacher) if text else copy.deepcopy(teacher)
+    student = student.to(device).train().requires_grad_(True)
+    if init is not None:
+        student.load_state_dict(load_file(args.init))
+    target = copy.deepcopy(student).eval().requires_grad_(False)
     ema = make_ema(student, args.ema_decay)
+    emas = {"ema": ema}
+    if args.eval_ema_decay is not None:
+        emas["ema_eval"] = make_ema(student, args.eval_ema_decay)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
+    if text:  # row k: training caption k; each image draws one of its class's captions
+        table = fmnist_clip.captions()
+        feats = task.encode([c for c, _ in table]).to(device)
+        uncond = task.unconditional().encoder_hidden_states.to(device)
+        per_class = len(table) // len(fmnist_clip.NAMES)
 
-    command = (f"python -m baselines.tasks.train_lcm --steps {args.steps} --batch-size {args.batch_size} "
-               f"--lr {args.lr} --warmup {args.warmup} --loss {args.loss} --huber-c {args.huber_c} --skip {args.skip} "
-               f"--ema-decay {args.ema_decay} --timestep-scaling {args.timestep_scaling} --seed {args.seed}")
+    command = (f"python -m baselines.tasks.train_lcm{' --task fmnist-text' if text else ''} --steps {args.steps} "
+               f"--batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup} --loss {args.loss} "
+               f"--huber-c {args.huber_c} --skip {args.skip} --ema-decay {args.ema_decay} "
+               f"--timestep-scaling {args.timestep_scaling}"
+               + (f" --eval-ema-decay {args.eval_ema_decay}" if args.eval_ema_decay is not None else "")
+               + (f" --w-min {args.w_min} --w-max {args.w_max}" if text else "") + f" --seed {args.seed}"
+               + (f" --init {args.init}" if init is not None else ""))
     teacher_sha = sha256(task.dash_path)
-    key = hashlib.sha256((command + teacher_sha).encode()).hexdigest()[:16]
-    args.out.mkdir(parents=True, exist_ok=True)
-    ckpt = args.out / "checkpoint.safetensors"
-    params = dict(student.named_parameters())
-    start, own, meta = load_training_state(ckpt, key, opt, params, gen, "delete it or use another --out")
-    losses, wall_before = [], 0.0
-    if start:
-        losses, wall_before = restore_model_and_ema(own, student, params, ema, start), float(meta["wall_s"])
-        ema.copy_to(target.parameters())
-        print(f"resuming from {ckpt} at step {start}")
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, args.steps), desc="distil lcm", unit="step", initial=start, total=args.steps)
-    for step in bar:
+    clip_sha = sha256(fmnist_clip.CLIP_PATH) if text else ""  # the text features the teacher was trained on
+    # The learning rate is constant after warm-up, so a run's first S steps do not depend on --steps: the key leaves
+    # it out, and rerunning an unfinished run with a larger --steps extends it, with a smaller one ends it at its
+    # last checkpoint, as if it had been asked for that many steps.
+    recipe = command.replace(f" --steps {args.steps}", "")
+    key = hashlib.sha256((recipe + teacher_sha + clip_sha + (init["sha256"] if init else "")).encode()).hexdigest()
+    key = key[:16]
+    out = args.out or Path(f"runs/lcm-{args.task}")
+
+    def loss_at(step):
+        ema.copy_to(target.parameters())  # the target is the EMA of the student's steps so far
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
         noise = torch.randn((args.batch_size, *images.shape[1:]), generator=gen)
         index = torch.randint(distiller.grid_size, (args.batch_size,), generator=gen)
-        loss = distiller.loss(student, teacher, target, images[idx].to(device), noise.to(device), index.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        opt.step()
-        ema.step(student.parameters())
-        ema.copy_to(target.parameters())
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.5f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
-            save_training_state(ckpt, model_and_ema_tensors(params, ema, losses), opt, params, gen, step + 1, key,
-                                wall_s=wall_before + time.perf_counter() - t0)
-    wall = wall_before + time.perf_counter() - t0
+        guided = {}
+        if text:
+            row = labels[idx] * per_class + torch.randint(per_class, (args.batch_size,), generator=gen)
+            w = args.w_min + (args.w_max - args.w_min) * torch.rand(args.batch_size, generator=gen)
+            guided = dict(text=feats[row.to(device)], uncond=uncond, w=w.to(device))
+        return distiller.loss(student, teacher, target, images[idx].to(device), noise.to(device), index.to(device),
+                              **guided)
 
-    curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
-    card = dict(model="diffusers.UNet2DModel (the Dash's architecture), consistency-distilled", distilled=True,
-                weights="EMA target network", teacher=dict(path=str(task.dash_path.name), sha256=teacher_sha),
+    ckpt = out / "checkpoint.safetensors"
+    losses, wall = train_loop(student, emas, opt, gen, loss_at, steps=args.steps, lr=args.lr,
+                              lr_factor=lambda step: min(1.0, (step + 1) / max(1, args.warmup)), ckpt=ckpt, key=key,
+                              checkpoint_every=args.checkpoint_every, desc=f"distil lcm ({args.task})",
+                              hint="delete it or use another --out")
+    exported = target
+    ema.copy_to(target.parameters())
+    if "ema_eval" in emas:
+        exported = copy.deepcopy(target)
+        emas["ema_eval"].copy_to(exported.parameters())
+
+    curve = loss_curve(losses)
+    model = (f"diffusers.UNet2DConditionModel (the text Dash's architecture with time_cond_proj_dim "
+             f"{student.config.time_cond_proj_dim}: guidance is an input), consistency-distilled" if text else
+             "diffusers.UNet2DModel (the Dash's architecture), consistency-distilled")
+    kind = (f"EMA of the student at decay {args.eval_ema_decay}" if "ema_eval" in emas else
+            f"EMA target network (decay {args.ema_decay})")
+    card = dict(model=model, distilled=True, weights=f"{kind}, stored in float16",
+                teacher=dict(path=str(task.dash_path.name), sha256=teacher_sha,
+                             **(dict(clip=fmnist_clip.CLIP_PATH.name, clip_sha256=clip_sha) if text else {})),
                 scheduler=dict(name="LCMScheduler", original_inference_steps=distiller.grid_size,
                                timestep_scaling=args.timestep_scaling),
-                schedule=task.schedule_config, data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]",
+                schedule=task.schedule_config, data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]"
+                + ("; one training caption per image and step, encoded by the small CLIP" if text else ""),
                 command=command, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                 loss=args.loss, huber_c=args.huber_c if args.loss == "huber" else None, skip=args.skip,
-                teacher_solver="DDIM (eta 0), one step of k on the trailing grid", ema_decay=args.ema_decay,
-                seed=args.seed, wall_time_s=round(wall, 1), device=str(device), threads=torch.get_num_threads(),
-                loss_per_100_steps=[round(v, 6) for v in curve])
-    paths = [args.out / "fmnist_lcm.safetensors"] + ([args.export] if args.export else [])
+                teacher_solver="DDIM (eta 0), one step of k on the trailing grid"
+                + (", classifier-free guidance at each row's w" if text else ""),
+                guidance=dict(w_min=args.w_min, w_max=args.w_max, embedding="LCM's, of w - 1",
+                              time_cond_proj_dim=student.config.time_cond_proj_dim) if text else None,
+                ema_decay=args.ema_decay, eval_ema_decay=args.eval_ema_decay, seed=args.seed, init=init,
+                wall_time_s=round(wall, 1),
+                total_wall_time_s=round(wall + (init["card"].get("total_wall_time_s") or init["card"]["wall_time_s"]
+                                                if init else 0.0), 1),
+                device=str(device), threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 6) for v in curve])
+    paths = [out / task.lcm_path.name] + ([args.export] if args.export else [])
+    weights = {k: v.half() for k, v in exported.state_dict().items()}
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(target.state_dict(), path)
+        save_atomic(weights, path)
         write_card(path, card)
     ckpt.unlink(missing_ok=True)
     print(f"saved {' and '.join(map(str, paths))} after {wall / 60:.1f} min; final loss {curve[-1]:.5f}")

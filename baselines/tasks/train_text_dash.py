@@ -13,21 +13,15 @@ import argparse
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from baselines.checkpoint import (
-    load_training_state,
-    model_and_ema_tensors,
-    restore_model_and_ema,
     save_atomic,
-    save_training_state,
     sha256,
 )
 from baselines.runtime import resolve_device, tune_malloc
@@ -36,6 +30,7 @@ from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import SCHEDULE_CONFIG, FashionMNIST
 from baselines.tasks.fmnist_text import TEXT_DASH_CONFIG, FashionMNISTText, build_text_dash, from_unconditional
+from baselines.tasks.trainer import loss_curve, train_loop
 
 
 def main(argv=None):
@@ -95,17 +90,9 @@ def main(argv=None):
         init["card"] = json.loads(args.init.with_suffix(".json").read_text())
     key = hashlib.sha256((command + init["sha256"] + init["clip_sha256"]).encode()).hexdigest()[:16]
     gen = torch.Generator().manual_seed(args.seed)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = args.work_dir / "checkpoint.safetensors"
-    params = dict(model.named_parameters())
-    start, own, meta = load_training_state(ckpt, key, opt, params, gen, "delete it or use another --work-dir")
-    losses, wall_before = [], 0.0
-    if start:
-        losses, wall_before = restore_model_and_ema(own, model, params, ema, start), float(meta["wall_s"])
-        print(f"resuming from {ckpt} at step {start}")
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, args.steps), desc="train text dash", unit="step", initial=start, total=args.steps)
-    for step in bar:
+
+    def loss_at(step):
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
         x0 = images[idx].to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -113,26 +100,15 @@ def main(argv=None):
         row = labels[idx] * per_class + torch.randint(per_class, (args.batch_size,), generator=gen)
         row = torch.where(torch.rand(args.batch_size, generator=gen) < args.drop, len(table), row)
         out = model(sched.add_noise(x0, noise, t), t, encoder_hidden_states=feats[row.to(device)]).sample
-        loss = torch.nn.functional.mse_loss(out, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor(step)
-        opt.step()
-        ema.step(model.parameters())
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
-            save_training_state(ckpt, model_and_ema_tensors(params, ema, losses), opt, params, gen, step + 1, key,
-                                wall_s=wall_before + time.perf_counter() - t0)
-    wall = wall_before + time.perf_counter() - t0
+        return torch.nn.functional.mse_loss(out, noise)
+
+    losses, wall = train_loop(model, ema, opt, gen, loss_at, steps=args.steps, lr=args.lr, lr_factor=lr_factor,
+                              ckpt=ckpt, key=key, checkpoint_every=args.checkpoint_every, desc="train text dash")
 
     ema.copy_to(model.parameters())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(model.state_dict(), args.out)
-    curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
+    curve = loss_curve(losses)
     card = dict(model="diffusers.UNet2DConditionModel", config=TEXT_DASH_CONFIG, schedule=SCHEDULE_CONFIG,
                 parameters=sum(p.numel() for p in model.parameters()),
                 data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]; captions from "
