@@ -17,9 +17,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from open_clip.loss import ClipLoss
 
-from baselines.checkpoint import (
-    save_atomic,
-)
+from baselines.checkpoint import save_atomic
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import fmnist_clip
 from baselines.tasks.cards import write_card

@@ -26,10 +26,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from baselines.checkpoint import (
-    save_atomic,
-    sha256,
-)
+from baselines.checkpoint import save_atomic, sha256
 from baselines.distributed import World, ddp, session
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks.cards import write_card

@@ -20,10 +20,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from baselines.checkpoint import (
-    save_atomic,
-    sha256,
-)
+from baselines.checkpoint import save_atomic, sha256
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import fmnist_clip
 from baselines.tasks.cards import write_card
