@@ -31,7 +31,7 @@ from evaluate.metrics import ClassifierFD
 from evaluate.sweep import run_cell
 
 
-def score(metric: ClassifierFD, samples, seeds=None) -> dict:
+def metric_rows(metric: ClassifierFD, samples, seeds=None) -> dict:
     """The metric's rows as {name: value}: FD, class shares and, with seeds, the prompted-class fraction."""
     return {name: value for name, value, _ in metric(samples, [], seeds).rows}
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                     guidance=args.guidance)
     metric = task.primary_metric
     fd_metric = ClassifierFD(metric, task, {}, "cpu")  # the task's own FD, as evaluate.run computes it
-    rows = score(fd_metric, cell.samples, seeds)
+    rows = metric_rows(fd_metric, cell.samples, seeds)
     fd = rows[metric]
     prompts = task.prompts_for(seeds)
     shuffled = [prompts[i] for i in np.random.default_rng(0).permutation(len(prompts))]
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         uddim = resolve("ddim", Context(base, udash))
         ucell = run_cell(uddim, Denoiser(udash, base.schedule_config), 100, seeds, base.image_shape,
                          args.out / "cache" / "unconditional", f"{base.name}|dash:{base.checksum()}", args.batch_size)
-        result[f"{metric}_unconditional_100_steps"] = score(fd_metric, ucell.samples)[metric]
+        result[f"{metric}_unconditional_100_steps"] = metric_rows(fd_metric, ucell.samples)[metric]
         result["fd_ratio"] = fd / result[f"{metric}_unconditional_100_steps"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "text_check.json", json.dumps(result, indent=1) + "\n")

@@ -12,6 +12,16 @@ from pathlib import Path
 from baselines.checkpoint import sha256, write_text_atomic
 
 
+def lineage(weights: Path) -> dict:
+    """The `init` entry of a card whose training starts from `weights`: their path, checksum and, where one sits
+    beside them, their own card (so the new card lists every earlier stage)."""
+    weights = Path(weights)
+    init = dict(path=str(weights), sha256=sha256(weights))
+    if weights.with_suffix(".json").exists():
+        init["card"] = json.loads(weights.with_suffix(".json").read_text())
+    return init
+
+
 def _stages(card: dict) -> list[dict]:
     init = card.get("init") or {}
     return (_stages(init["card"]) if "card" in init else []) + [card]

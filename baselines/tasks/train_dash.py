@@ -17,7 +17,6 @@ rank 0 writes checkpoints, weights and card.
 
 import argparse
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -26,10 +25,10 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from baselines.checkpoint import save_atomic, sha256
+from baselines.checkpoint import save_atomic
 from baselines.distributed import World, ddp, session
 from baselines.runtime import resolve_device, tune_malloc
-from baselines.tasks.cards import write_card
+from baselines.tasks.cards import lineage, write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import DASH_CONFIG, SCHEDULE_CONFIG, WEIGHTS, build_dash
 from baselines.tasks.trainer import loss_curve, train_loop
@@ -70,10 +69,7 @@ def train(args, world: World) -> None:
     if args.init is not None:
         if not args.init.exists():
             raise SystemExit(f"error: --init {args.init} not found")
-        init = dict(path=str(args.init), sha256=sha256(args.init))
-        card_path = args.init.with_suffix(".json")
-        if card_path.exists():  # the lineage of staged training lives in the card
-            init["card"] = json.loads(card_path.read_text())
+        init = lineage(args.init)
         model.load_state_dict(load_file(args.init))
     net = ddp(model, world, device)
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)

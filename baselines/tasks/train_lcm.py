@@ -36,7 +36,6 @@ a fresh optimiser); the card keeps the earlier model's card as its lineage.
 import argparse
 import copy
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ from baselines.denoisers import guidance_embedding
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.solvers import scheduler_class
 from baselines.tasks import fmnist_clip
-from baselines.tasks.cards import write_card
+from baselines.tasks.cards import lineage, write_card
 from baselines.tasks.fmnist import FashionMNIST
 from baselines.tasks.fmnist_text import FashionMNISTText, build_text_lcm
 from baselines.tasks.trainer import loss_curve, train_loop
@@ -139,14 +138,13 @@ class Distiller:
 
 
 def read_init(path: Path) -> dict:
-    """The lineage of a continued distillation: the earlier model's path, checksum and card."""
-    card_path = Path(path).with_suffix(".json")
-    if not Path(path).exists() or not card_path.exists():
+    """The lineage of a continued distillation (`cards.lineage`), from a distilled model only."""
+    if not Path(path).exists() or not Path(path).with_suffix(".json").exists():
         raise FileNotFoundError(f"--init {path}: no such distilled model with its card (.json beside it)")
-    card = json.loads(card_path.read_text())
-    if card.get("distilled") is not True:
+    init = lineage(path)
+    if init["card"].get("distilled") is not True:
         raise ValueError(f"--init {path}: its card lacks `distilled: true`; continue only from a distilled model")
-    return dict(path=str(path), sha256=sha256(path), card=card)
+    return init
 
 
 def make_ema(student, decay: float) -> EMAModel:
@@ -250,11 +248,7 @@ def main(argv=None):
                               lr_factor=lambda step: min(1.0, (step + 1) / max(1, args.warmup)), ckpt=ckpt, key=key,
                               checkpoint_every=args.checkpoint_every, desc=f"distil lcm ({args.task})",
                               hint="delete it or use another --out")
-    exported = target
-    ema.copy_to(target.parameters())
-    if "ema_eval" in emas:
-        exported = copy.deepcopy(target)
-        emas["ema_eval"].copy_to(exported.parameters())
+    emas.get("ema_eval", ema).copy_to(target.parameters())  # the network exported; training is over
 
     curve = loss_curve(losses)
     model = (f"diffusers.UNet2DConditionModel (the text Dash's architecture with time_cond_proj_dim "
@@ -281,7 +275,7 @@ def main(argv=None):
                                                 if init else 0.0), 1),
                 device=str(device), threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 6) for v in curve])
     paths = [out / task.lcm_path.name] + ([args.export] if args.export else [])
-    weights = {k: v.half() for k, v in exported.state_dict().items()}
+    weights = {k: v.half() for k, v in target.state_dict().items()}
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(weights, path)

@@ -11,7 +11,6 @@ command to resume.
 
 import argparse
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 from baselines.checkpoint import save_atomic, sha256
 from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import fmnist_clip
-from baselines.tasks.cards import write_card
+from baselines.tasks.cards import lineage, write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import SCHEDULE_CONFIG, FashionMNIST
 from baselines.tasks.fmnist_text import TEXT_DASH_CONFIG, FashionMNISTText, build_text_dash, from_unconditional
@@ -82,9 +81,7 @@ def main(argv=None):
     command = (f"python -m baselines.tasks.train_text_dash --steps {args.steps} --batch-size {args.batch_size} "
                f"--lr {args.lr} --ema-decay {args.ema_decay} --drop {args.drop} --seed {args.seed}"
                + (f" --init {args.init}" if args.init != FashionMNIST.dash_path else ""))
-    init = dict(path=str(args.init), sha256=sha256(args.init), clip_sha256=sha256(fmnist_clip.CLIP_PATH))
-    if args.init.with_suffix(".json").exists():  # the lineage of staged training lives in the card
-        init["card"] = json.loads(args.init.with_suffix(".json").read_text())
+    init = {**lineage(args.init), "clip_sha256": sha256(fmnist_clip.CLIP_PATH)}
     key = hashlib.sha256((command + init["sha256"] + init["clip_sha256"]).encode()).hexdigest()[:16]
     gen = torch.Generator().manual_seed(args.seed)
     ckpt = args.work_dir / "checkpoint.safetensors"
