@@ -47,6 +47,6 @@ def lcm_solver(card: dict) -> SchedulerMethod:
     """LCMScheduler with the grid and boundary scalings the model was distilled with (its card's `scheduler`)."""
     base = get_baseline("lcm")
     trained = {k: v for k, v in card.get("scheduler", {}).items()
-               if k in ("original_inference_steps", "timestep_scaling")}
+               if k in ("original_inference_steps", "timestep_scaling", "clip_sample")}
     return replace(base, overrides={**base.overrides, **trained},
                    max_steps=trained.get("original_inference_steps", base.max_steps))

@@ -32,7 +32,9 @@ schedule and r = alpha_i / alpha_s:
 
 With `residual="x0"` (Morse-LCM) the same output corrects the anchor's x0 estimate instead, unscaled,
 and the Dot returns the epsilon that gives the corrected x0 at t_i; an untrained Dot then reuses the
-anchor's x0 (why: `Dot.reuse`).
+anchor's x0 (why: `Dot.reuse`). With `clip_x0` the x0s are the clipped ones the solver uses: where the
+x0 read from epsilon leaves the data range (near t = 999 it divides by sqrt(alpha_bar) = 0.006) the unclipped
+values are noise the solver discards, and a loss on them would train the Dot on that noise.
 """
 
 import copy
@@ -64,6 +66,8 @@ class DotConfig:
     lora_targets: list[str] = field(default_factory=lambda: [
         "to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"])
     residual: str = "eps"           # where the learned residual lives: "eps" or "x0" (see Dot.forward)
+    clip_x0: bool = False           # "x0" for a solver that clips x0 to [-1, 1] (LCMScheduler clip_sample): the
+                                    # residual corrects the clipped anchor x0, and errors compare clipped x0s
 
 
 def _share(module: nn.Module) -> nn.Module:
@@ -212,25 +216,27 @@ class Dot(nn.Module):
         it with fresh noise at every step, so an epsilon error reaches the next state multiplied by sigma / alpha
         (about 50 at t = 879 on the linear schedule), and successive epsilons of its path are unrelated (fresh
         noise) while its successive x0 estimates are close. There the residual must live in x0, and the loss too
-        (`error_scale`). DDIM-like solvers move x by a bounded multiple of epsilon: "eps" suits them."""
+        (`in_residual_space`). DDIM-like solvers move x by a bounded multiple of epsilon: "eps" suits them."""
         if self.config.residual == "eps":
             return z_s
         return self._eps_giving(self._anchor_x0(x_ts, z_s, t_s), x_ti, t_i)
 
     def _anchor_x0(self, x_ts, z_s, t_s):
-        alpha_s, sigma_s, _ = self._at(t_s, x_ts.shape[0], x_ts)
-        return (x_ts - sigma_s * z_s) / alpha_s
+        return self._x0(x_ts, z_s, t_s)
+
+    def _x0(self, x, eps, t):
+        alpha, sigma, _ = self._at(t, x.shape[0], x)
+        x0 = (x - sigma * eps) / alpha
+        return x0.clamp(-1.0, 1.0) if self.config.clip_x0 else x0
 
     def _eps_giving(self, x0, x_ti, t_i):
         alpha_i, sigma_i, _ = self._at(t_i, x_ti.shape[0], x_ti)
         return (x_ti - alpha_i * x0) / sigma_i
 
-    def error_scale(self, t_i, like):
-        """Per-row factor that turns an epsilon error at t_i into an error in the space the residual lives in."""
-        if self.config.residual == "eps":
-            return torch.ones((), dtype=like.dtype, device=like.device)
-        alpha_i, sigma_i, _ = self._at(t_i, like.shape[0], like)
-        return sigma_i / alpha_i
+    def in_residual_space(self, eps, x_ti, t_i):
+        """An epsilon at (x_ti, t_i) where the residual lives, so errors are measured there: epsilon itself, or
+        the x0 it gives (clipped with `clip_x0`)."""
+        return eps if self.config.residual == "eps" else self._x0(x_ti, eps, t_i)
 
     def _added_embedding(self, cond, dtype):
         """SDXL's text_time embedding, as UNet2DConditionModel.get_aug_embed forms it."""

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -118,8 +119,8 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
 def dot_loss(dot, batch):
     """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0)."""
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch))
-    scale = _unwrap(dot).error_scale(batch["t_i"], batch["x_ti"])
-    return torch.nn.functional.mse_loss(pred * scale, batch["target"] * scale)
+    space = partial(_unwrap(dot).in_residual_space, x_ti=batch["x_ti"], t_i=batch["t_i"])
+    return torch.nn.functional.mse_loss(space(pred), space(batch["target"]))
 
 
 def _unwrap(dot):
@@ -135,9 +136,10 @@ def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
         b = {n: v[k:k + batch_size].to(device) for n, v in pairs.items()}
         args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
         pred = b["z_s"] + dot(*args, _cond_of(b))
-        scale = dot.error_scale(b["t_i"], b["x_ti"])
-        num += ((pred - b["target"]) * scale).double().square().sum().item()
-        den += ((dot.reuse(*args) - b["target"]) * scale).double().square().sum().item()
+        space = partial(dot.in_residual_space, x_ti=b["x_ti"], t_i=b["t_i"])
+        target = space(b["target"])
+        num += (space(pred) - target).double().square().sum().item()
+        den += (space(dot.reuse(*args)) - target).double().square().sum().item()
     return dict(dot_rmse=(num / pairs["target"].numel()) ** 0.5,
                 reuse_rmse=(den / pairs["target"].numel()) ** 0.5, ratio=(num / den) ** 0.5)
 
@@ -228,7 +230,8 @@ def train(args, world: World) -> None:
 
     residual = args.residual or ("x0" if args.solver == "lcm" else "eps")
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
-                              schedule=dict(task.schedule_config), residual=residual)).to(device)
+                              schedule=dict(task.schedule_config), residual=residual,
+                              clip_x0=residual == "x0" and solver.overrides.get("clip_sample", False))).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}

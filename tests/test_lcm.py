@@ -80,6 +80,30 @@ def test_boundary_condition_and_the_sampler_uses_the_trained_f():
     assert trace.nfe == {"lcm": 1.0} and trace.timesteps == [999.0]
 
 
+def test_clip_sample_clips_x0_alike_in_the_distilled_f_and_in_the_sampler():
+    """Near t = 999 the epsilon-read x0 divides by sqrt(alpha_bar) = 0.006 and leaves [-1, 1]; with clip_sample
+    training's f clips it, and the card's `clip_sample` makes LCMScheduler sample that same f."""
+    net = tiny_unet().eval()
+    seeds = [0, 1, 2]
+    noise = initial_noise(seeds, (1, 8, 8))
+    t = torch.full((3,), 999)
+    with torch.no_grad():
+        raw = Distiller(SCHEDULE_CONFIG).consistency(net, noise, t)
+        clipped = Distiller(SCHEDULE_CONFIG, clip_sample=True).consistency(net, noise, t)
+        assert raw.abs().max() > 2 and clipped.abs().max() <= 1
+        card = {"distilled": True, "scheduler": {"clip_sample": True}}
+        out, _ = LCM(net, card, "tiny")(Denoiser(tiny_unet(1).eval(), SCHEDULE_CONFIG), noise, 1, seeds=seeds)
+    torch.testing.assert_close(out, clipped, rtol=1e-5, atol=1e-5)
+
+    # The teacher's DDIM step reads x0 the same way: clipped before it is re-noised to t_n.
+    a, ab, ab_prev = 0.5, float(ALPHAS[999]), float(ALPHAS[979])
+    x = noise.double()
+    x0 = (x * (1 - a * math.sqrt(1 - ab)) / math.sqrt(ab)).clamp(-1, 1)
+    want = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * a * x
+    got = Distiller(SCHEDULE_CONFIG, clip_sample=True).teacher_step(Linear(a), noise, t)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("loss", ["l2", "huber"])
 def test_loss_matches_a_hand_computation(loss):
     """Student, teacher and target with eps = a x: the teacher's DDIM step from t_{n+k} to t_n, the target's f at
@@ -241,7 +265,7 @@ def test_an_unfinished_distillation_ends_at_its_checkpoint_as_a_shorter_run(tmp_
 
     def argv(name, steps):
         return ["--steps", str(steps), "--batch-size", "2", "--checkpoint-every", "2", "--warmup", "2",
-                "--eval-ema-decay", "0.9", "--out", str(tmp_path / name)]
+                "--eval-ema-decay", "0.9", "--clip-sample", "--out", str(tmp_path / name)]
 
     distil(argv("straight", 2))
     real_save = trainer.save_training_state
@@ -261,3 +285,4 @@ def test_an_unfinished_distillation_ends_at_its_checkpoint_as_a_shorter_run(tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((tmp_path / "cut" / "fmnist_lcm.json").read_text())
     assert card["steps"] == 2 and "--eval-ema-decay 0.9" in card["command"] and "decay 0.9" in card["weights"]
+    assert "--clip-sample" in card["command"] and card["scheduler"]["clip_sample"] is True

@@ -297,18 +297,24 @@ def test_morse_lcm_refuses_a_dot_trained_on_another_distilled_model(tmp_path, mo
         Context(task, dash, loaded_lcm=(dash, {}, "fedcba9876543210")).dot("lcm")
 
 
-def test_x0_residual_dot_reuses_the_anchors_x0_and_weighs_errors_in_x0():
-    """residual="x0" (Morse-LCM): an untrained Dot gives the epsilon at (x_ti, t_i) whose x0 is the anchor's,
-    a trained output moves that x0 by exactly its value, and error_scale turns epsilon errors into x0 errors."""
-    dot = Dot(tiny_unet(), DotConfig(width=8, m=2, residual="x0", schedule=SCHEDULE_CONFIG)).eval()
+def _x0_dot_case(seed, t_s, t_i, **config):
+    """An untrained x0-residual Dot, x0 read from epsilon by hand (float64), and its inputs at (t_s, t_i)."""
+    dot = Dot(tiny_unet(), DotConfig(width=8, m=2, residual="x0", schedule=SCHEDULE_CONFIG, **config)).eval()
     ac = DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod.double()
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     x_ts, z_s, x_ti = (torch.randn(3, *SHAPE, generator=g) for _ in range(3))
-    t_s, t_i = torch.full((3,), 879), torch.full((3,), 759)
 
     def x0(x, eps, t):
         a = ac[t[0]]
         return (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+
+    return dot, x0, (x_ts, z_s, x_ti, torch.full((3,), t_s), torch.full((3,), t_i))
+
+
+def test_x0_residual_dot_reuses_the_anchors_x0_and_weighs_errors_in_x0():
+    """residual="x0" (Morse-LCM): an untrained Dot gives the epsilon at (x_ti, t_i) whose x0 is the anchor's,
+    a trained output moves that x0 by exactly its value, and errors are measured between x0s."""
+    dot, x0, (x_ts, z_s, x_ti, t_s, t_i) = _x0_dot_case(seed=3, t_s=879, t_i=759)
 
     with torch.inference_mode():
         eps = z_s + dot(x_ti, x_ts, z_s, t_i, t_s)
@@ -317,7 +323,26 @@ def test_x0_residual_dot_reuses_the_anchors_x0_and_weighs_errors_in_x0():
         moved = z_s + dot(x_ti, x_ts, z_s, t_i, t_s)
         torch.testing.assert_close(x0(x_ti, moved, t_i) - x0(x_ts, z_s, t_s), torch.full_like(x_ti, 0.1).double(),
                                    rtol=0, atol=1e-4)
-        scale = dot.error_scale(t_i, x_ti)
-    torch.testing.assert_close(scale.flatten().double(), ((1 - ac[759]) / ac[759]).sqrt().expand(3), rtol=1e-5, atol=0)
+        err = dot.in_residual_space(moved, x_ti, t_i) - dot.in_residual_space(eps, x_ti, t_i)
+    # errors are measured in x0: an epsilon error e is an x0 error of -sigma/alpha e
+    ab = DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod.double()[759]
+    torch.testing.assert_close(err.double(), -((1 - ab) / ab).sqrt() * (moved - eps).double(), rtol=1e-4,
+                               atol=1e-5)
     with pytest.raises(ValueError, match="residual"):
         Dot(tiny_unet(), DotConfig(width=8, m=2, residual="v"))
+
+
+def test_x0_dot_of_a_clipping_solver_corrects_and_compares_clipped_x0s():
+    """clip_x0 (Morse-LCM on a model sampled with clip_sample): reuse hands on the clipped anchor x0, an output
+    moves that clipped x0, and errors compare clipped x0s, so out-of-range noise the solver discards costs nothing."""
+    dot, x0, (x_ts, z_s, x_ti, t_s, t_i) = _x0_dot_case(seed=4, t_s=999, t_i=879, clip_x0=True)
+
+    anchor = x0(x_ts, z_s, t_s)
+    assert anchor.abs().max() > 10  # near t = 999 the unclipped x0 is far out of the data range
+    with torch.inference_mode():
+        eps = z_s + dot(x_ti, x_ts, z_s, t_i, t_s)
+        torch.testing.assert_close(x0(x_ti, eps, t_i), anchor.clamp(-1, 1), rtol=0, atol=1e-4)
+        wild = 50 * eps  # an epsilon whose x0 leaves the data range: measured as the solver will use it, clipped
+        space = dot.in_residual_space(wild, x_ti, t_i)
+    assert x0(x_ti, wild, t_i).abs().max() > 10 and space.abs().max() <= 1
+    torch.testing.assert_close(space.double(), x0(x_ti, wild, t_i).clamp(-1, 1), rtol=0, atol=1e-4)

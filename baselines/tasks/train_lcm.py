@@ -10,7 +10,9 @@
   from with `original_inference_steps` = 1000/k;
 * student: f(x, t) = c_skip(t) x + c_out(t) x0(x, t), initialised from the Dash, with x0 read from its
   epsilon; c_skip and c_out are LCMScheduler's (`get_scalings_for_boundary_condition_discrete`, timestep
-  scaling 10), so f(x, 0) = x holds by construction and sampling uses the same f;
+  scaling 10), so f(x, 0) = x holds by construction and sampling uses the same f; with --clip-sample every x0
+  read from an epsilon (the teacher's DDIM step, f, and through the card LCMScheduler's) is clipped to the data
+  range, as diffusers' DDIM does by default for pixel models (why: the flag's help);
 * target: f of an EMA of the student (decay 0.95, diffusers' EMAModel) at (teacher's x_{t_n}, t_n);
 * loss: pseudo-Huber (c = 0.001, as in diffusers' LCM script) or L2 between the two;
 * fmnist-text, as LCM distils guidance: each row draws a training caption of its image and a guidance scale w
@@ -62,21 +64,21 @@ class Distiller:
     the teacher's DDIM step took the noised sample."""
 
     def __init__(self, schedule_config: dict, skip: int = 20, timestep_scaling: float = 10.0, loss: str = "huber",
-                 huber_c: float = 1e-3):
+                 huber_c: float = 1e-3, clip_sample: bool = False):
         T = schedule_config["num_train_timesteps"]
         if skip < 1 or T % skip:
             raise ValueError(f"--skip must divide the {T} training timesteps (LCMScheduler's grid is k-1, 2k-1, ..., "
                              f"T-1), got {skip}")
         if loss not in LOSSES:
             raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        self.skip, self.loss_name, self.huber_c = skip, loss, huber_c
+        self.skip, self.loss_name, self.huber_c, self.clip_sample = skip, loss, huber_c, clip_sample
         cfg = {k: v for k, v in schedule_config.items() if k != "prediction_type"}
         self.lcm = LCMScheduler(**cfg, original_inference_steps=T // skip, timestep_scaling=timestep_scaling,
-                                clip_sample=False, prediction_type="epsilon")
+                                clip_sample=clip_sample, prediction_type="epsilon")
         # The project's DDIM (lands on the next grid entry); set_alpha_to_one=False makes the last step land on
         # alpha_bar(0), the noise level LCM's target sees at t = 0.
         self.ddim = scheduler_class("DDIMScheduler")(**cfg, timestep_spacing="trailing", set_alpha_to_one=False,
-                                                     clip_sample=False, prediction_type="epsilon")
+                                                     clip_sample=clip_sample, prediction_type="epsilon")
         self.ddim.set_timesteps(T // skip)
         self.grid = self.ddim.timesteps.flip(0)  # t_1 < ... < t_N, ascending
         lcm_grid = torch.arange(1, T // skip + 1) * skip - 1
@@ -91,6 +93,8 @@ class Distiller:
         """f(x, t) = c_skip(t) x + c_out(t) x0(x, t), the parameterisation LCMScheduler.step samples with."""
         ab = self.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
         x0 = (x - (1 - ab).sqrt() * net(x, t, **cond).sample) / ab.sqrt()
+        if self.clip_sample:  # as LCMScheduler.step(clip_sample=True) does, so f is the function sampled
+            x0 = x0.clamp(-1.0, 1.0)
         c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(t.view(-1, 1, 1, 1).float())
         return c_skip * x + c_out * x0
 
@@ -165,6 +169,9 @@ def main(argv=None):
     p.add_argument("--skip", type=int, default=20, help="teacher DDIM skip k on the 1000-step schedule")
     p.add_argument("--ema-decay", type=float, default=0.95, help="EMA rate of the target network")
     p.add_argument("--timestep-scaling", type=float, default=10.0)
+    p.add_argument("--clip-sample", action="store_true", help="clip x0 to the data range [-1, 1] in the teacher's "
+                   "DDIM step, in f, and (through the card) in LCMScheduler: near t = 999 the x0 read from epsilon "
+                   "divides by sqrt(alpha_bar) = 0.006, so small epsilon errors leave the data range")
     p.add_argument("--eval-ema-decay", type=float, default=None, help="export a slower EMA of the student at this "
                    "decay, as consistency models are evaluated, instead of the target network (whose fast EMA "
                    "carries the student's step noise)")
@@ -185,7 +192,7 @@ def main(argv=None):
     try:
         device = resolve_device(args.device)
         distiller = Distiller(FashionMNIST.schedule_config, args.skip, args.timestep_scaling, args.loss,
-                              args.huber_c)
+                              args.huber_c, args.clip_sample)
         if text and not 1.0 <= args.w_min <= args.w_max:
             raise ValueError(f"need 1 <= --w-min <= --w-max, got {args.w_min} and {args.w_max}")
         init = read_init(args.init) if args.init is not None else None
@@ -216,7 +223,7 @@ def main(argv=None):
     command = (f"python -m baselines.tasks.train_lcm{' --task fmnist-text' if text else ''} --steps {args.steps} "
                f"--batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup} --loss {args.loss} "
                f"--huber-c {args.huber_c} --skip {args.skip} --ema-decay {args.ema_decay} "
-               f"--timestep-scaling {args.timestep_scaling}"
+               f"--timestep-scaling {args.timestep_scaling}" + (" --clip-sample" if args.clip_sample else "")
                + (f" --eval-ema-decay {args.eval_ema_decay}" if args.eval_ema_decay is not None else "")
                + (f" --w-min {args.w_min} --w-max {args.w_max}" if text else "") + f" --seed {args.seed}"
                + (f" --init {args.init}" if init is not None else ""))
@@ -260,12 +267,13 @@ def main(argv=None):
                 teacher=dict(path=str(task.dash_path.name), sha256=teacher_sha,
                              **(dict(clip=fmnist_clip.CLIP_PATH.name, clip_sha256=clip_sha) if text else {})),
                 scheduler=dict(name="LCMScheduler", original_inference_steps=distiller.grid_size,
-                               timestep_scaling=args.timestep_scaling),
+                               timestep_scaling=args.timestep_scaling, clip_sample=args.clip_sample),
                 schedule=task.schedule_config, data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]"
                 + ("; one training caption per image and step, encoded by the small CLIP" if text else ""),
                 command=command, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                 loss=args.loss, huber_c=args.huber_c if args.loss == "huber" else None, skip=args.skip,
                 teacher_solver="DDIM (eta 0), one step of k on the trailing grid"
+                + (", x0 clipped to [-1, 1]" if args.clip_sample else "")
                 + (", classifier-free guidance at each row's w" if text else ""),
                 guidance=dict(w_min=args.w_min, w_max=args.w_max, embedding="LCM's, of w - 1",
                               time_cond_proj_dim=student.config.time_cond_proj_dim) if text else None,
