@@ -206,7 +206,7 @@ class Dot(nn.Module):
         if self.config.residual == "eps":
             return raw * self._at(t_i, n, x_ti)[2]
         # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
-        return self._eps_giving(self._anchor_x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
+        return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
 
     def reuse(self, x_ti, x_ts, z_s, t_i, t_s):
         """The estimate an untrained Dot gives: z_s itself in "eps" mode; in "x0" mode the epsilon at (x_ti, t_i)
@@ -219,10 +219,7 @@ class Dot(nn.Module):
         (`in_residual_space`). DDIM-like solvers move x by a bounded multiple of epsilon: "eps" suits them."""
         if self.config.residual == "eps":
             return z_s
-        return self._eps_giving(self._anchor_x0(x_ts, z_s, t_s), x_ti, t_i)
-
-    def _anchor_x0(self, x_ts, z_s, t_s):
-        return self._x0(x_ts, z_s, t_s)
+        return self._eps_giving(self._x0(x_ts, z_s, t_s), x_ti, t_i)
 
     def _x0(self, x, eps, t):
         alpha, sigma, _ = self._at(t, x.shape[0], x)
