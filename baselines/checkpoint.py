@@ -116,7 +116,7 @@ def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str)
     return int(meta["step"]), own, meta
 
 
-def _emas(ema) -> dict:
+def emas_by_prefix(ema) -> dict:
     """{checkpoint prefix: EMAModel}: one EMA is saved as "ema"; a trainer keeping several names them."""
     return ema if isinstance(ema, dict) else {"ema": ema}
 
@@ -125,7 +125,7 @@ def model_and_ema_tensors(params: dict, ema, losses: list[float]) -> dict:
     """A trainer's own tensors for `save_training_state`: its weights, its diffusers EMAModel's shadow weights
     (by parameter name; `ema` may be a dict of EMAs by prefix) and the loss history."""
     tensors = {f"model/{n}": p for n, p in params.items()}
-    for prefix, one in _emas(ema).items():
+    for prefix, one in emas_by_prefix(ema).items():
         tensors.update({f"{prefix}/{n}": s for n, s in zip(params, one.shadow_params, strict=True)})
     tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
     return tensors
@@ -134,7 +134,7 @@ def model_and_ema_tensors(params: dict, ema, losses: list[float]) -> dict:
 def restore_model_and_ema(own: dict, model, params: dict, ema, step: int) -> list[float]:
     """Put back what `model_and_ema_tensors` saved at `step` (the checkpoint's); returns the loss history."""
     model.load_state_dict({k[6:]: v for k, v in own.items() if k.startswith("model/")}, strict=False)
-    for prefix, one in _emas(ema).items():
+    for prefix, one in emas_by_prefix(ema).items():
         for name, shadow in zip(params, one.shadow_params, strict=True):
             shadow.copy_(own[f"{prefix}/{name}"])
         one.optimization_step = step

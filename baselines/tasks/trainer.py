@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from baselines.checkpoint import load_training_state, model_and_ema_tensors, restore_model_and_ema, save_training_state
+from baselines.checkpoint import (
+    emas_by_prefix,
+    load_training_state,
+    model_and_ema_tensors,
+    restore_model_and_ema,
+    save_training_state,
+)
 
 
 def train_loop(model: torch.nn.Module, ema, opt, gen: torch.Generator, loss_at: Callable[[int], torch.Tensor], *,
@@ -53,7 +59,7 @@ def train_loop(model: torch.nn.Module, ema, opt, gen: torch.Generator, loss_at: 
         opt.step()
         if after_step is not None:
             after_step()
-        for one in (ema.values() if isinstance(ema, dict) else [ema]):
+        for one in emas_by_prefix(ema).values():
             one.step(model.parameters())
         losses.append(loss_value(loss))
         if step % 20 == 0:
