@@ -41,6 +41,31 @@ def solve(scheduler, model_fn, x, generators=None, step_kwargs=None, callback=No
     return x
 
 
+def traced_solve(scheduler, estimate, noise, networks: dict, seeds=None, step_kwargs=None, callback=None,
+                 labels=None) -> tuple[torch.Tensor, Trace]:
+    """`solve` with the bookkeeping every method needs: NFE counted on the declared `networks` (name -> module),
+    the loop timed, the solver times and the network each step called recorded in the trace, and per-seed step
+    generators handed to stochastic schedulers so samples never depend on batch size.
+
+    `estimate(x, t, i)` returns epsilon for step i. `labels`: one network name per step (a list, or a callable
+    i -> name); by default the first declared network's name for every step.
+    """
+    trace = Trace()
+    generators = step_generators(seeds) if seeds is not None else None
+    with count_nfe(trace, noise.shape[0], **networks), torch.inference_mode():
+        start = time.perf_counter()
+        x = solve(scheduler, estimate, noise, generators, step_kwargs, callback)
+        trace.wall_time_s = time.perf_counter() - start
+    trace.timesteps = solver_timesteps(scheduler)
+    steps = len(trace.timesteps)
+    if labels is None:
+        labels = [next(iter(networks))] * steps
+    elif callable(labels):
+        labels = [labels(i) for i in range(steps)]
+    trace.networks_per_step = list(labels)
+    return x, trace
+
+
 def solver_timesteps(scheduler) -> list[float]:
     """Distinct solver times in visiting order (Heun evaluates each interior time twice)."""
     out = []
@@ -76,9 +101,6 @@ class SchedulerMethod:
                              f"{self.max_steps} this solver supports; use a budget <= {self.max_steps}")
         return steps
 
-    def expected_nfe(self, steps: int) -> int:
-        return self.evals_per_step * steps - (self.evals_per_step - 1)
-
     def make_scheduler(self, schedule_config: dict, steps: int, device="cpu", spacing=DEFAULT_SPACING):
         cls = scheduler_class(self.scheduler)
         accepted = inspect.signature(cls.__init__).parameters
@@ -100,15 +122,6 @@ class SchedulerMethod:
                  spacing=DEFAULT_SPACING, network="dash"):
         """`network`: the name the trace counts the denoiser's calls under; a caller sampling another model than
         the Dash (lcm, a distilled copy of it) names it, so the cost model times the network really called."""
-        steps = self.steps_for_budget(budget)
-        scheduler = self.make_scheduler(denoiser.schedule_config, steps, noise.device, spacing)
-        generators = step_generators(seeds) if seeds is not None else None
-        trace = Trace()
-        with count_nfe(trace, noise.shape[0], **{network: denoiser.net}), torch.inference_mode():
-            start = time.perf_counter()
-            x = solve(scheduler, lambda x, t, i: denoiser(x, t, cond), noise, generators,
-                      self.step_kwargs, callback)
-            trace.wall_time_s = time.perf_counter() - start
-        trace.timesteps = solver_timesteps(scheduler)
-        trace.networks_per_step = [network] * len(trace.timesteps)
-        return x, trace
+        scheduler = self.make_scheduler(denoiser.schedule_config, self.steps_for_budget(budget), noise.device, spacing)
+        return traced_solve(scheduler, lambda x, t, i: denoiser(x, t, cond), noise, {network: denoiser.net}, seeds,
+                            self.step_kwargs, callback)
