@@ -37,8 +37,3 @@ class Interleave:
         total = n_dash + n_dot
         jumps = {(k * total) // n_dash for k in range(n_dash)}
         return [j in jumps for j in range(total)]
-
-    @staticmethod
-    def lsd(plan: list[bool], dot_ratio: float) -> float:
-        n_dash = sum(plan)
-        return n_dash + (len(plan) - n_dash) / dot_ratio

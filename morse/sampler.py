@@ -10,13 +10,7 @@ conditional branch's condition (as the Denoiser hands it to the network: SDXL's 
 LCM's guidance embedding included) passes through to the shared body.
 """
 
-import time
-
-import torch
-
-from baselines.noise import step_generators
-from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, solve, solver_timesteps
-from baselines.trace import Trace, count_nfe
+from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, traced_solve
 from morse.interleave import Interleave
 
 
@@ -68,15 +62,8 @@ class Morse:
                 return z
             return self.between(denoiser, x_ti, t_i, anchor, cond)
 
-        trace = Trace()
-        generators = step_generators(seeds) if seeds is not None else None
-        with count_nfe(trace, noise.shape[0], **{network: denoiser.net}, dot=self.dot), torch.inference_mode():
-            start = time.perf_counter()
-            x = solve(scheduler, estimate, noise, generators, self.solver.step_kwargs, callback)
-            trace.wall_time_s = time.perf_counter() - start
-        trace.timesteps = solver_timesteps(scheduler)
-        trace.networks_per_step = [network if j else "dot" for j in jump]
-        return x, trace
+        return traced_solve(scheduler, estimate, noise, {network: denoiser.net, "dot": self.dot}, seeds,
+                            self.solver.step_kwargs, callback, labels=[network if j else "dot" for j in jump])
 
 
 class MorseOracle(Morse):
