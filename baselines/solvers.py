@@ -101,8 +101,12 @@ class SchedulerMethod:
                              f"{self.max_steps} this solver supports; use a budget <= {self.max_steps}")
         return steps
 
-    def make_scheduler(self, schedule_config: dict, steps: int, device="cpu", spacing=DEFAULT_SPACING):
+    def make_scheduler(self, schedule_config: dict, steps: int, device="cpu", spacing=DEFAULT_SPACING,
+                       timesteps: list[int] | None = None):
+        """`timesteps`: a custom descending list of `steps` timesteps (Align Your Steps) in place of `spacing`."""
         cls = scheduler_class(self.scheduler)
+        if timesteps is not None and "timesteps" not in inspect.signature(cls.set_timesteps).parameters:
+            raise ValueError(f"{self.name}: diffusers' {cls.__name__} takes no timestep list; use ddim or dpm")
         accepted = inspect.signature(cls.__init__).parameters
         cfg = {k: v for k, v in schedule_config.items() if k in accepted}
         cfg["prediction_type"] = "epsilon"  # the Denoiser wrapper has already converted
@@ -115,7 +119,12 @@ class SchedulerMethod:
             # diffusers deprecates classic DPM-Solver; it stays here as the paper's baseline.
             warnings.filterwarnings("ignore", category=FutureWarning)
             sched = cls(**cfg)
-        sched.set_timesteps(steps, device=device)
+        if timesteps is None:
+            sched.set_timesteps(steps, device=device)
+        elif len(timesteps) != steps:
+            raise ValueError(f"{self.name}: {len(timesteps)} timesteps given for {steps} steps")
+        else:
+            sched.set_timesteps(timesteps=list(timesteps), device=device)
         return sched
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,

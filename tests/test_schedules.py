@@ -130,3 +130,97 @@ def test_fixed_ddim_keeps_diffusers_step_signature():
     fixed scheduler that hid them behind **kwargs made eta = 1 draw from the global RNG."""
     ours = inspect.signature(ddim.DDIMScheduler.step).parameters
     assert list(ours) == list(inspect.signature(diffusers.DDIMScheduler.step).parameters)
+
+
+def _ddim_pair(steps=16, **config):
+    cfg = dict(SCHEDULE_CONFIG, timestep_spacing="trailing", clip_sample=False, **config)
+    ours, theirs = ddim.DDIMScheduler(**cfg), diffusers.DDIMScheduler(**cfg)
+    ours.set_timesteps(steps)
+    theirs.set_timesteps(steps)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_fixed_ddim_steps_off_its_schedule_as_diffusers_does(eta):
+    """At a timestep the schedule does not hold, there is no next entry: the step is diffusers' t - T // n."""
+    ours, theirs = _ddim_pair()
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    for t in (998, 500, 37, 3):
+        assert t not in ours.timesteps
+        a = ours.step(eps, t, x, eta=eta, generator=torch.Generator().manual_seed(t)).prev_sample
+        b = theirs.step(eps, t, x, eta=eta, generator=torch.Generator().manual_seed(t)).prev_sample
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fixed_ddim_lands_on_the_next_entry_of_its_schedule():
+    ours, _ = _ddim_pair()
+    assert [ours.previous_timestep(t) for t in ours.timesteps] == [*ours.timesteps[1:].tolist(), -1]
+
+
+def test_fixed_ddim_takes_a_custom_timestep_list():
+    """Align Your Steps' schedules: any descending list, each step landing on the next entry, exactly (with a constant
+    epsilon, eta = 0 DDIM's substeps equal one step straight to alpha_bar = 1)."""
+    sched = ddim.DDIMScheduler(**dict(SCHEDULE_CONFIG, clip_sample=False))
+    custom = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
+    sched.set_timesteps(timesteps=custom)
+    assert sched.timesteps.tolist() == custom and sched.num_inference_steps == 10
+    assert [sched.previous_timestep(t) for t in custom] == [*custom[1:], -1]
+    sched.alphas_cumprod, sched.final_alpha_cumprod = sched.alphas_cumprod.double(), sched.final_alpha_cumprod.double()
+    g = torch.Generator().manual_seed(1)
+    x, eps = torch.randn(3, 16, generator=g, dtype=torch.float64), torch.randn(3, 16, generator=g, dtype=torch.float64)
+    a = sched.alphas_cumprod[999]
+    torch.testing.assert_close(solve(sched, lambda x, t, i: eps, x), (x - (1 - a).sqrt() * eps) / a.sqrt(),
+                               rtol=0, atol=1e-6)
+    for bad in ([10, 20], [1000, 5], [5, -1], []):
+        with pytest.raises(ValueError, match="descending"):
+            sched.set_timesteps(timesteps=bad)
+    with pytest.raises(ValueError, match="either"):
+        sched.set_timesteps(4, timesteps=custom)
+
+
+def test_fixed_ddim_step_before_set_timesteps_raises_diffusers_error():
+    sched = ddim.DDIMScheduler(**SCHEDULE_CONFIG)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        sched.step(torch.zeros(1, 4), 999, torch.zeros(1, 4))
+
+
+def test_fixed_ddim_saved_config_loads_back_the_fixed_class_or_says_so(tmp_path):
+    import logging
+
+    ours, _ = _ddim_pair()
+    ours.save_config(tmp_path)
+    loaded = ddim.DDIMScheduler.from_pretrained(tmp_path)
+    assert type(loaded) is ddim.DDIMScheduler
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == \
+        {k: v for k, v in ours.config.items() if not k.startswith("_")}
+    # The harness resolves a config's class name to the fixed class.
+    from baselines.solvers import scheduler_class
+    assert scheduler_class(loaded.config._class_name) is ddim.DDIMScheduler
+    # diffusers' own class gives back the unfixed step, and says so.
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("diffusers.configuration_utils")
+    logger.addHandler(handler)
+    try:
+        diffusers.DDIMScheduler.from_pretrained(tmp_path)
+    finally:
+        logger.removeHandler(handler)
+    assert any("next_entry" in r.getMessage() for r in records)
+    with pytest.raises(ValueError, match="always steps to the next"):
+        ddim.DDIMScheduler(next_entry=False)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "euler"])
+def test_make_scheduler_takes_a_timestep_list(name):
+    custom = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
+    sched = get_baseline(name).make_scheduler(SCHEDULE_CONFIG, 10, timesteps=custom)
+    assert [round(float(t)) for t in sched.timesteps] == custom
+
+
+def test_make_scheduler_refuses_a_timestep_list_where_diffusers_takes_none():
+    with pytest.raises(ValueError, match="takes no timestep list"):
+        get_baseline("unipc").make_scheduler(SCHEDULE_CONFIG, 3, timesteps=[999, 500, 10])
+    with pytest.raises(ValueError, match="3 timesteps given for 4"):
+        get_baseline("ddim").make_scheduler(SCHEDULE_CONFIG, 4, timesteps=[999, 500, 10])
