@@ -48,6 +48,7 @@ from torch import nn
 
 from baselines.checkpoint import save_atomic
 from baselines.denoisers import Condition
+from morse.prior import PRIORS, prior
 
 SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",
           "conv_norm_out", "conv_act")
@@ -68,6 +69,9 @@ class DotConfig:
     residual: str = "eps"           # where the learned residual lives: "eps" or "x0" (see Dot.forward)
     clip_x0: bool = False           # "x0" for a solver that clips x0 to [-1, 1] (LCMScheduler clip_sample): the
                                     # residual corrects the clipped anchor x0, and errors compare clipped x0s
+    prior: str = "reuse"            # what an untrained Dot returns: "reuse" (z_s) or "extrap" (morse.prior)
+    history: bool = False           # the Dot also sees the anchor before s (x_ts', z_s', t_s') and the prior
+    trajectory: bool = True         # False (ablation): the Dot sees x_ti and t_i only, not the anchor's x_ts, z_s
 
 
 def _share(module: nn.Module) -> nn.Module:
@@ -130,7 +134,11 @@ class Dot(nn.Module):
             raise ValueError("DotConfig.m must be at least 1")
         if config.residual not in ("eps", "x0"):
             raise ValueError(f"DotConfig.residual must be 'eps' or 'x0', got {config.residual!r}")
-        self.inp = _block(5 * c * 4, body_ch if config.m == 1 else w)
+        if config.prior not in PRIORS:
+            raise ValueError(f"DotConfig.prior must be one of {PRIORS}, got {config.prior!r}")
+        if config.prior != "reuse" and config.residual != "eps":
+            raise ValueError("DotConfig.prior: an x0 residual starts from the anchor's x0; use prior='reuse'")
+        self.inp = _block((8 if config.history else 5) * c * 4, body_ch if config.m == 1 else w)
         self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 2 else w, stride=2)
                                    for k in range(config.m - 1)])
         self.up = nn.ModuleList([_block((body_ch if k == 0 else w) + w, w) for k in range(config.m - 1)])
@@ -139,6 +147,7 @@ class Dot(nn.Module):
         from diffusers import DDPMScheduler
 
         ac = DDPMScheduler(**(config.schedule or {})).alphas_cumprod.to(torch.float64)
+        self.register_buffer("alphas_cumprod", ac, persistent=False)
         self.register_buffer("alpha", ac.sqrt().float(), persistent=False)
         self.register_buffer("sigma", (1 - ac).sqrt().float(), persistent=False)
         self.register_buffer("snr_sqrt", (ac / (1 - ac)).sqrt().clamp(1.0, config.scale_max).float(),
@@ -146,8 +155,12 @@ class Dot(nn.Module):
         emb_in = self.body.time_embedding.linear_1.in_features
         emb_dim = self.body.time_embedding.linear_2.out_features
         self.anchor_embedding = nn.Linear(emb_in, emb_dim)
+        # Only Dots that see the earlier anchor have this layer, so older checkpoints keep their exact keys.
+        self.prev_embedding = nn.Linear(emb_in, emb_dim) if config.history else None
         self.linear_coeffs = nn.Sequential(nn.Linear(2 * emb_in, 4 * w), nn.SiLU(), nn.Linear(4 * w, 3 * c))
-        for zero in (self.out, self.anchor_embedding, self.linear_coeffs[-1]):
+        for zero in (self.out, self.anchor_embedding, self.linear_coeffs[-1], self.prev_embedding):
+            if zero is None:
+                continue
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
@@ -161,21 +174,45 @@ class Dot(nn.Module):
         t = t.expand(n) if t.ndim == 0 else t
         return self.body.time_proj(t.reshape(-1)).to(dtype)
 
-    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None):
+    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None):
         """`cond`: the conditional branch's condition (a tensor or a `Condition`); with guidance, z_s is the
-        guided estimate and one call corrects it."""
+        guided estimate and one call corrects it. `prev`: the anchor before s as (x_ts', z_s', t_s'), None in the
+        first group; used by Dots with `history` or the "extrap" prior. Returns the residual added to z_s."""
         n, dtype = x_ti.shape[0], x_ti.dtype
         sin_i, sin_s = self._embed(t_i, n, dtype).to(x_ti.device), self._embed(t_s, n, dtype).to(x_ti.device)
         cond = Condition(cond) if self.cross_attention and isinstance(cond, torch.Tensor) else cond
         if isinstance(cond, Condition):
             cond = cond.to(x_ti.device, dtype)
         emb = self.body.time_embedding(sin_i, getattr(cond, "timestep_cond", None)) + self.anchor_embedding(sin_s)
+        if self.prev_embedding is not None:
+            emb = emb + self.prev_embedding(self._embed(t_s if prev is None else prev[2], n, dtype).to(x_ti.device))
         if self.added:
             emb = emb + self._added_embedding(cond, emb.dtype)
-        extra = {"encoder_hidden_states": getattr(cond, "encoder_hidden_states", None)} if self.cross_attention else {}
+        base = self.prior_estimate(z_s, t_i, t_s, prev)
+        if not self.config.trajectory:  # the ablation: the anchor's state and estimate are not shown to the Dot
+            x_ts, z_s_seen = torch.zeros_like(x_ts), torch.zeros_like(z_s)
+        else:
+            z_s_seen = z_s
+        deviation, x0_s = self.anchor_features(x_ti, x_ts, z_s_seen, t_i, t_s)
+        planes = [x_ti, x_ts, z_s_seen, deviation, x0_s]
+        if self.config.history:
+            x_tp, z_p = (x_ts, z_s_seen) if prev is None else prev[:2]
+            planes += [x_tp, z_p, base]
+        h = self._shared_body(torch.cat(planes, dim=1), emb, cond)
+        eta, local = nn.functional.pixel_shuffle(self.out(h), 2).tensor_split([x_ti.shape[1]], dim=1)
+        coeffs = self.linear_coeffs(torch.cat([sin_i, sin_s], dim=1)).reshape(n, 3, -1, 1, 1)
+        a, b, c = (coeffs + local.reshape(n, 3, *x_ti.shape[1:])).unbind(1)
+        raw = eta + a * deviation + b * x_ts + c * z_s_seen
+        if self.config.residual == "eps":
+            scaled = raw * self._at(t_i, n, x_ti)[2]
+            return scaled if self.config.prior == "reuse" else (base - z_s) + scaled
+        # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
+        return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
 
-        deviation, x0_s = self.anchor_features(x_ti, x_ts, z_s, t_i, t_s)
-        h = self.inp(nn.functional.pixel_unshuffle(torch.cat([x_ti, x_ts, z_s, deviation, x0_s], dim=1), 2))
+    def _shared_body(self, planes, emb, cond):
+        """The new down blocks, the Dash's own (LoRA-adapted) body on the small map, and the new up blocks."""
+        extra = {"encoder_hidden_states": getattr(cond, "encoder_hidden_states", None)} if self.cross_attention else {}
+        h = self.inp(nn.functional.pixel_unshuffle(planes, 2))
         skips = [h]
         for blk in self.down:
             h = blk(h)
@@ -199,14 +236,11 @@ class Dot(nn.Module):
         for blk in self.up:
             h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
             h = blk(torch.cat([h, skips.pop()], dim=1))
-        eta, local = nn.functional.pixel_shuffle(self.out(h), 2).tensor_split([x_ti.shape[1]], dim=1)
-        coeffs = self.linear_coeffs(torch.cat([sin_i, sin_s], dim=1)).reshape(n, 3, -1, 1, 1)
-        a, b, c = (coeffs + local.reshape(n, 3, *x_ti.shape[1:])).unbind(1)
-        raw = eta + a * deviation + b * x_ts + c * z_s
-        if self.config.residual == "eps":
-            return raw * self._at(t_i, n, x_ti)[2]
-        # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
-        return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
+        return h
+
+    def prior_estimate(self, z_s, t_i, t_s, prev=None):
+        """What this Dot starts from at t_i (morse.prior): z_s, or the line through the last two Dash estimates."""
+        return prior(self.config.prior, z_s, t_i, t_s, prev, self.alphas_cumprod)
 
     def reuse(self, x_ti, x_ts, z_s, t_i, t_s):
         """The estimate an untrained Dot gives: z_s itself in "eps" mode; in "x0" mode the epsilon at (x_ti, t_i)

@@ -12,6 +12,7 @@ LCM's guidance embedding included) passes through to the shared body.
 
 from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, traced_solve
 from morse.interleave import Interleave
+from morse.prior import prior
 
 
 def dot_condition(denoiser, cond, x):
@@ -43,9 +44,10 @@ class Morse:
         return self.interleave.plan(budget_lsd, self.dot_ratio)
 
     def between(self, denoiser, x_ti, t_i, anchor, cond):
-        """z_i at a Dot step: the Dash's last estimate plus the Dot's residual."""
+        """z_i at a Dot step: the Dash's last estimate plus the Dot's residual (which starts from the Dot's prior;
+        `anchor["prev"]` is the anchor before, for Dots that see it)."""
         return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"],
-                                         dot_condition(denoiser, cond, x_ti))
+                                         dot_condition(denoiser, cond, x_ti), prev=anchor.get("prev"))
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
                  spacing=DEFAULT_SPACING, network="dash"):
@@ -58,6 +60,8 @@ class Morse:
         def estimate(x_ti, t_i, i):
             if jump[i]:
                 z = denoiser(x_ti, t_i, cond)
+                if anchor:
+                    anchor["prev"] = (anchor["x_ts"], anchor["z_s"], anchor["t_s"])
                 anchor.update(x_ts=x_ti, z_s=z, t_s=t_i)
                 return z
             return self.between(denoiser, x_ti, t_i, anchor, cond)
@@ -88,3 +92,25 @@ class MorseOracle(Morse):
         trace.nfe[network] -= trace.nfe[network] * dot_steps / len(trace.networks_per_step)
         trace.nfe["dot"] = float(dot_steps)
         return x, trace
+
+
+class MorseExtrap(Morse):
+    """Morse's schedules with the Dot replaced by the "extrap" prior (morse.prior): the last two Dash estimates
+    continued linearly in log-SNR, charged as the Dot calls it stands in for (1/N LSD each).
+
+    The ablation "what does a learned Dot add at the same cost": the committed Dot's plans and prices, nothing
+    learnt. It is also a solver with free sub-steps, so its Dash NFE is worth reading beside DPM-Solver++'s.
+    """
+
+    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
+        super().__init__(solver, dot, dot_ratio, interleave)
+        self.name += "-extrap"
+
+    def __call__(self, denoiser, noise, budget, **kwargs):
+        self._alphas_cumprod = denoiser.alphas_cumprod
+        x, trace = super().__call__(denoiser, noise, budget, **kwargs)
+        trace.nfe["dot"] = float(trace.networks_per_step.count("dot"))  # charged, as for the oracle
+        return x, trace
+
+    def between(self, denoiser, x_ti, t_i, anchor, cond):
+        return prior("extrap", anchor["z_s"], t_i, anchor["t_s"], anchor.get("prev"), self._alphas_cumprod)

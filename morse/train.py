@@ -51,9 +51,14 @@ from baselines.tasks.cards import write_card
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
+from morse.prior import PRIORS
 from morse.sampler import Morse
 
 FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
+# The anchor before s (x_ts', z_s', t_s'), recorded for Dots that see it or extrapolate from it; in the first group,
+# where there is none, the anchor itself (t_s' = t_s marks it). "budget" tags each pair with the plan it came from.
+PREV = ("x_tp", "z_p", "t_p")
+ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr")
 COND = "cond"  # a conditional task's pairs also hold the condition the Dot saw: "cond" or "cond.<field>"
 
 
@@ -81,13 +86,26 @@ class _Recorder(nn.Module):
         self.dot, self.rows = dot, {k: [] for k in FIELDS}
         self._denoiser = [denoiser]  # not a submodule: the sampler's own NFE hooks stay on the Dash
 
-    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None):
+    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None):
         n = x_ti.shape[0]
         values = (x_ti, x_ts, z_s, torch.full((n,), float(t_i)), torch.full((n,), float(t_s)),
                   self._denoiser[0](x_ti, t_i, cond))
-        for name, v in [*zip(FIELDS, values, strict=True), *_cond_rows(cond).items()]:
+        rows = [*zip(FIELDS, values, strict=True), *_cond_rows(cond).items(), ("budget", torch.full((n,), self.budget))]
+        if _sees_prev(self.dot):
+            x_tp, z_p, t_p = prev if prev is not None else (x_ts, z_s, t_s)
+            rows += [("x_tp", x_tp), ("z_p", z_p), ("t_p", torch.full((n,), float(t_p)))]
+        for name, v in rows:
             self.rows.setdefault(name, []).append(v.cpu())  # the pool of all rounds lives in host memory
-        return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond)
+        return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond, prev=prev)
+
+
+def _sees_prev(dot) -> bool:
+    config = _unwrap(dot).config
+    return config.history or config.prior != "reuse"
+
+
+def _prev_of(batch: dict):
+    return tuple(batch[k] for k in PREV) if "t_p" in batch else None
 
 
 @torch.inference_mode()
@@ -100,6 +118,7 @@ def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds,
     chunks = [seeds[k:k + batch_size] for k in range(0, len(seeds), batch_size)]
     with tqdm(total=len(budgets) * len(chunks), desc=desc, unit="batch") as bar:
         for budget in budgets:
+            recorder.budget = float(budget)
             for chunk in chunks:
                 cond = conditions(chunk) if conditions is not None else None
                 sampler(denoiser, initial_noise(chunk, shape, device=device), budget, cond=cond, seeds=chunk)
@@ -118,9 +137,27 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
 
 def dot_loss(dot, batch):
     """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0)."""
-    pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch))
+    pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
+                              prev=_prev_of(batch))
     space = partial(_unwrap(dot).in_residual_space, x_ti=batch["x_ti"], t_i=batch["t_i"])
     return torch.nn.functional.mse_loss(space(pred), space(batch["target"]))
+
+
+def _lr_at(lr: float, bounds: list[int], it: int) -> float:
+    """Cosine decay from lr to 0 within each span of `bounds` (one span, or one per DAgger round)."""
+    lo = max(b for b in bounds[:-1] if b <= it)
+    hi = min(b for b in bounds[1:] if b > lo)
+    return lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (it - lo) / (hi - lo))).item())
+
+
+def _draw(pool: list[dict], starts: torch.Tensor, n: int, gen, balance: bool | None) -> torch.Tensor:
+    """Row indices of one training batch: uniform over all pairs, or with every budget's plan equally likely (long
+    plans make more Dot steps, so uniform draws favour the largest budgets)."""
+    if not balance:
+        return torch.randint(int(starts[-1]), (n,), generator=gen)
+    budgets = torch.cat([q["budget"] for q in pool])
+    _, inverse, counts = budgets.unique(return_inverse=True, return_counts=True)
+    return torch.multinomial(1.0 / counts[inverse].double(), n, replacement=True, generator=gen)
 
 
 def _unwrap(dot):
@@ -129,19 +166,33 @@ def _unwrap(dot):
 
 @torch.inference_mode()
 def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
-    """|z_s + eta - target| against the error of reusing the last Dash estimate (z_s; in "x0" mode its x0), pooled,
-    both measured where the residual lives."""
-    num = den = 0.0
+    """|z_s + eta - target| against the error of reusing the last Dash estimate (z_s; in "x0" mode its x0) and
+    against the Dot's prior (what it returns untrained), all measured where the residual lives; pooled over every
+    pair and per budget (the plan the pair came from)."""
+    sums: dict = {}
     for k in range(0, len(pairs["target"]), batch_size):
         b = {n: v[k:k + batch_size].to(device) for n, v in pairs.items()}
         args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
-        pred = b["z_s"] + dot(*args, _cond_of(b))
         space = partial(dot.in_residual_space, x_ti=b["x_ti"], t_i=b["t_i"])
         target = space(b["target"])
-        num += (space(pred) - target).double().square().sum().item()
-        den += (space(dot.reuse(*args)) - target).double().square().sum().item()
-    return dict(dot_rmse=(num / pairs["target"].numel()) ** 0.5,
-                reuse_rmse=(den / pairs["target"].numel()) ** 0.5, ratio=(num / den) ** 0.5)
+        start = dot.reuse(*args) if dot.config.residual != "eps" else dot.prior_estimate(
+            b["z_s"], b["t_i"], b["t_s"], _prev_of(b))
+        guesses = dict(dot=b["z_s"] + dot(*args, _cond_of(b), prev=_prev_of(b)), reuse=dot.reuse(*args), prior=start)
+        budgets = b["budget"] if "budget" in b else torch.zeros(len(target))
+        for name, guess in guesses.items():
+            err = (space(guess) - target).double().square().flatten(1).sum(1).cpu()
+            for budget in [None, *budgets.unique().tolist()]:
+                rows = slice(None) if budget is None else (budgets.cpu() == budget)
+                acc = sums.setdefault(budget, {}).setdefault(name, [0.0, 0])
+                acc[0] += err[rows].sum().item()
+                acc[1] += int(err[rows].numel()) * target[0].numel()
+    return {**_ratios(sums.pop(None)), "per_budget": {f"{b:g}": _ratios(v) for b, v in sorted(sums.items())}}
+
+
+def _ratios(acc: dict) -> dict:
+    rmse = {name: (total / count) ** 0.5 for name, (total, count) in acc.items()}
+    return dict(dot_rmse=rmse["dot"], reuse_rmse=rmse["reuse"], prior_rmse=rmse["prior"],
+                ratio=rmse["dot"] / rmse["reuse"], prior_ratio=rmse["dot"] / rmse["prior"])
 
 
 def _cached_pairs(path: Path, key: str, make, world: World | None = None):
@@ -179,6 +230,17 @@ def main(argv=None):
                    help="deepest Dash levels (and mid block) the Dot leaves out")
     p.add_argument("--residual", choices=("eps", "x0"), default=None,
                    help="where the Dot's residual lives (default: x0 for --solver lcm, else eps; see morse.dot)")
+    # Issue 30's ablations. Each option enters the resume key and the card's command only when given.
+    p.add_argument("--prior", choices=PRIORS, default=None, help="what the untrained Dot returns (morse.prior; "
+                   "default reuse)")
+    p.add_argument("--history", choices=("on", "off"), default=None, help="the Dot also sees the anchor before s and "
+                   "the prior (default: on with --prior extrap)")
+    p.add_argument("--trajectory-inputs", choices=("on", "off"), default=None, help="off: the Dot sees x_ti and t_i "
+                   "only, not the anchor's x_ts and z_s (ablation; default on)")
+    p.add_argument("--balance-budgets", action="store_const", const=True, default=None,
+                   help="draw training pairs evenly over the budgets' plans (default: as many as they make)")
+    p.add_argument("--round-lr", action="store_const", const=True, default=None,
+                   help="restart the cosine learning-rate schedule at every DAgger round (default: one schedule)")
     p.add_argument("--init", type=Path, default=None, help="start from this Dot's weights instead of zero residual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
@@ -231,7 +293,9 @@ def train(args, world: World) -> None:
     residual = args.residual or ("x0" if args.solver == "lcm" else "eps")
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
                               schedule=dict(task.schedule_config), residual=residual,
-                              clip_x0=residual == "x0" and solver.overrides.get("clip_sample", False))).to(device)
+                              clip_x0=residual == "x0" and solver.overrides.get("clip_sample", False),
+                              prior=args.prior or "reuse", trajectory=args.trajectory_inputs != "off",
+                              history=(args.history or ("on" if args.prior == "extrap" else "off")) == "on")).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
@@ -249,7 +313,7 @@ def train(args, world: World) -> None:
     # Options added later enter the key only when given, so the keys of earlier commands stay the same.
     resumable = {k: v for k, v in vars(args).items()
                  if k not in ("export", "latency_batches", "checkpoint_every", "device")
-                 and not (k in ("weights", "prompts", "residual") and v is None)}
+                 and not (k in ("weights", "prompts", "residual", *ABLATIONS) and v is None)}
     if residual != "eps":  # the key of every epsilon-residual command stays what it was before the option
         resumable["residual"] = residual
     dash_sum = dash_sum or (sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum())
@@ -258,8 +322,8 @@ def train(args, world: World) -> None:
     ckpt = args.out / "checkpoint.safetensors"
     start, own, _ = load_training_state(ckpt, train_key, opt, params, gen, "delete it or use another --out")
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
-    lr_at = lambda it: args.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * it / args.iters)).item())  # noqa: E731
     ends = [(r + 1) * args.iters // args.rounds for r in range(args.rounds)]
+    lr_at = partial(_lr_at, args.lr, [0] + ends if args.round_lr else [0, args.iters])
     log = open(args.out / "loss.jsonl", "a" if start else "w") if world.main else open(os.devnull, "w")
     pool, pair_time, train_time = [], 0.0, 0.0
     for r, end in enumerate(ends):
@@ -279,7 +343,7 @@ def train(args, world: World) -> None:
         bar = tqdm(range(first, end), initial=first, total=args.iters, desc=f"round {r + 1}/{args.rounds} train",
                    unit="it", disable=not world.main)
         for it in bar:
-            idx = torch.randint(int(starts[-1]), (args.batch_size,), generator=gen)[world.part(args.batch_size)]
+            idx = _draw(pool, starts, args.batch_size, gen, args.balance_budgets)[world.part(args.batch_size)]
             for g in opt.param_groups:
                 g["lr"] = lr_at(it) * g["lr_mult"]
             loss = dot_loss(net, _rows(pool, starts, idx, device))

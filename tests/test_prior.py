@@ -1,0 +1,110 @@
+"""The Dot's prior (issue 30): the extrapolation formula, an untrained Dot returning its prior exactly, morse-extrap
+as Morse's schedules with the formula at the Dot steps, old Dots loading as reuse Dots, and the per-budget error."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from baselines.denoisers import Denoiser
+from baselines.exact import OptimalDenoiser
+from baselines.noise import initial_noise
+from baselines.registry import get_baseline
+from baselines.tasks.fmnist import SCHEDULE_CONFIG
+from morse import Dot, DotConfig, Interleave, Morse
+from morse.prior import log_snr, prior
+from morse.sampler import MorseExtrap
+from morse.train import residual_error, sampling_pairs
+
+SHAPE = (1, 8, 8)
+AC = DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+@pytest.fixture(scope="module")
+def exact8():
+    g = torch.Generator().manual_seed(1)
+    data = (torch.rand(16, *SHAPE, generator=g) * 2 - 1).clamp(-0.9, 0.9)
+    return Denoiser(OptimalDenoiser(data, AC), SCHEDULE_CONFIG)
+
+
+def test_extrapolation_is_the_line_through_two_estimates_in_log_snr():
+    z_p, z_s = torch.full((2, 1, 2, 2), 1.0), torch.full((2, 1, 2, 2), 3.0)
+    lam = lambda t: 0.5 * math.log(AC[t].item() / (1 - AC[t].item()))  # noqa: E731
+    want = 3.0 + 2.0 * (lam(499) - lam(749)) / (lam(749) - lam(999))
+    got = prior("extrap", z_s, 499, 749, (None, z_p, 999), AC)
+    assert torch.allclose(got, torch.full_like(got, want), rtol=1e-5)
+    assert log_snr(AC, 0) > log_snr(AC, 999)
+    # No earlier anchor, or the reuse prior: z_s itself.
+    assert torch.equal(prior("extrap", z_s, 499, 749, None, AC), z_s)
+    assert torch.equal(prior("reuse", z_s, 499, 749, (None, z_p, 999), AC), z_s)
+    # Per-sample times, as in training batches; t_s' = t_s marks "no earlier anchor" and reuses z_s there.
+    rows = prior("extrap", z_s, torch.tensor([499.0, 499.0]), torch.tensor([749.0, 749.0]),
+                 (None, z_p, torch.tensor([999.0, 749.0])), AC)
+    assert torch.allclose(rows[0], got[0]) and torch.equal(rows[1], z_s[1])
+    with pytest.raises(ValueError, match="prior"):
+        prior("quadratic", z_s, 499, 749, (None, z_p, 999), AC)
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_an_untrained_extrap_dot_returns_its_prior_exactly(history):
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=history, schedule=SCHEDULE_CONFIG)).eval()
+    x, z_s, z_p = torch.randn(3, 4, *SHAPE).unbind(0)
+    t_i, t_s, t_p = torch.full((4,), 400), torch.full((4,), 500), torch.full((4,), 700)
+    with torch.no_grad():
+        out = z_s + dot(x, x, z_s, t_i, t_s, prev=(x, z_p, t_p))
+        first = z_s + dot(x, x, z_s, t_i, t_s)
+    assert torch.allclose(out, prior("extrap", z_s, t_i, t_s, (x, z_p, t_p), AC), atol=1e-6)
+    assert torch.equal(first, z_s)
+    assert ("prev_embedding.weight" in dot.trainable_state_dict()) == history
+
+
+def test_old_dots_load_as_reuse_dots(tmp_path):
+    """A checkpoint whose config predates the prior (the committed Dots) loads with prior="reuse" and no history."""
+    import json
+
+    from safetensors.torch import save_file
+
+    dash = tiny_unet()
+    dot = Dot(dash, DotConfig(width=8))
+    old = {k: v for k, v in json.loads(json.dumps(vars(dot.config))).items()
+           if k not in ("prior", "history", "trajectory")}
+    save_file(dot.trainable_state_dict(), tmp_path / "old.safetensors", {"dot_config": json.dumps(old)})
+    back = Dot.load(dash, tmp_path / "old.safetensors")
+    assert (back.config.prior, back.config.history, back.config.trajectory) == ("reuse", False, True)
+    with pytest.raises(ValueError, match="prior"):
+        Dot(dash, DotConfig(width=8, prior="extrap", residual="x0"))
+
+
+def test_morse_extrap_is_morse_with_the_formula_at_dot_steps_charged_as_dots(exact8):
+    seeds = list(range(8))
+    noise = initial_noise(seeds, SHAPE)
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    ddim = get_baseline("ddim")
+    extrap = MorseExtrap(ddim, dot, 6.0, Interleave(3))
+    x, trace = extrap(exact8, noise, 8.0, seeds=seeds)
+    # An untrained extrap Dot returns the same formula, so Morse with it samples exactly what morse-extrap samples.
+    y, morse_trace = Morse(ddim, dot, 6.0, Interleave(3))(exact8, noise, 8.0, seeds=seeds)
+    assert extrap.name == "morse-extrap"
+    assert torch.allclose(x, y, atol=1e-5)
+    assert trace.nfe == morse_trace.nfe == {"dash": 5.0, "dot": 15.0}
+    # ...and not what reuse of z_s gives.
+    z, _ = Morse(ddim, Dot(tiny_unet(), DotConfig(width=8)).eval(), 6.0, Interleave(3))(exact8, noise, 8.0, seeds=seeds)
+    assert not torch.allclose(x, z, atol=1e-3)
+
+
+def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [4.0, 8.0], list(range(4)), SHAPE)
+    assert {"x_tp", "z_p", "t_p", "budget"} <= set(pairs)
+    err = residual_error(dot, pairs)
+    assert set(err["per_budget"]) == {"4", "8"}
+    assert err["prior_ratio"] == pytest.approx(1.0)  # untrained: the Dot is its prior
+    assert err["ratio"] != pytest.approx(1.0)  # ...which is not reuse of z_s
