@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from morse.latency import flops_per_image, time_forward
+from baselines.timing import flops_per_image, time_forward
 
 DASH = "dash"
 

@@ -4,9 +4,10 @@
         [--device cuda] [--dtype fp16] [--latency-batches 1,16,64] [--latency-budget-s 120]
 
 Latency does not depend on weight values, so `--random-weights` measures a paper architecture without
-downloading it (the task builds it from its shipped config). A Morse method whose task has no committed
-Dot gets an untrained one built on the Dash (the embedded recipe's DotConfig: m 2, width 32,
-skip_levels 1): same layers, same cost. Per batch size it reports each network's per-call latency
+downloading it (the task builds it from its shipped config). Each method builds its networks from its own
+card or config (`Context.latency_only`): a Morse method whose task has no committed Dot, or whose Dash is
+random, gets an untrained Dot with its Dot card's layers (morse.methods): same layers, same cost. Per batch
+size it reports each network's per-call latency
 (median over interleaved repeats, evaluate.cost), GFLOP per image from torch's FLOP counter, achieved
 TFLOP/s, and N (Dash / Dot latency: median and range over the repeats). A batch size whose predicted
 timing exceeds --latency-budget-s is skipped, and the report says so. Writes
@@ -27,24 +28,8 @@ from baselines.tasks import get_task
 from evaluate.cost import DASH, device_name, measure, network_flops, peak_tflops, union_networks
 from evaluate.methods import Context, resolve
 from evaluate.run import BadInput, command_line, git_commit
-from morse.dot import Dot, DotConfig
-from morse.pretrained import dot_path
 
-UNTRAINED_DOT = dict(m=2, width=32, skip_levels=1)  # the committed fmnist Dot's recipe
-REPEATS = {"cpu": 5, "cuda": 10}                    # interleaved repeats per batch size (protocol: >= 5 / >= 10)
-
-
-class UntrainedDotContext(Context):
-    """Method context whose Dot is the task's committed one where there is one (and the Dash is the real one),
-    else an untrained Dot over the Dash: it has the trained Dot's layers, so it costs the same."""
-
-    def dot(self, solver: str = "ddim"):
-        # Every solver's Dot has the same layers, so the DDIM one (or an untrained one) prices them all.
-        if self.loaded_dot is None and (getattr(self.task, "random_weights", False)
-                                        or not dot_path(self.task.name).exists()):
-            config = DotConfig(schedule=dict(self.task.schedule_config), **UNTRAINED_DOT)
-            self.loaded_dot = Dot(self.dash, config).eval(), dict(dots_per_dash=3, dot_ratio_planned=6.0), "untrained"
-        return super().dot("ddim")
+REPEATS = {"cpu": 5, "cuda": 10}  # interleaved repeats per batch size (protocol: >= 5 / >= 10)
 
 
 def batch_sizes(opts, device: torch.device) -> list[int]:
@@ -66,7 +51,7 @@ def load_networks(opts, device):
         task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
                         random_weights=opts["random_weights"])
         dash = task.dash()
-        context = UntrainedDotContext(task, dash, opts["dot_ratio"], opts["dots_per_dash"])
+        context = Context(task, dash, opts["dot_ratio"], opts["dots_per_dash"], latency_only=True)
         methods = [resolve(m, context) for m in opts["methods"]]
     except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, a task that takes no --weights
         raise BadInput(str(e)) from None

@@ -5,10 +5,9 @@ import torch
 
 from baselines.tasks import get_task
 from baselines.tasks.cifar10 import CIFAR10
-from evaluate.latency_only import UntrainedDotContext
-from evaluate.methods import resolve
+from baselines.timing import flops_per_image
+from evaluate.methods import Context, resolve
 from evaluate.run import main
-from morse.latency import flops_per_image
 
 
 class TinyCifar(CIFAR10):
@@ -42,7 +41,7 @@ def test_dot_builds_on_each_paper_architecture():
     for name in ("cifar10", "celebahq256", "church256"):
         task = get_task(name, random_weights=True)
         dash = task.dash()
-        dot = resolve("morse", UntrainedDotContext(task, dash)).morse.dot
+        dot = resolve("morse", Context(task, dash, latency_only=True)).morse.dot
         shared = {id(p) for p in dash.parameters()}
         assert any(id(p) in shared for p in dot.parameters()), name  # the body is the Dash's own layers
         assert dot.config.skip_levels == 1 and dot.config.schedule == task.schedule_config

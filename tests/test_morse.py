@@ -259,6 +259,7 @@ def test_each_morse_variant_loads_the_dot_of_the_solver_it_wraps(tmp_path, monke
 
     import morse.pretrained
     from evaluate.methods import Context, resolve
+    from morse.methods import dot_for
     from morse.pretrained import WEIGHTS
 
     dash = tiny_unet(channels=(8, 8))
@@ -270,15 +271,15 @@ def test_each_morse_variant_loads_the_dot_of_the_solver_it_wraps(tmp_path, monke
         card = json.loads((WEIGHTS / "fmnist_dot.json").read_text()) | dict(solver=solver, sha256=sha256(path))
         path.with_suffix(".json").write_text(json.dumps(card))
     ctx = Context(SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG), dash)
-    assert resolve("morse-dpm", ctx).morse.dot is ctx.dot("dpm")[0] is not ctx.dot("ddim")[0]
-    assert resolve("morse", ctx).morse.dot is ctx.dot("ddim")[0]
+    assert resolve("morse-dpm", ctx).morse.dot is dot_for(ctx, "dpm")[0] is not dot_for(ctx, "ddim")[0]
+    assert resolve("morse", ctx).morse.dot is dot_for(ctx, "ddim")[0]
     with pytest.raises(FileNotFoundError, match="--solver unipc"):
         resolve("morse-unipc", ctx)  # no fallback to another solver's Dot
     shutil.copy(morse.pretrained.dot_path("tiny", "ddim").with_suffix(".json"),
                 morse.pretrained.dot_path("tiny", "ddpm").with_suffix(".json"))
     shutil.copy(morse.pretrained.dot_path("tiny", "ddim"), morse.pretrained.dot_path("tiny", "ddpm"))
     with pytest.raises(ValueError, match="trained on 'ddim' trajectories"):
-        Context(ctx.task, dash).dot("ddpm")  # a Dot filed under the wrong solver
+        dot_for(Context(ctx.task, dash), "ddpm")  # a Dot filed under the wrong solver
 
 
 def test_morse_lcm_refuses_a_dot_trained_on_another_distilled_model(tmp_path, monkeypatch):
@@ -286,7 +287,8 @@ def test_morse_lcm_refuses_a_dot_trained_on_another_distilled_model(tmp_path, mo
     from types import SimpleNamespace
 
     import morse.pretrained
-    from evaluate.methods import Context
+    from baselines.methods import Context
+    from morse.methods import dot_for
     from morse.pretrained import WEIGHTS
 
     dash = tiny_unet(channels=(8, 8))
@@ -297,9 +299,9 @@ def test_morse_lcm_refuses_a_dot_trained_on_another_distilled_model(tmp_path, mo
                                                                            lcm_sha256="0123456789abcdef")
     path.with_suffix(".json").write_text(json.dumps(card))
     task = SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG)
-    assert Context(task, dash, loaded_lcm=(dash, {}, "0123456789abcdef")).dot("lcm")[1]["solver"] == "lcm"
+    assert dot_for(Context(task, dash, loaded_lcm=(dash, {}, "0123456789abcdef")), "lcm")[1]["solver"] == "lcm"
     with pytest.raises(ValueError, match="trained on the distilled model 0123456789abcdef, not on fedcba"):
-        Context(task, dash, loaded_lcm=(dash, {}, "fedcba9876543210")).dot("lcm")
+        dot_for(Context(task, dash, loaded_lcm=(dash, {}, "fedcba9876543210")), "lcm")
 
 
 def _x0_dot_case(seed, t_s, t_i, **config):
