@@ -20,7 +20,8 @@ import pandas as pd
 
 from baselines.checkpoint import write_text_atomic
 from evaluate.defaults import DEFAULTS
-from evaluate.run import BadInput, run
+from evaluate.provenance import BadInput
+from evaluate.run import run
 
 DEFAULT_BASELINE = Path(__file__).resolve().parent / "check_baselines" / f"{DEFAULTS['task']}.json"
 
@@ -39,7 +40,8 @@ def load_baseline(path: Path) -> dict:
 
 
 def measure(sweep: dict, out: Path, spacing: str | None, metrics) -> dict:
-    opts = dict(sweep, out=str(out), bootstrap=0)
+    """The baseline's sweep run into `out`; its "latency_reference" is this check's, not a run option."""
+    opts = {k: v for k, v in sweep.items() if k != "latency_reference"} | dict(out=str(out), bootstrap=0)
     if spacing:
         opts["spacing"] = spacing
     run(**opts)

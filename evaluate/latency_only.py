@@ -27,20 +27,21 @@ from baselines.runtime import DTYPES, set_precision, speed_up, tune_malloc
 from baselines.tasks import get_task
 from evaluate.cost import DASH, device_name, measure, network_flops, peak_tflops, union_networks
 from evaluate.methods import Context, resolve
-from evaluate.run import BadInput, command_line, git_commit
+from evaluate.options import Options
+from evaluate.provenance import BadInput, command_line, git_commit, make_folder
 
 REPEATS = {"cpu": 5, "cuda": 10}  # interleaved repeats per batch size (protocol: >= 5 / >= 10)
 
 
 def batch_sizes(opts, device: torch.device) -> list[int]:
-    if opts["latency_batches"]:
+    if opts.latency_batches:
         try:
-            sizes = sorted({int(b) for b in str(opts["latency_batches"]).split(",") if b.strip()})
+            sizes = sorted({int(b) for b in str(opts.latency_batches).split(",") if b.strip()})
         except ValueError:
             raise BadInput(f"--latency-batches must be comma-separated integers, got "
-                           f"{opts['latency_batches']!r}") from None
+                           f"{opts.latency_batches!r}") from None
         if not sizes or sizes[0] < 1:
-            raise BadInput(f"--latency-batches must be integers >= 1, got {opts['latency_batches']!r}")
+            raise BadInput(f"--latency-batches must be integers >= 1, got {opts.latency_batches!r}")
         return sizes
     return [1, 16, 64, 256] if device.type == "cuda" else [1, 16, 64]
 
@@ -48,42 +49,42 @@ def batch_sizes(opts, device: torch.device) -> list[int]:
 def load_networks(opts, device):
     """(task, {name: Network}) for every network the methods call, on `device` in `dtype`."""
     try:
-        task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
-                        random_weights=opts["random_weights"])
+        task = get_task(opts.task, data_dir=opts.data_dir, weights=opts.weights,
+                        random_weights=opts.random_weights)
         dash = task.dash()
-        context = Context(task, dash, opts["dot_ratio"], opts["dots_per_dash"], latency_only=True)
-        methods = [resolve(m, context) for m in opts["methods"]]
+        context = Context(task, dash, opts.dot_ratio, opts.dots_per_dash, latency_only=True)
+        methods = [resolve(m, context) for m in opts.method_names]
     except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, a task that takes no --weights
         raise BadInput(str(e)) from None
     denoiser = Denoiser(dash, task.schedule_config)
     networks = union_networks(methods, denoiser)
     for net in networks.values():
-        speed_up(net.module.to(device), opts["dtype"], opts["compile"])
+        speed_up(net.module.to(device), opts.dtype, opts.compile)
     return task, networks, {m.name: list(m.networks(denoiser)) for m in methods}
 
 
-def latency_only(opts: dict) -> Path:
+def latency_only(opts: Options) -> Path:
     tune_malloc()
-    set_precision(opts["dtype"])
-    device, dtype = torch.device(opts["device"]), DTYPES[opts["dtype"]]
+    set_precision(opts.dtype)
+    device, dtype = torch.device(opts.device), DTYPES[opts.dtype]
     sizes = batch_sizes(opts, device)
     task, networks, calls = load_networks(opts, device)
-    out = Path(opts["out"] or Path("reports") / "latency" / device.type)
+    out = Path(opts.out or Path("reports") / "latency" / device.type)
     commit = git_commit(exclude=out)
     flops = network_flops(networks, task.image_shape, device, dtype)
-    rows, notes = measure_batches(networks, task.image_shape, sizes, device, dtype, opts["latency_budget_s"])
-    name, peak = device_name(device), peak_tflops(device_name(device), opts["dtype"])
+    rows, notes = measure_batches(networks, task.image_shape, sizes, device, dtype, opts.latency_budget_s)
+    name, peak = device_name(device), peak_tflops(device_name(device), opts.dtype)
     table = pd.DataFrame([dict(r, gflop_per_image=flops[r["network"]] / 1e9,
                                tflops=flops[r["network"]] * r["batch"] / (r["ms_per_call"] / 1e3) / 1e12)
                           for r in rows])
     table["peak_share"] = table.tflops / peak
-    meta = dict(task=task.name, device=name, dtype=opts["dtype"], compile=opts["compile"], peak_tflops=peak,
+    meta = dict(task=task.name, device=name, dtype=opts.dtype, compile=opts.compile, peak_tflops=peak,
                 threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, load_average=load_average(),
-                weights=f"random (seed 0, config checksum {task.checksum()})" if opts["random_weights"] else
+                weights=f"random (seed 0, config checksum {task.checksum()})" if opts.random_weights else
                 f"checksum {task.checksum()}", command=command_line())
     for key, value in meta.items():
         table[key] = value
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     write_text_atomic(out / f"{task.name}.csv", table.to_csv(index=False))
     write_text_atomic(out / f"{task.name}.md", render(table, meta, calls, networks, notes))
     print(f"report: {out / f'{task.name}.md'}")

@@ -16,7 +16,7 @@ same for every cell (paired), so differences between cells are not blurred by re
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,7 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 class ClassifierFD:
     """`fd_<name>`: the task classifier's features against the task's train set."""
 
-    def __init__(self, name: str, task, opts: dict, device):
+    def __init__(self, name: str, task, opts, device):
         self.name, self.task = name, task
         self.extractor = ClassifierFeatures(task.classifier(), task.classifier_path)
         self.ref, self.ref_prov = task_reference(task, name, self.extractor)
@@ -94,11 +94,11 @@ class ClassifierFD:
 class InceptionFID:
     """`fid`: TF-FID Inception features of the first `fid_samples` samples against the task's reference."""
 
-    def __init__(self, name: str, task, opts: dict, device):
+    def __init__(self, name: str, task, opts, device):
         self.name, self.task = name, task
-        self.samples = opts["fid_samples"] or task.default_fid_samples or opts["num_samples"]
+        self.samples = opts.fid_samples or task.default_fid_samples or opts.num_samples
         self.extractor = InceptionFeatures(device)
-        self.ref, self.ref_prov = task_reference(task, name, self.extractor, opts["fid_reference"])
+        self.ref, self.ref_prov = task_reference(task, name, self.extractor, opts.fid_reference)
         self.prov = dict(metric_impl=f"TF-Inception (sha256 {self.extractor.checksum}) via clean-fid clean resize, "
                                      f"evaluate.frechet float64",
                          reference=f"{self.ref_prov['split']} x{self.ref_prov['count']}",
@@ -120,18 +120,18 @@ class InceptionFID:
         return {f"reference ({self.name})": f"{ref}; {self.samples} samples per cell"}
 
 
-def clip_choice(task, opts: dict) -> tuple[str, str]:
+def clip_choice(task, opts) -> tuple[str, str]:
     """(open_clip model name, weights: a file or a pretrained tag): the flags', else the task's, else ViT-B-32 with
     the openai weights."""
-    return (opts.get("clip_model") or getattr(task, "clip_model", None) or "ViT-B-32",
-            opts.get("clip_weights") or getattr(task, "clip_weights", None) or "openai")
+    return (opts.clip_model or getattr(task, "clip_model", None) or "ViT-B-32",
+            opts.clip_weights or getattr(task, "clip_weights", None) or "openai")
 
 
 class ClipScore:
     """`clip_score`: 100 max(cos, 0) of each sample against its own prompt (torchmetrics' convention), its mean
     over the samples. Higher is better. Every row carries the CLIP model's name and its weights' sha256."""
 
-    def __init__(self, name: str, task, opts: dict, device):
+    def __init__(self, name: str, task, opts, device):
         from evaluate.clip_score import ClipScorer  # open_clip is imported only by runs that score prompts
 
         if not hasattr(task, "prompts_for"):
@@ -175,25 +175,31 @@ def metric_class(name: str):
     raise ValueError(f"no implementation for metric {name!r}: known are {', '.join(METRICS)} and fd_<classifier>")
 
 
-def declared(task, opts: dict) -> tuple[list[str], str]:
+def declared(task, opts) -> tuple[list[str], str]:
     """(metric names to compute, the primary one): the task's, FID only where it has samples to run on (the
     task's default or --fid-samples; it is slow on a CPU), and CLIP score wherever the task has prompts."""
-    fid = opts["fid_samples"] or task.default_fid_samples
+    fid = opts.fid_samples or task.default_fid_samples
     names = [n for n in task.metrics if n != "fid" or fid or n == task.primary_metric]
-    if opts["fid_samples"] and "fid" not in names:
+    if opts.fid_samples and "fid" not in names:
         names.append("fid")
     if hasattr(task, "prompts_for") and "clip_score" not in names:
         names.append("clip_score")
     return names, task.primary_metric
 
 
-def build(task, opts: dict, device) -> tuple[dict, str]:
+def build(task, opts, device) -> tuple[dict, str]:
+    """{name: metric} of every metric the run computes, and the primary's name. `opts`: the run's Options."""
     names, primary = declared(task, opts)
     return {name: metric_class(name)(name, task, opts, device) for name in names}, primary
 
 
-def cost_rows(cost, cell, n_samples: int) -> tuple[float, list]:
-    c = cost.cell_cost(cell.nfe, cell.wall_time_s, sum(cell.network_time_s.values()), n_samples)
+def cost_rows(cost, cell) -> tuple[float, list]:
+    """The cell's cost (CellCost) and its rows. Wall time per image is priced only from the samples drawn in this
+    run (`cell.fresh_samples`): a cached shard's time was measured by another run, under another load. A cell read
+    whole from the cache has no wall time (NaN)."""
+    c = cost.cell_cost(cell.nfe, cell.wall_time_s, sum(cell.network_time_s.values()), max(cell.fresh_samples, 1))
+    if not cell.fresh_samples:
+        c = replace(c, ms_per_image=math.nan, network_ms_per_image=math.nan)
     rows = [(f"nfe_{net}", c.calls.get(net, 0.0), {}) for net in cost.networks]
     others = [net for net in cost.networks if net != "dash"]
     n = {"N": round(cost.ratio_summary(others[0])["median"], 3)} if others else {}
@@ -210,7 +216,7 @@ def score(cells, metrics: dict, task, cost, prov: dict, boot, seeds) -> tuple[pd
     rows, resamples, costs = [], {name: {} for name in metrics}, {}
     for cell in tqdm(cells, desc="metrics", unit="cell"):
         key = (cell.method, cell.budget, cell.guidance)
-        costs[key], cell_rows = cost_rows(cost, cell, len(cell.samples))
+        costs[key], cell_rows = cost_rows(cost, cell)
         images = task.decode(cell.samples)  # identity for pixel models, the VAE for latent ones
         for name, metric in metrics.items():
             got = metric(images, boot, seeds)

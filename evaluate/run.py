@@ -13,11 +13,8 @@ Exit codes: 0 done, 2 bad input (one line on stderr saying what to do).
 import argparse
 import math
 import os
-import shlex
-import subprocess
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,61 +24,21 @@ import torch
 
 from baselines import distributed
 from baselines.denoisers import Denoiser
-from baselines.runtime import DTYPES, check_speed_options, resolve_device, set_precision, speed_up, tune_malloc
-from baselines.tasks import TASKS, get_task
+from baselines.runtime import DTYPES, set_precision, speed_up, tune_malloc
+from baselines.tasks import get_task
 from evaluate.cost import cost_model, device_name, gflop_header, n_header, peak_header, union_networks
-from evaluate.defaults import DEFAULTS, FALLBACK, FLAGS
-from evaluate.methods import Context, check_names, resolve
+from evaluate.defaults import FLAGS
+from evaluate.latency_only import latency_only
+from evaluate.methods import Context, resolve
 from evaluate.metrics import HIGHER_IS_BETTER, score
 from evaluate.metrics import build as build_metrics
+from evaluate.options import Options, check_budgets, validate
+from evaluate.provenance import BadInput, command_line, git_commit, make_folder
 from evaluate.report import write_report
 from evaluate.speedup import speedup_table
-from evaluate.sweep import MissingShardError, NonFiniteSamplesError, sweep
+from evaluate.sweep import MissingShardError, NonFiniteSamplesError, Sampling, ShardCache, SweepSpec, sweep
 
-
-class BadInput(ValueError):
-    pass
-
-
-def git_commit(exclude: Path | None = None, root: Path | None = None) -> str:
-    """HEAD, with "+dirty" when tracked files differ from it. `exclude` (the run's output folder) does not
-    count: regenerating a committed report rewrites its own tracked files, which says nothing about the code."""
-    root = root or Path(__file__).resolve().parent.parent
-    pathspec = []
-    if exclude is not None:
-        try:
-            pathspec = ["--", ".", f":(exclude){Path(exclude).resolve().relative_to(root.resolve())}"]
-        except ValueError:
-            pass  # outside the repository: nothing of it is tracked
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *pathspec], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty else "")
-
-
-def parse_budgets(text: str) -> list[float]:
-    try:
-        budgets = [float(b) for b in str(text).split(",") if b.strip()]
-    except ValueError:
-        raise BadInput(f"--budgets must be comma-separated numbers, got {text!r}") from None
-    if not budgets or any(not (b >= 1 and math.isfinite(b)) for b in budgets):
-        raise BadInput(f"every budget must be a number >= 1 (LSD), got {text!r}")
-    return sorted(set(budgets))
-
-
-def parse_guidance(text: str) -> list[float]:
-    """The guidance scales to sweep, in the order given; none: the task's own."""
-    try:
-        scales = [float(w) for w in str(text).split(",") if w.strip()]
-    except ValueError:
-        raise BadInput(f"--guidance must be comma-separated numbers, got {text!r}") from None
-    if any(not (w >= 1 and math.isfinite(w)) for w in scales):
-        raise BadInput(f"every guidance scale must be a number >= 1 (1: no guidance), got {text!r}")
-    return list(dict.fromkeys(scales))
+__all__ = ["BadInput", "Options", "git_commit", "main", "run", "validate"]
 
 
 def guidance_scales(task, scales: list[float]) -> list[float | None]:
@@ -93,95 +50,41 @@ def guidance_scales(task, scales: list[float]) -> list[float | None]:
     return scales or [task.default_guidance]
 
 
-def task_defaults(opts: dict) -> dict:
-    """--budgets and --num-samples left unset: the registered task's own (a sweep that fits its cost), else the
-    suite's."""
-    cls = TASKS.get(opts["task"])
-    fill = {k: getattr(cls, f"default_{k}", None) or FALLBACK[k] for k in FALLBACK if opts.get(k) is None}
-    return {**opts, **fill}
-
-
-def validate(opts: dict) -> dict:
-    methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
-    if not methods:
-        raise BadInput("--methods is empty; e.g. --methods morse,ddim,dpm")
+def load(opts: Options, device, with_metrics: bool = True):
+    """The task, its Dash, the methods, the metrics (only where they are computed: rank 0) and the sweep's guidance
+    axis; any missing or corrupt input is a BadInput raised before anything is written."""
     try:
-        check_names(methods)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-    if opts["task"] not in TASKS and ":" not in opts["task"]:
-        raise BadInput(f"unknown task {opts['task']!r}; valid tasks: {', '.join(TASKS)} or a class path module:Class")
-    opts = task_defaults(opts)
-    if opts["spacing"] not in ("trailing", "leading", "linspace"):
-        raise BadInput(f"--spacing must be trailing, leading or linspace, got {opts['spacing']!r}")
-    n = opts["num_samples"]
-    if n < opts["min_samples"] and not opts["force"]:
-        raise BadInput(f"--num-samples {n} is too few for a stable Frechet distance (floor "
-                       f"{opts['min_samples']}); use more, or --force")
-    if n < opts["warn_samples"]:
-        warnings.warn(f"{n} samples per cell: Frechet distances are biased upward below "
-                      f"{opts['warn_samples']}", stacklevel=2)
-    if n < 2:
-        raise BadInput("--num-samples must be at least 2")
-    if opts["out"] is not None and Path(opts["out"]).exists() and not Path(opts["out"]).is_dir():
-        raise BadInput(f"--out {opts['out']} is a file; name a folder (new, or one this command wrote before)")
-    if opts["batch_size"] < 1:
-        raise BadInput("--batch-size must be at least 1")
-    if opts["random_weights"] and not opts["latency_only"]:
-        raise BadInput("--random-weights gives an untrained Dash, whose samples mean nothing: add --latency-only")
-    if opts["latency_only"] and distributed.launched():
-        raise BadInput("--latency-only runs as one process: start it with python, not torchrun")
-    try:
-        check_speed_options(opts["dtype"], opts["compile"], resolve_device(opts["device"]))
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-    return dict(opts, methods=methods, budgets=parse_budgets(opts["budgets"]),
-                guidance=parse_guidance(opts["guidance"]))
-
-
-def load(opts: dict, device, with_metrics: bool = True):
-    """The task, its Dash, the methods and the metrics (only where they are computed: rank 0); any missing or
-    corrupt input is a BadInput raised before anything is written. Resolves opts["guidance"] to the sweep's axis."""
-    try:
-        task = get_task(opts["task"], data_dir=opts["data_dir"], weights=opts["weights"],
-                        random_weights=opts["random_weights"], reference=opts["reference"], prompts=opts["prompts"])
-        opts["guidance"] = guidance_scales(task, opts["guidance"])
+        task = get_task(opts.task, data_dir=opts.data_dir, weights=opts.weights,
+                        random_weights=opts.random_weights, reference=opts.reference, prompts=opts.prompts)
+        check_budgets(opts.budget_values, task)
+        guidance = guidance_scales(task, list(opts.guidance_values))
         dash = task.dash().to(device)
-        context = Context(task, dash, opts["dot_ratio"], opts["dots_per_dash"])
-        methods = [resolve(m, context) for m in opts["methods"]]
+        context = Context(task, dash, opts.dot_ratio, opts.dots_per_dash)
+        methods = [resolve(m, context) for m in opts.method_names]
         metrics, primary = build_metrics(task, opts, device) if with_metrics else ({}, None)
     except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, data, reference; bad task
         raise BadInput(str(e)) from None
-    return task, dash, methods, metrics, primary
+    return task, dash, methods, metrics, primary, guidance
 
 
 def start_report(out: Path, world=None) -> None:
     """Create the output folder, unfinished until this run writes index.md (its last file; rank 0 writes it)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     if world is None or world.main:
         (out / "index.md").unlink(missing_ok=True)
 
 
-def fingerprint(task) -> str:
-    """The task's part of every cache key: cached samples are valid only for the same weights."""
-    return f"{task.name}|dash:{task.checksum()}"
-
-
-def command_line() -> str:
-    return "python -m evaluate.run" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
-
-
-def report_header(task, methods, opts, seeds, device, commit, costs, metrics, timer, world) -> dict:
+def report_header(task, spec: SweepSpec, opts: Options, device, commit, costs, metrics, timer, world) -> dict:
     """`costs`: each rank's cost model, rank 0's first (it prices the cells)."""
-    cost = costs[0]
-    header = dict(task=task.name, command=command_line(), methods=", ".join(m.name for m in methods),
-                  budgets=", ".join(f"{b:g}" for b in opts["budgets"]),
-                  guidance=", ".join(f"{w:g}" for w in opts["guidance"] if w is not None) or "n/a (unguided task)",
+    cost, seeds = costs[0], spec.seeds
+    header = dict(task=task.name, command=command_line(), methods=", ".join(m.name for m in spec.methods),
+                  budgets=", ".join(f"{b:g}" for b in spec.budgets),
+                  guidance=", ".join(f"{w:g}" for w in spec.guidance if w is not None) or "n/a (unguided task)",
                   samples_per_cell=len(seeds),
                   seeds=f"{seeds[0]}..{seeds[-1]}", device=f"{device} ({device_name(device)})",
-                  devices=world.describe(), dtype=opts["dtype"], compile=opts["compile"],
+                  devices=world.describe(), dtype=opts.dtype, compile=opts.compile,
                   threads=torch.get_num_threads(), commit=commit, network_latency=cost.describe(),
-                  peak_share=peak_header(cost, device_name(device), opts["dtype"]),
+                  peak_share=peak_header(cost, device_name(device), opts.dtype),
                   gflop_per_image=gflop_header(cost), N_for_lsd=n_header(cost))
     if len(costs) > 1:
         header["network_latency_per_rank"] = " | ".join(f"rank {r}: {c.describe()}" for r, c in enumerate(costs))
@@ -227,56 +130,65 @@ class Timer:
 ROW_DTYPE = {"fp32": "float32", "tf32": "tf32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def provenance(task, seeds, device, commit, opts: dict, world) -> dict:
-    return dict(task=task.name, seeds=f"{seeds[0]}..{seeds[-1]}", dtype=ROW_DTYPE[opts["dtype"]], device=str(device),
-                torch=torch.__version__, commit=commit, compile=opts["compile"], devices=world.size,
+def provenance(task, spec: SweepSpec, device, commit, world) -> dict:
+    """The columns every row of results.csv carries: what made its numbers."""
+    return dict(task=task.name, seeds=f"{spec.seeds[0]}..{spec.seeds[-1]}", dtype=ROW_DTYPE[spec.dtype],
+                device=str(device), torch=torch.__version__, commit=commit, compile=spec.compile, devices=world.size,
                 device_name=device_name(device))
 
 
-def resamples(opts: dict, n: int) -> list[np.ndarray]:
+def resamples(opts: Options, n: int) -> list[np.ndarray]:
     """Bootstrap indices over seeds, drawn once: every cell and metric uses the same ones (paired)."""
-    rng = np.random.default_rng(opts["seed"])
-    return [rng.integers(0, n, n) for _ in range(opts["bootstrap"])]
+    rng = np.random.default_rng(opts.seed)
+    return [rng.integers(0, n, n) for _ in range(opts.bootstrap)]
 
 
-def run(**overrides) -> Path:
-    opts = validate({**DEFAULTS, **overrides})
-    if opts["latency_only"]:
-        from evaluate.latency_only import latency_only  # imported here: it builds on this module's BadInput
+def sweep_spec(opts: Options, methods, guidance) -> SweepSpec:
+    return SweepSpec(tuple(methods), opts.budget_values, tuple(range(opts.seed, opts.seed + opts.num_samples)),
+                     tuple(guidance), opts.batch_size, opts.spacing, opts.dtype, opts.compile)
 
+
+def run(**given) -> Path:
+    """One run of the harness; `given`: option values by their flag names (evaluate.defaults.FLAGS)."""
+    opts = validate(given)
+    if opts.latency_only:
         return latency_only(opts)
     tune_malloc()
-    set_precision(opts["dtype"])
-    with distributed.session(opts["device"]) as world:
-        timer, device = Timer(), world.device(opts["device"])
-        task, dash, methods, metrics, primary = load(opts, device, with_metrics=world.main)
-        out = Path(opts["out"] or Path("reports") / task.name / opts["run"])
+    set_precision(opts.dtype)
+    with distributed.session(opts.device) as world:
+        timer, device = Timer(), world.device(opts.device)
+        task, dash, methods, metrics, primary, guidance = load(opts, device, with_metrics=world.main)
+        out = Path(opts.out or Path("reports") / task.name / opts.run)
         commit = git_commit(exclude=out)  # the code as it was when the run started
         start_report(out, world)
-        denoisers = prepare(dash, task, methods, device, opts)
-        seeds = list(range(opts["seed"], opts["seed"] + opts["num_samples"]))
+        spec = sweep_spec(opts, methods, guidance)
+        sampling = Sampling(prepare(dash, task, spec, device), task.image_shape, device, task.conditions)
         with timer.phase("latency"):  # guidance changes no network's cost per call: one denoiser prices them all
-            cost = cost_model(methods, next(iter(denoisers.values())), task.image_shape, opts["batch_size"], device,
-                              dtype=DTYPES[opts["dtype"]])
-        cells = sweep(methods, opts["budgets"], denoisers, seeds, task.image_shape, out, fingerprint(task), opts,
-                      device, task.conditions, world)
+            cost = cost_model(methods, next(iter(sampling.denoisers.values())), task.image_shape, opts.batch_size,
+                              device, dtype=DTYPES[opts.dtype])
+        cells = sweep(spec, ShardCache.of(out / "cache", task), sampling, world)
         costs = world.gather(cost)  # every rank measured its own device
         if not world.main:
             return out
         timer.add_cells(cells)
         with timer.phase("metrics"):
-            boot = resamples(opts, len(seeds))
-            df, boot_q, cell_costs = score(cells, metrics, task, cost,
-                                           provenance(task, seeds, device, commit, opts, world), boot, seeds)
-            parts = [speedups(df, m, methods, boot, boot_q[m], cell_costs, opts)
-                     for m in speedup_metrics(metrics, primary)]
-            speed = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else \
-                pd.DataFrame()
-        header = report_header(task, methods, opts, seeds, device, commit, costs, metrics, timer, world)
+            df, speed = evaluate_cells(cells, metrics, primary, task, cost, spec, opts,
+                                       provenance(task, spec, device, commit, world))
+        header = report_header(task, spec, opts, device, commit, costs, metrics, timer, world)
         write_report(out, df, speed, cells, header, primary)
         print(timer.summary())
         print(f"report: {out / 'index.md'}")
         return out
+
+
+def evaluate_cells(cells, metrics: dict, primary: str, task, cost, spec: SweepSpec, opts: Options, prov: dict):
+    """(the tidy results table, the speedup table): every metric on every cell, speedups at equal quality."""
+    boot = resamples(opts, len(spec.seeds))
+    df, boot_q, cell_costs = score(cells, metrics, task, cost, prov, boot, list(spec.seeds))
+    parts = [speedups(df, m, spec, boot, boot_q[m], cell_costs, opts.saturation, task.meaningful_max)
+             for m in speedup_metrics(metrics, primary)]
+    parts = [p for p in parts if len(p)]
+    return df, pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def speedup_metrics(metrics: dict, primary: str) -> list[str]:
@@ -285,10 +197,11 @@ def speedup_metrics(metrics: dict, primary: str) -> list[str]:
     return [primary] + [m for m in ("clip_score",) if m in metrics and m != primary]
 
 
-def speedups(df: pd.DataFrame, metric: str, methods, boot, boot_q: dict, cell_costs: dict, opts: dict) -> pd.DataFrame:
+def speedups(df: pd.DataFrame, metric: str, spec: SweepSpec, boot, boot_q: dict, cell_costs: dict,
+             saturation: float, meaningful_max: float | None) -> pd.DataFrame:
     """Speedup at equal `metric` at each guidance scale, the accelerator against its baseline at the same scale
     (guidance moves quality, so curves at different scales are not comparable). An unguided task's table has no
-    guidance column, as before guidance was an axis.
+    guidance column, as before guidance was an axis. `meaningful_max`: the task's threshold on its primary metric.
 
     speedup_table reads lower as better; a higher-is-better score (CLIP score, at most 100) enters as its gap to
     100, which keeps the log-log interpolation and the relative saturation rule meaningful, and its baseline
@@ -299,13 +212,13 @@ def speedups(df: pd.DataFrame, metric: str, methods, boot, boot_q: dict, cell_co
         q = q.assign(value=100.0 - q.value)
         boot_q = {k: 100.0 - np.asarray(v) for k, v in boot_q.items()}
     parts = []
-    for w in opts["guidance"]:
+    for w in spec.guidance:
         def at(d, w=w):
             return {(m, b): v for (m, b, g), v in d.items() if g == w}
         sub = q[q.guidance.isna()] if w is None else q[q.guidance == w]
-        part = speedup_table(sub, methods, boot, at(boot_q), opts["saturation"],
+        part = speedup_table(sub, spec.methods, boot, at(boot_q), saturation,
                              lsd_repeats=at({k: c.lsd_repeats for k, c in cell_costs.items()}),
-                             meaningful_max=math.inf if higher else None)
+                             meaningful_max=math.inf if higher else meaningful_max)
         parts.append(part if w is None or part.empty else part.assign(guidance=w))
     parts = [p for p in parts if not p.empty]
     if not parts:
@@ -314,16 +227,16 @@ def speedups(df: pd.DataFrame, metric: str, methods, boot, boot_q: dict, cell_co
     return out.assign(baseline_quality=100.0 - out.baseline_quality) if higher else out
 
 
-def prepare(dash, task, methods, device, opts) -> dict[float | None, Denoiser]:
+def prepare(dash, task, spec: SweepSpec, device) -> dict[float | None, Denoiser]:
     """The Dash's denoiser at each guidance scale of the sweep (a guided task builds it: unconditional
     condition, guidance embedding), with every network the methods call on `device`, in the run's precision and
     compiled as asked."""
     if hasattr(task, "denoiser"):
-        denoisers = {w: task.denoiser(dash, w).to(device) for w in opts["guidance"]}
+        denoisers = {w: task.denoiser(dash, w).to(device) for w in spec.guidance}
     else:
         denoisers = {None: Denoiser(dash, task.schedule_config).to(device)}
-    for net in union_networks(methods, next(iter(denoisers.values()))).values():
-        speed_up(net.module.to(device), opts["dtype"], opts["compile"])
+    for net in union_networks(spec.methods, next(iter(denoisers.values()))).values():
+        speed_up(net.module.to(device), spec.dtype, spec.compile)
     return denoisers
 
 

@@ -11,8 +11,8 @@ q_b already at its smallest LSD, a lower bound, b / (its smallest LSD), written 
 
 Two rules leave a budget out of the mean (it stays in the table, with the reason):
 * saturated: the baseline's next budget improves it by less than `saturation` (relative);
-* not meaningful: the baseline's quality is worse than the task's `MEANINGFUL_MAX`, where samples
-  are not usable and a speedup says nothing about usable sampling.
+* not meaningful: the baseline's quality is worse than the task's `meaningful_max` (a task attribute),
+  where samples are not usable and a speedup says nothing about usable sampling.
 A mean over budgets that include upper bounds (and no lower ones) is an upper bound, and the reverse;
 with bounds in both directions there is no mean.
 
@@ -28,12 +28,6 @@ import numpy as np
 import pandas as pd
 
 POINT, UPPER, LOWER, NO_BOUND = "", "<", ">", "?"
-
-# Worst baseline quality (the task's primary metric) at which samples are still usable, by task.
-# fmnist, FD on the task classifier's features: DDIM at 2 steps (FD 84) draws blurred silhouettes
-# and noise, at 4 steps (FD 13) recognisable garments; 50 sits between, about 100x the quality
-# floor of real held-out images (0.35-0.49).
-MEANINGFUL_MAX = {"fmnist": 50.0, "fmnist-text": 50.0}  # both on FD-fmnist
 
 
 @dataclass
@@ -214,11 +208,11 @@ def speedup_table(q: pd.DataFrame, methods, boot=None, boot_fd=None, saturation=
     q: the primary metric's rows (method, budget, lsd, value; task). boot_fd: (method, budget) -> the
     metric under each paired bootstrap resample; the first `n_boot` are used (`boot`, the resampled
     indices, only for their count). lsd_repeats: (method, budget) -> the cell's LSD under each latency
-    repeat; without it there is no N range. meaningful_max: overrides the task's MEANINGFUL_MAX.
+    repeat; without it there is no N range. meaningful_max: the worst baseline quality at which samples are
+    still usable (the task's `meaningful_max`); None: no threshold.
     A method named `<name>-oracle` is the ceiling of `<name>`: its rows also give the fraction of it.
     """
     task = q.task.iloc[0] if "task" in q.columns and len(q) else None
-    limit = meaningful_max if meaningful_max is not None else MEANINGFUL_MAX.get(task)
     n_boot = min(n_boot, len(boot) if boot is not None else n_boot) if boot_fd else 0
     curves = {}
     for m in methods:
@@ -227,9 +221,10 @@ def speedup_table(q: pd.DataFrame, methods, boot=None, boot_fd=None, saturation=
         mq = q[q.method == m.name].sort_values("budget")
         if base is None or bq.empty or len(mq) < 2:
             continue
-        curves[m.name] = _curve(m.name, base, bq, mq, boot_fd, n_boot, lsd_repeats, saturation, limit)
-    rule = (f"a budget is left out of the mean when the baseline's quality is worse than {limit:g} (not "
-            f"meaningful on {task}: samples are not usable)" if limit is not None and math.isfinite(limit) else
+        curves[m.name] = _curve(m.name, base, bq, mq, boot_fd, n_boot, lsd_repeats, saturation, meaningful_max)
+    limited = meaningful_max is not None and math.isfinite(meaningful_max)
+    rule = (f"a budget is left out of the mean when the baseline's quality is worse than {meaningful_max:g} (not "
+            f"meaningful on {task}: samples are not usable)" if limited else
             f"no quality threshold is set for {task}") + (
         f", or when it has saturated (its next budget improves it by < {saturation:.0%})")
     records = []

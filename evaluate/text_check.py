@@ -26,14 +26,24 @@ from baselines.denoisers import Denoiser
 from baselines.runtime import tune_malloc
 from baselines.tasks import fmnist_clip, get_task
 from evaluate.clip_score import ClipScorer
+from evaluate.defaults import DEFAULTS
 from evaluate.methods import Context, resolve
 from evaluate.metrics import ClassifierFD
-from evaluate.sweep import run_cell
+from evaluate.sweep import Sampling, ShardCache, SweepSpec, sweep
+
+TEXT_TASK = f"{DEFAULTS['task']}-text"  # the text-conditional twin of the default task
 
 
 def metric_rows(metric: ClassifierFD, samples, seeds=None) -> dict:
     """The metric's rows as {name: value}: FD, class shares and, with seeds, the prompted-class fraction."""
     return {name: value for name, value, _ in metric(samples, [], seeds).rows}
+
+
+def one_cell(task, method, denoiser, steps, seeds, cache_dir: Path, batch_size: int, guidance=None):
+    """One cell through evaluate.run's sweep and cache (same shards, same keys): rerunning resumes."""
+    spec = SweepSpec((method,), (steps,), tuple(seeds), (guidance,), batch_size)
+    sampling = Sampling({guidance: denoiser}, task.image_shape, "cpu", task.conditions if guidance else None)
+    return sweep(spec, ShardCache.of(cache_dir, task), sampling)[0]
 
 
 def main(argv=None) -> int:
@@ -44,10 +54,11 @@ def main(argv=None) -> int:
     p.add_argument("--unconditional", action="store_true", help="also sample the unconditional Dash at 100 steps")
     p.add_argument("--out", type=Path, default=Path("runs/text-check"))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--task", default=TEXT_TASK, help="a text task with a small CLIP and an unconditional twin")
     args = p.parse_args(argv)
     tune_malloc()
     torch.manual_seed(0)
-    task = get_task("fmnist-text")
+    task = get_task(args.task)
     seeds = list(range(args.num_samples))
     result = dict(command="python -m evaluate.text_check " + " ".join(argv if argv is not None else sys.argv[1:]),
                   n_samples=len(seeds), steps=args.steps, guidance=args.guidance)
@@ -58,9 +69,8 @@ def main(argv=None) -> int:
 
     dash = task.dash()
     ddim = resolve("ddim", Context(task, dash))
-    cell = run_cell(ddim, task.denoiser(dash, args.guidance), args.steps, seeds, task.image_shape,
-                    args.out / "cache" / "text", task.checksum(), args.batch_size, conditions=task.conditions,
-                    guidance=args.guidance)
+    cell = one_cell(task, ddim, task.denoiser(dash, args.guidance), args.steps, seeds, args.out / "cache" / "text",
+                    args.batch_size, args.guidance)
     metric = task.primary_metric
     fd_metric = ClassifierFD(metric, task, {}, "cpu")  # the task's own FD, as evaluate.run computes it
     rows = metric_rows(fd_metric, cell.samples, seeds)
@@ -74,11 +84,11 @@ def main(argv=None) -> int:
                   shuffled_same_class_frac=float(np.mean([fmnist_clip.class_of(a) == fmnist_clip.class_of(b)
                                                           for a, b in zip(prompts, shuffled, strict=True)])))
     if args.unconditional:
-        base = get_task("fmnist")
+        base = task.unconditional_task()
         udash = base.dash()
         uddim = resolve("ddim", Context(base, udash))
-        ucell = run_cell(uddim, Denoiser(udash, base.schedule_config), 100, seeds, base.image_shape,
-                         args.out / "cache" / "unconditional", f"{base.name}|dash:{base.checksum()}", args.batch_size)
+        ucell = one_cell(base, uddim, Denoiser(udash, base.schedule_config), 100, seeds,
+                         args.out / "cache" / "unconditional", args.batch_size)
         result[f"{metric}_unconditional_100_steps"] = metric_rows(fd_metric, ucell.samples)[metric]
         result["fd_ratio"] = fd / result[f"{metric}_unconditional_100_steps"]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -104,12 +104,12 @@ def test_committed_text_dash_follows_its_prompt_under_guidance():
 def test_task_defaults_fill_only_what_the_command_leaves_unset():
     text = validate({**DEFAULTS, "task": "fmnist-text"})
     cls = type(get_task("fmnist-text"))
-    assert text["budgets"] == [float(b) for b in cls.default_budgets.split(",")]
-    assert text["num_samples"] == cls.default_num_samples
+    assert text.budget_values == tuple(float(b) for b in cls.default_budgets.split(","))
+    assert text.num_samples == cls.default_num_samples
     plain = validate({**DEFAULTS})
-    assert plain["budgets"] == [2.0, 4.0, 8.0, 16.0] and plain["num_samples"] == 1000
+    assert plain.budget_values == (2.0, 4.0, 8.0, 16.0) and plain.num_samples == 1000
     given = validate({**DEFAULTS, "task": "fmnist-text", "budgets": "3", "num_samples": 300})
-    assert given["budgets"] == [3.0] and given["num_samples"] == 300
+    assert given.budget_values == (3.0,) and given.num_samples == 300
 
 
 def test_fmnist_text_through_the_harness(tmp_path):

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evaluate.defaults import DEFAULTS
-from evaluate.run import BadInput, main, parse_budgets, validate
+from evaluate.options import parse_budgets
+from evaluate.run import BadInput, main, validate
 from morse.interleave import Interleave
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
@@ -39,7 +40,7 @@ def test_unknown_method_names_are_refused(name):
     names = [n for n in name.split(",") if n.strip()]
     opts = dict(DEFAULTS, methods=name)
     if names and all(n.strip() in valid_names() for n in names):
-        assert validate(opts)["methods"] == [n.strip() for n in names]
+        assert validate(opts).method_names == tuple(n.strip() for n in names)
     else:
         with pytest.raises(BadInput):
             validate(opts)
@@ -58,7 +59,7 @@ def test_too_few_samples_refused_unless_forced(n):
     with pytest.raises(BadInput):
         validate(dict(DEFAULTS, num_samples=n))
     if n >= 2:
-        assert validate(dict(DEFAULTS, num_samples=n, force=True))["num_samples"] == n
+        assert validate(dict(DEFAULTS, num_samples=n, force=True)).num_samples == n
 
 
 def test_unwritable_output_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

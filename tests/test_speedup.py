@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from baselines.tasks.fmnist import FashionMNIST
 from evaluate.speedup import (
-    MEANINGFUL_MAX,
     lsd_for_quality,
     mean_speedup,
     ratio_bound,
@@ -111,15 +111,16 @@ MORSE = SimpleNamespace(name="morse", wraps="ddim")
 
 
 def test_fmnist_rule_excludes_2_lsd_and_keeps_4_8_16():
-    t = speedup_table(_q("fmnist", REFERENCE), [MORSE], saturation=0.05)
+    limit = FashionMNIST.meaningful_max  # the task's own threshold
+    t = speedup_table(_q("fmnist", REFERENCE), [MORSE], saturation=0.05, meaningful_max=limit)
     per = t[t.row == "budget"].set_index("budget")
-    assert per.loc[2].excluded.startswith("not meaningful") and MEANINGFUL_MAX["fmnist"] < 84.22
+    assert per.loc[2].excluded.startswith("not meaningful") and limit < 84.22
     assert (per.loc[[4, 8, 16]].excluded == "").all()
     assert list(per.bound) == ["", "", "<", "<"]
     assert math.isclose(per.loc[16].speedup, 16 / 15.7)
     mean = t[t.row == "mean"].iloc[0]
     assert mean.over == "4, 8, 16" and mean.bound == "<"
-    # An unknown task has no rule; an explicit threshold overrides the task's.
+    # Without a threshold no budget is "not meaningful"; a lower one leaves out more.
     assert (speedup_table(_q("other", REFERENCE), [MORSE]).excluded == "").all()
     assert speedup_table(_q("fmnist", REFERENCE), [MORSE], meaningful_max=10).excluded.str.len().gt(0).sum() == 2
 
@@ -187,7 +188,8 @@ def test_report_marks_bounds_and_exclusions(tmp_path):
     from evaluate.report import mean_lines, plot_speedup, speedup_tables
 
     oracle = dict(REFERENCE, **{"morse-oracle": ([2, 4, 8, 16], [1.5, 2.5, 5.5, 11], [80.0, 12.0, 4.5, 2.9])})
-    t = speedup_table(_q("fmnist", oracle), [MORSE, SimpleNamespace(name="morse-oracle", wraps="ddim")])
+    t = speedup_table(_q("fmnist", oracle), [MORSE, SimpleNamespace(name="morse-oracle", wraps="ddim")],
+                      meaningful_max=FashionMNIST.meaningful_max)
     short, detail = speedup_tables(t)
     assert short.loc["morse", "16"] == f"<{16 / 15.7:.2f}x" and short.loc["morse", "2"].endswith("(excl.)")
     assert short.loc["morse", "mean"].startswith("<")

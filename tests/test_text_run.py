@@ -22,8 +22,9 @@ from evaluate.clip_score import ClipScorer
 from evaluate.features import InceptionFeatures
 from evaluate.methods import Context
 from evaluate.metrics import ClipScore
+from evaluate.options import options
 from evaluate.run import main
-from evaluate.sweep import cell_shards, shard_key
+from evaluate.sweep import ShardCache, shard_key
 from morse.dot import Dot, DotConfig
 
 TINY_CLIP = "tiny-run-clip"
@@ -133,7 +134,7 @@ def test_task_default_guidance_when_none_given(files, tmp_path, one_thread):
 def test_clip_score_compares_each_sample_with_its_own_prompt(files):
     """The metric hands the scorer each seed's prompt (task.prompts_for), and bootstraps the mean."""
     task = get_task("lcm-sdxl", weights=files["lcm-sdxl"], prompts=files["prompts"])
-    opts = dict(clip_model=TINY_CLIP, clip_weights=str(files["clip"]))
+    opts = options(clip_model=TINY_CLIP, clip_weights=str(files["clip"]))
     metric = ClipScore("clip_score", task, opts, "cpu")
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     seeds, boot = [3, 4, 5, 6, 7], [np.array([0, 0, 1, 2, 3]), np.arange(5)]
@@ -148,11 +149,12 @@ def test_unguided_cache_keys_unchanged(files):
     """Guidance enters a shard's key (and folder) only for a guided task: the caches of unguided runs stay valid."""
     method = type("M", (), {"name": "ddim", "config": lambda self: {"solver": "ddim"}})()
     seeds = list(range(10))
-    (_, path, key), = cell_shards(method, 4, seeds, files["clip"].parent, "fp")
+    (shard,) = ShardCache(files["clip"].parent, "fp").shards(method, 4, seeds)
+    path, key = shard.path, shard.key
     assert key == shard_key({"solver": "ddim", "spacing": "trailing"}, 4, seeds, "fp")  # the key before guidance
     assert path.parent.name == "budget-4" and path.parent.parent.name == "ddim"
-    (_, guided, guided_key), = cell_shards(method, 4, seeds, files["clip"].parent, "fp", guidance=3.0)
-    assert guided_key != key and guided.parent.parent.name == "guidance-3"
+    (guided,) = ShardCache(files["clip"].parent, "fp").shards(method, 4, seeds, guidance=3.0)
+    assert guided.key != key and guided.path.parent.parent.name == "guidance-3"
 
 
 def _one_error_line(capsys, needle: str) -> None:

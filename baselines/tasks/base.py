@@ -57,6 +57,9 @@ class Task:
     default_fid_samples: int = 0     # samples per cell behind FID unless --fid-samples says otherwise
     default_budgets: str | None = None      # evaluate.run's --budgets when not given (None: the suite's)
     default_num_samples: int | None = None  # evaluate.run's --num-samples when not given (None: the suite's)
+    # The worst baseline quality (on the primary metric) at which samples are still usable: budgets whose baseline
+    # is worse are left out of mean speedups (a speedup there says nothing about usable sampling). None: no limit.
+    meaningful_max: float | None = None
 
     def __init__(self, weights=None, random_weights: bool = False, reference=None, data_dir=None):
         self.weights = Path(weights) if weights is not None else None
@@ -95,7 +98,8 @@ def complete(task):
     if isinstance(task, Task):
         return task
     fill = dict(metrics=(f"fd_{task.name}",) if hasattr(task, "classifier") else (), default_fid_samples=0,
-                reference_path=None, random_weights=False, data_dir=getattr(task, "data_dir", None))
+                reference_path=None, random_weights=False, data_dir=getattr(task, "data_dir", None),
+                meaningful_max=None)
     for key, value in fill.items():
         if not hasattr(task, key):
             setattr(task, key, value)

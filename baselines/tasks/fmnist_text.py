@@ -117,6 +117,10 @@ class FashionMNISTText(FashionMNIST):
         model.load_state_dict(load_file(self.dash_path))
         return model.eval().requires_grad_(False)
 
+    def unconditional_task(self) -> FashionMNIST:
+        """The embedded unconditional task whose Dash this one's was started from (text_check compares them)."""
+        return FashionMNIST(data_dir=self.data_dir)
+
     @staticmethod
     def lcm_network(dash: UNet2DConditionModel) -> UNet2DConditionModel:
         """A network of the distilled model's layout, on `dash`'s device and dtype (`lcm` loads its weights)."""
