@@ -20,7 +20,6 @@ of the whole training set; fewer samples bias FID upward (compare only FIDs with
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from diffusers import UNet2DModel
 from baselines.checkpoint import CorruptWeightsError, sha256
 from baselines.tasks.base import MissingReferenceError, MissingWeightsError, ReferenceSource, Task
 from baselines.tasks.data import MissingDataError
+from baselines.tasks.hub import CONFIGS, HubWeights, first_line
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 # What makes a folder "this task's network"; widths and norm settings may differ.
 ARCHITECTURE_KEYS = ("_class_name", "in_channels", "out_channels", "down_block_types", "up_block_types",
                      "time_embedding_type")
@@ -46,17 +45,7 @@ def scheduler_kwargs(config_dir: str) -> dict:
     return cfg
 
 
-def _offline() -> bool:
-    # Read at call time: the CLI sets HF_HUB_OFFLINE after huggingface_hub has read its constants.
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
-class PretrainedPixelTask(Task):
+class PretrainedPixelTask(HubWeights, Task):
     repo_id: str = ""                 # its configs are shipped in configs/<repo name>/
     metrics = ("fid",)
     primary_metric = "fid"
@@ -80,9 +69,6 @@ class PretrainedPixelTask(Task):
 
     def download_hint(self) -> str:
         return f"run `hf download {self.repo_id} --local-dir DIR` and pass --weights DIR"
-
-    def architecture(self) -> dict:
-        return json.loads((CONFIGS / self.config_dir / "config.json").read_text())
 
     def dash(self) -> UNet2DModel:
         if self.random_weights:
@@ -112,16 +98,7 @@ class PretrainedPixelTask(Task):
                 raise MissingWeightsError(f"--weights {self.weights} is not a folder of {self.repo_id}: "
                                           f"{self.download_hint()}")
             return self.weights
-        from huggingface_hub import snapshot_download
-
-        offline = _offline()
-        try:
-            return Path(snapshot_download(self.repo_id, allow_patterns=["*.json", *WEIGHT_FILES],
-                                          local_files_only=offline))
-        except Exception:  # not cached (offline) or not reachable (online): either way the user must fetch it
-            where = "not in the Hugging Face cache (HF_HUB_OFFLINE=1)" if offline else "not downloadable from here"
-            raise MissingWeightsError(f"weights of {self.repo_id} not found (no --weights, {where}): "
-                                      f"{self.download_hint()}") from None
+        return self.snapshot(self.repo_id, ["*.json", *WEIGHT_FILES], self.repo_id, self.download_hint())
 
     def _weight_file(self, folder: Path) -> Path:
         for name in WEIGHT_FILES:
@@ -134,7 +111,7 @@ class PretrainedPixelTask(Task):
         try:
             config = UNet2DModel.load_config(folder)
         except Exception as e:
-            raise CorruptWeightsError(f"{folder / 'config.json'} unreadable ({_first_line(e)}); "
+            raise CorruptWeightsError(f"{folder / 'config.json'} unreadable ({first_line(e)}); "
                                       f"{self.download_hint()}") from None
         want = self.architecture()
         wrong = [k for k in ARCHITECTURE_KEYS if _norm(config.get(k)) != _norm(want.get(k))]
@@ -148,7 +125,7 @@ class PretrainedPixelTask(Task):
                 model, info = UNet2DModel.from_pretrained(folder, output_loading_info=True)
         except Exception as e:
             raise CorruptWeightsError(f"{weights} does not load as the network its config describes "
-                                      f"({_first_line(e)}); {self.download_hint()}") from None
+                                      f"({first_line(e)}); {self.download_hint()}") from None
         bad = [*info.get("missing_keys", []), *[m[0] if isinstance(m, tuple) else m
                                                   for m in info.get("mismatched_keys", [])]]
         if bad:

@@ -31,7 +31,7 @@ from baselines.checkpoint import CorruptWeightsError, sha256
 from baselines.denoisers import Condition, Denoiser
 from baselines.tasks.base import MissingReferenceError, MissingWeightsError, ReferenceSource, Task
 from baselines.tasks.data import MissingDataError
-from baselines.tasks.pixel import CONFIGS, _first_line, _offline
+from baselines.tasks.hub import HubWeights, first_line
 from baselines.tasks.prompts import DEFAULT_PROMPTS, load_prompts, prompts_checksum, prompts_for
 
 # Weight files diffusers and transformers read, in their order of preference.
@@ -54,7 +54,7 @@ def _mismatch(have, want) -> bool:
     return have is None if want is True else have != want
 
 
-class TextToImageTask(Task):
+class TextToImageTask(HubWeights, Task):
     """A latent text-to-image Dash: UNet2DConditionModel + CLIP text encoder(s) + AutoencoderKL.
 
     Subclasses set `components`: component -> (Hugging Face repo, its folder in that repo, diffusers/transformers
@@ -92,9 +92,6 @@ class TextToImageTask(Task):
         return " and ".join(f"`hf download {r}`" for r in self.repos) + " (or pass --weights DIR in diffusers' " \
             f"layout: {', '.join(c + '/' for c in self.components)})"
 
-    def architecture(self) -> dict:
-        return json.loads((CONFIGS / self.config_dir / "config.json").read_text())
-
     def folders(self) -> dict[str, Path]:
         """Component -> its folder: --weights DIR/<component>, else the Hugging Face cache. Checked complete."""
         if self._folders is not None:
@@ -111,18 +108,10 @@ class TextToImageTask(Task):
         return folders
 
     def _snapshot(self, repo: str) -> Path:
-        from huggingface_hub import snapshot_download
-
         subs = [sub for r, sub, _ in self.components.values() if r == repo]
         patterns = [f"{sub}/{name}" if sub else name for sub in subs
                     for name in ("*.json", "*.txt", "diffusion_pytorch_model.safetensors", "model.safetensors")]
-        offline = _offline()
-        try:
-            return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
-        except Exception:  # not cached (offline) or not reachable (online): either way the user must fetch it
-            where = "not in the Hugging Face cache (HF_HUB_OFFLINE=1)" if offline else "not downloadable from here"
-            raise MissingWeightsError(f"weights of {' and '.join(self.repos)} not found (no --weights, {where}): "
-                                      f"run {self.download_hint()}") from None
+        return self.snapshot(repo, patterns, " and ".join(self.repos), f"run {self.download_hint()}")
 
     def _files(self, component: str, folder: Path) -> list[Path]:
         """Every file of `component` that loading reads; a missing one ends in MissingWeightsError."""
@@ -164,7 +153,7 @@ class TextToImageTask(Task):
                 warnings.simplefilter("ignore")
                 model = cls.from_pretrained(folder)
         except Exception as e:
-            raise CorruptWeightsError(f"{folder} does not load as {name} ({_first_line(e)}); run "
+            raise CorruptWeightsError(f"{folder} does not load as {name} ({first_line(e)}); run "
                                       f"{self.download_hint()}") from None
         return model.eval().requires_grad_(False) if isinstance(model, torch.nn.Module) else model
 
