@@ -29,6 +29,11 @@ class CorruptWeightsError(ValueError):
     pass
 
 
+class CheckpointMismatchError(ValueError):
+    """A training checkpoint that is not this run's (written with other arguments, or past the steps asked for):
+    the trainer's command line prints it as one line."""
+
+
 def verify_weights(path: Path) -> None:
     """Check a weights file against the sha256 on its model card (the `.json` beside it), so a truncated
     or replaced file is refused in one line instead of failing inside the loader or sampling garbage."""

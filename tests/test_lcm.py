@@ -21,10 +21,10 @@ from baselines.checkpoint import save_atomic
 from baselines.denoisers import Condition, Denoiser, guidance_embedding
 from baselines.noise import initial_noise
 from baselines.tasks import get_task
-from baselines.tasks.cards import write_card
 from baselines.tasks.fmnist import SCHEDULE_CONFIG, FashionMNIST
 from baselines.tasks.fmnist_text import GUIDANCE_EMBEDDING_DIM, FashionMNISTText, build_text_lcm
 from baselines.tasks.train_lcm import Distiller
+from baselines.training.cards import write_card
 from evaluate.methods import LCM
 from evaluate.run import main
 
@@ -257,29 +257,33 @@ def test_text_distillation_writes_a_guidance_distilled_model_that_lcm_samples(tm
     assert len(df[df.metric == "clip_score"]) == 2
 
 
-def test_an_unfinished_distillation_ends_at_its_checkpoint_as_a_shorter_run(tmp_path, monkeypatch):
+def test_an_unfinished_distillation_ends_at_its_checkpoint_as_a_shorter_run(tmp_path, monkeypatch, capsys):
     """The learning rate does not depend on --steps, so a 6-step run killed after its step-2 checkpoint and rerun
     with --steps 2 gives the 2-step run's model; asking for fewer steps than the checkpoint holds is refused."""
-    from baselines.tasks import trainer
     from baselines.tasks.train_lcm import main as distil
+    from baselines.training import loop
 
     def argv(name, steps):
         return ["--steps", str(steps), "--batch-size", "2", "--checkpoint-every", "2", "--warmup", "2",
                 "--eval-ema-decay", "0.9", "--clip-sample", "--out", str(tmp_path / name)]
 
     distil(argv("straight", 2))
-    real_save = trainer.save_training_state
+    real_save = loop.save_training_state
 
     def save_then_die(*a, **kw):
         real_save(*a, **kw)
         raise KeyboardInterrupt  # as a kill right after the checkpoint at step 2
 
-    monkeypatch.setattr(trainer, "save_training_state", save_then_die)
+    monkeypatch.setattr(loop, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         distil(argv("cut", 6))
-    monkeypatch.setattr(trainer, "save_training_state", real_save)
-    with pytest.raises(SystemExit, match="holds step 2, past the 1 steps"):
+    monkeypatch.setattr(loop, "save_training_state", real_save)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         distil(argv("cut", 1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert "holds step 2, past the 1 steps" in err[0]
     distil(argv("cut", 2))
     a, b = (load_file(tmp_path / d / "fmnist_lcm.safetensors") for d in ("straight", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

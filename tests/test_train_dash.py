@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from baselines.tasks import train_dash, trainer
+from baselines.tasks import train_dash
+from baselines.training import loop
 
 
 def _args(tmp_path, name, *extra):
@@ -17,16 +18,16 @@ def _args(tmp_path, name, *extra):
 def test_killed_training_resumes_to_the_same_dash(tmp_path, monkeypatch):
     train_dash.main(_args(tmp_path, "straight"))
 
-    real_save = trainer.save_training_state  # the training loop all trainers share
+    real_save = loop.save_training_state  # the training loop all trainers share
 
     def save_then_die(*a, **kw):
         real_save(*a, **kw)
         raise KeyboardInterrupt  # as a kill right after the checkpoint at step 2
 
-    monkeypatch.setattr(trainer, "save_training_state", save_then_die)
+    monkeypatch.setattr(loop, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_dash.main(_args(tmp_path, "resumed"))
-    monkeypatch.setattr(trainer, "save_training_state", real_save)
+    monkeypatch.setattr(loop, "save_training_state", real_save)
     train_dash.main(_args(tmp_path, "resumed"))
 
     a, b = load_file(tmp_path / "straight" / "dash.safetensors"), load_file(tmp_path / "resumed" / "dash.safetensors")
@@ -38,19 +39,22 @@ def test_killed_training_resumes_to_the_same_dash(tmp_path, monkeypatch):
     assert not (tmp_path / "resumed" / "checkpoint.safetensors").exists()
 
 
-def test_warm_start_records_the_init_weights(tmp_path):
+def test_warm_start_records_the_init_weights(tmp_path, capsys):
     train_dash.main(_args(tmp_path, "first"))
     init = tmp_path / "first" / "dash.safetensors"
     train_dash.main(_args(tmp_path, "second", "--init", str(init), "--lr-schedule", "cosine"))
     card = json.loads((tmp_path / "second" / "dash.json").read_text())
     assert card["init"]["card"]["steps"] == 4 and len(card["init"]["sha256"]) == 64
     assert "--init" in card["command"]
-    with pytest.raises(SystemExit, match="not found"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         train_dash.main(_args(tmp_path, "third", "--init", str(tmp_path / "missing.safetensors")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: --init") and "not found" in err[0]
 
 
 def test_staged_card_lists_every_stage(tmp_path):
-    from baselines.tasks.cards import render
+    from baselines.training.cards import render
 
     first = dict(command="train --steps 2", steps=2, loss_per_100_steps=[0.5])
     second = dict(command="train --steps 3 --init a", steps=3, init=dict(path="a", sha256="0" * 64, card=first),

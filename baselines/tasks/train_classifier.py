@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from baselines.checkpoint import save_atomic
-from baselines.runtime import tune_malloc
-from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
 from baselines.tasks.fmnist import WEIGHTS, Classifier
+from baselines.training.cards import finish
+from baselines.training.loop import begin
+from baselines.training.recipe import command_text, flags_of, one_line_errors
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def accuracy(model, images, labels, batch_size=500) -> float:
     return correct / len(images)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
@@ -35,18 +35,20 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, default=WEIGHTS / "fmnist_classifier.safetensors")
-    args = p.parse_args(argv)
+    return p
 
-    tune_malloc()
-    torch.manual_seed(args.seed)
-    x, y = load_fmnist("train", args.data_dir)
-    xt, yt = load_fmnist("test", args.data_dir)
-    model = Classifier()
+
+def recipe(args) -> str:
+    """The command the card records (a run of minutes: no checkpoint, so no resume key)."""
+    return command_text("baselines.tasks.train_classifier", flags_of(args, "epochs", "batch_size", "lr", "seed"))
+
+
+def fit(model, x, y, args, gen: torch.Generator) -> None:
+    """Epochs of shuffled batches, half of them flipped left-right, under a one-cycle learning rate. (Minutes on
+    2 cores, so not the resumable loop: no checkpoint, and its recipe predates the loop's gradient clipping.)"""
     steps = args.epochs * (len(x) // args.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(args.seed)
-    t0 = time.perf_counter()
     bar = tqdm(total=steps, desc="train classifier", unit="step")
     for _ in range(args.epochs):
         model.train()
@@ -64,16 +66,24 @@ def main(argv=None):
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    wall = time.perf_counter() - t0
-    acc = accuracy(model, xt, yt)
-    save_atomic(model.state_dict(), args.out)
-    card = dict(model="baselines.tasks.fmnist.Classifier", feature_dim=Classifier.feature_dim,
-                data="Fashion-MNIST train (60k) with horizontal flips; accuracy on the 10k test split",
-                command=f"python -m baselines.tasks.train_classifier --epochs {args.epochs} "
-                        f"--batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}",
-                test_accuracy=round(acc, 4), wall_time_s=round(wall, 1))
-    write_card(args.out, card)
-    print(f"test accuracy {acc:.4f}; saved {args.out} after {wall / 60:.1f} min")
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        gen = begin(args.seed)
+        x, y = load_fmnist("train", args.data_dir)
+        xt, yt = load_fmnist("test", args.data_dir)
+        model = Classifier()
+        t0 = time.perf_counter()
+        fit(model, x, y, args, gen)
+        wall = time.perf_counter() - t0
+        acc = accuracy(model, xt, yt)
+        card = dict(model="baselines.tasks.fmnist.Classifier", feature_dim=Classifier.feature_dim,
+                    data="Fashion-MNIST train (60k) with horizontal flips; accuracy on the 10k test split",
+                    command=recipe(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    test_accuracy=round(acc, 4), wall_time_s=round(wall, 1))
+        finish([args.out], model.state_dict(), card, None, wall, f"test accuracy {acc:.4f}")
 
 
 if __name__ == "__main__":

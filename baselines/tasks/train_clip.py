@@ -9,20 +9,18 @@ Resumable: --work-dir holds an atomic checkpoint every --checkpoint-every steps;
 """
 
 import argparse
-import hashlib
 import math
 from pathlib import Path
 
 import torch
-from diffusers.training_utils import EMAModel
 from open_clip.loss import ClipLoss
 
-from baselines.checkpoint import save_atomic
-from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import fmnist_clip
-from baselines.tasks.cards import write_card
 from baselines.tasks.data import load_fmnist
-from baselines.tasks.trainer import loss_curve, train_loop
+from baselines.training.cards import finish, run_fields
+from baselines.training.loop import begin, train_loop, warm_ema
+from baselines.training.recipe import command_text, device_of, flags_of, one_line_errors, resume_key
+from baselines.training.schedule import warmup_cosine
 
 
 def shift(images: torch.Tensor, gen: torch.Generator, pixels: int = 2) -> torch.Tensor:
@@ -33,7 +31,7 @@ def shift(images: torch.Tensor, gen: torch.Generator, pixels: int = 2) -> torch.
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=256)
@@ -46,13 +44,25 @@ def main(argv=None):
     p.add_argument("--work-dir", type=Path, default=Path("runs/clip-fmnist"))
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", type=Path, default=fmnist_clip.CLIP_PATH)
-    args = p.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    tune_malloc()
-    torch.manual_seed(args.seed)
+    return p
+
+
+def recipe(args) -> tuple[str, str]:
+    """The command the card records and the run's resume key, which also holds the BPE merges (the tokens)."""
+    command = command_text("baselines.tasks.train_clip",
+                           flags_of(args, "steps", "batch_size", "lr", "weight_decay", "ema_decay", "seed"))
+    return command, resume_key(command, fmnist_clip.BPE_PATH.read_bytes().hex())
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        train(args)
+
+
+def train(args) -> None:
+    device = device_of(args.device)
+    gen = begin(args.seed)
     images, labels = load_fmnist("train", args.data_dir)
     model, tokenizer = fmnist_clip.build()
     model = model.to(device).train()
@@ -60,17 +70,10 @@ def main(argv=None):
     table = fmnist_clip.captions()
     tokens = tokenizer([c for c, _ in table])
     per_class = len(table) // len(fmnist_clip.NAMES)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
+    ema = warm_ema(model, args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     loss_fn = ClipLoss()
-
-    def lr_factor(s):
-        return (s + 1) / 100 if s < 100 else 0.5 * (1 + math.cos(math.pi * (s - 100) / max(1, args.steps - 100)))
-
-    command = (f"python -m baselines.tasks.train_clip --steps {args.steps} --batch-size {args.batch_size} "
-               f"--lr {args.lr} --weight-decay {args.weight_decay} --ema-decay {args.ema_decay} --seed {args.seed}")
-    key = hashlib.sha256((command + fmnist_clip.BPE_PATH.read_bytes().hex()).encode()).hexdigest()[:16]
-    gen = torch.Generator().manual_seed(args.seed)
+    command, key = recipe(args)
     ckpt = args.work_dir / "checkpoint.safetensors"
 
     def loss_at(step):
@@ -84,18 +87,20 @@ def main(argv=None):
     def clamp_temperature():  # CLIP's clamp: a temperature below 1/100 makes the loss unstable
         model.logit_scale.clamp_(0, math.log(100))
 
-    losses, wall = train_loop(model, ema, opt, gen, loss_at, steps=args.steps, lr=args.lr, lr_factor=lr_factor,
-                              ckpt=ckpt, key=key, checkpoint_every=args.checkpoint_every, desc="train clip",
-                              after_step=clamp_temperature)
-
+    losses, wall = train_loop(model, ema, opt, gen, loss_at, steps=args.steps, lr=args.lr,
+                              lr_factor=warmup_cosine(args.steps), ckpt=ckpt, key=key,
+                              checkpoint_every=args.checkpoint_every, desc="train clip", after_step=clamp_temperature)
     ema.copy_to(model.parameters())
     model = model.cpu().eval()
     test_x, test_y = load_fmnist("test", args.data_dir)
     acc = {name: fmnist_clip.zero_shot_accuracy(model, tokenizer, test_x, test_y, templates)
            for name, templates in (("heldout", fmnist_clip.HELDOUT_TEMPLATES), ("train", fmnist_clip.TRAIN_TEMPLATES))}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(model.state_dict(), args.out)
-    curve = loss_curve(losses)
+    finish([args.out], model.state_dict(), card_of(args, model, command, acc, wall, device, losses), ckpt, wall,
+           f"zero-shot test accuracy {acc['heldout']:.4f} (held-out templates), {acc['train']:.4f} (training "
+           "templates)")
+
+
+def card_of(args, model, command: str, acc: dict, wall: float, device, losses: list[float]) -> dict:
     card = dict(model=f"open_clip CLIP ({fmnist_clip.CLIP_NAME})", config=fmnist_clip.model_config(),
                 tokenizer=f"open_clip SimpleTokenizer, merges {fmnist_clip.BPE_PATH.name} (fmnist_clip.write_bpe)",
                 parameters=sum(p.numel() for p in model.parameters()),
@@ -103,16 +108,11 @@ def main(argv=None):
                      f"{len(fmnist_clip.TRAIN_TEMPLATES)} training templates x 3 names per class",
                 heldout_templates=list(fmnist_clip.HELDOUT_TEMPLATES), command=command, steps=args.steps,
                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
-                seed=args.seed, wall_time_s=round(wall, 1), device=str(device), threads=torch.get_num_threads(),
-                zero_shot_test_accuracy_heldout_templates=round(acc["heldout"], 4),
+                seed=args.seed, zero_shot_test_accuracy_heldout_templates=round(acc["heldout"], 4),
                 zero_shot_test_accuracy_train_templates=round(acc["train"], 4),
-                logit_scale=round(model.logit_scale.exp().item(), 2),
-                loss_per_100_steps=[round(v, 4) for v in curve])
+                logit_scale=round(model.logit_scale.exp().item(), 2), **run_fields(wall, device, losses, digits=4))
     card["config"]["text_cfg"]["tokenizer_kwargs"] = {"bpe_path": fmnist_clip.BPE_PATH.name}
-    write_card(args.out, card)
-    ckpt.unlink(missing_ok=True)
-    print(f"saved {args.out} after {wall / 60:.1f} min; zero-shot test accuracy {acc['heldout']:.4f} (held-out "
-          f"templates), {acc['train']:.4f} (training templates)")
+    return card
 
 
 if __name__ == "__main__":

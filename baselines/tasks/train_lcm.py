@@ -37,7 +37,6 @@ a fresh optimiser); the card keeps the earlier model's card as its lineage.
 
 import argparse
 import copy
-import hashlib
 from pathlib import Path
 
 import torch
@@ -45,15 +44,16 @@ from diffusers import LCMScheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from baselines.checkpoint import save_atomic, sha256
+from baselines.checkpoint import sha256
 from baselines.denoisers import guidance_embedding
-from baselines.runtime import resolve_device, tune_malloc
 from baselines.solvers import scheduler_class
 from baselines.tasks import fmnist_clip
-from baselines.tasks.cards import lineage, write_card
 from baselines.tasks.fmnist import FashionMNIST
 from baselines.tasks.fmnist_text import FashionMNISTText, build_text_lcm
-from baselines.tasks.trainer import loss_curve, train_loop
+from baselines.training.cards import finish, lineage, loss_curve, run_fields
+from baselines.training.loop import begin, train_loop
+from baselines.training.recipe import TrainingError, command_text, device_of, flags_of, one_line_errors, resume_key
+from baselines.training.schedule import warmup_constant
 
 LOSSES = ("huber", "l2")
 TASKS = {"fmnist": FashionMNIST, "fmnist-text": FashionMNISTText}
@@ -157,7 +157,7 @@ def make_ema(student, decay: float) -> EMAModel:
     return EMAModel(student.parameters(), decay=decay, min_decay=decay, use_ema_warmup=False)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=TASKS, default="fmnist")
     p.add_argument("--steps", type=int, default=6000)
@@ -187,58 +187,69 @@ def main(argv=None):
                    "`distilled: true`) instead of the Dash")
     p.add_argument("--export", type=Path, default=None, help="also write the distilled model here with its card; "
                    "the `lcm` method reads the task's lcm_path (baselines/weights/<name>.safetensors)")
-    args = p.parse_args(argv)
+    return p
+
+
+def recipe(args, teacher_sha256: str, clip_sha256: str = "", init_sha256: str = "") -> tuple[str, str]:
+    """The command the card records and the run's resume key, which also holds the checksums of the teacher, of the
+    CLIP whose text features it was trained on (fmnist-text) and of the --init model.
+
+    The learning rate is constant after warm-up, so a run's first S steps do not depend on --steps: the key leaves
+    it out, and rerunning an unfinished run with a larger --steps extends it, with a smaller one ends it at its
+    last checkpoint, as if it had been asked for that many steps."""
     text = args.task == "fmnist-text"
+    flags = {"task": args.task if text else None,
+             **flags_of(args, "steps", "batch_size", "lr", "warmup", "loss", "huber_c", "skip", "ema_decay",
+                        "timestep_scaling", "clip_sample", "eval_ema_decay"),
+             "w_min": args.w_min if text else None, "w_max": args.w_max if text else None,
+             **flags_of(args, "seed", "init")}
+    command = command_text("baselines.tasks.train_lcm", flags)
+    recipe_text = command.replace(f" --steps {args.steps}", "")
+    return command, resume_key(recipe_text, teacher_sha256, clip_sha256, init_sha256)
+
+
+def checked(args) -> tuple[torch.device, Distiller, dict | None]:
+    """The device, the distiller and the --init lineage; bad arguments raise TrainingError."""
     try:
-        device = resolve_device(args.device)
         distiller = Distiller(FashionMNIST.schedule_config, args.skip, args.timestep_scaling, args.loss,
                               args.huber_c, args.clip_sample)
-        if text and not 1.0 <= args.w_min <= args.w_max:
+        if args.task == "fmnist-text" and not 1.0 <= args.w_min <= args.w_max:
             raise ValueError(f"need 1 <= --w-min <= --w-max, got {args.w_min} and {args.w_max}")
         init = read_init(args.init) if args.init is not None else None
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    tune_malloc()
-    torch.manual_seed(args.seed)
-    task = TASKS[args.task](args.data_dir)
-    images, labels = task.data("train")
+        raise TrainingError(str(e)) from None
+    return device_of(args.device), distiller, init
+
+
+def networks(args, task, init, device) -> tuple:
+    """(teacher, student, target, EMAs by checkpoint prefix): the student starts from the Dash (fmnist-text: in
+    the layout with guidance as an input) or from --init; "ema" is the target's EMA, "ema_eval" the exported one."""
     teacher = task.dash().to(device)
-    student = build_text_lcm(teacher) if text else copy.deepcopy(teacher)
+    student = build_text_lcm(teacher) if args.task == "fmnist-text" else copy.deepcopy(teacher)
     student = student.to(device).train().requires_grad_(True)
     if init is not None:
         student.load_state_dict(load_file(args.init))
     target = copy.deepcopy(student).eval().requires_grad_(False)
-    ema = make_ema(student, args.ema_decay)
-    emas = {"ema": ema}
+    emas = {"ema": make_ema(student, args.ema_decay)}
     if args.eval_ema_decay is not None:
         emas["ema_eval"] = make_ema(student, args.eval_ema_decay)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
+    return teacher, student, target, emas
+
+
+def batch_loss(args, task, distiller, nets, gen, device):
+    """`loss_at(step)`: the step's batch (images, noise, grid indices; fmnist-text: a training caption of each
+    image's class and a guidance scale per row) through the distiller, the target first set to the EMA."""
+    images, labels = task.data("train")
+    teacher, student, target, emas = nets
+    text = args.task == "fmnist-text"
     if text:  # row k: training caption k; each image draws one of its class's captions
         table = fmnist_clip.captions()
         feats = task.encode([c for c, _ in table]).to(device)
         uncond = task.unconditional().encoder_hidden_states.to(device)
         per_class = len(table) // len(fmnist_clip.NAMES)
 
-    command = (f"python -m baselines.tasks.train_lcm{' --task fmnist-text' if text else ''} --steps {args.steps} "
-               f"--batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup} --loss {args.loss} "
-               f"--huber-c {args.huber_c} --skip {args.skip} --ema-decay {args.ema_decay} "
-               f"--timestep-scaling {args.timestep_scaling}" + (" --clip-sample" if args.clip_sample else "")
-               + (f" --eval-ema-decay {args.eval_ema_decay}" if args.eval_ema_decay is not None else "")
-               + (f" --w-min {args.w_min} --w-max {args.w_max}" if text else "") + f" --seed {args.seed}"
-               + (f" --init {args.init}" if init is not None else ""))
-    teacher_sha = sha256(task.dash_path)
-    clip_sha = sha256(fmnist_clip.CLIP_PATH) if text else ""  # the text features the teacher was trained on
-    # The learning rate is constant after warm-up, so a run's first S steps do not depend on --steps: the key leaves
-    # it out, and rerunning an unfinished run with a larger --steps extends it, with a smaller one ends it at its
-    # last checkpoint, as if it had been asked for that many steps.
-    recipe = command.replace(f" --steps {args.steps}", "")
-    key = hashlib.sha256((recipe + teacher_sha + clip_sha + (init["sha256"] if init else "")).encode()).hexdigest()
-    key = key[:16]
-    out = args.out or Path(f"runs/lcm-{args.task}")
-
     def loss_at(step):
-        ema.copy_to(target.parameters())  # the target is the EMA of the student's steps so far
+        emas["ema"].copy_to(target.parameters())  # the target is the EMA of the student's steps so far
         idx = torch.randint(len(images), (args.batch_size,), generator=gen)
         noise = torch.randn((args.batch_size, *images.shape[1:]), generator=gen)
         index = torch.randint(distiller.grid_size, (args.batch_size,), generator=gen)
@@ -250,22 +261,51 @@ def main(argv=None):
         return distiller.loss(student, teacher, target, images[idx].to(device), noise.to(device), index.to(device),
                               **guided)
 
+    return loss_at
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        distil(args)
+
+
+def distil(args) -> None:
+    device, distiller, init = checked(args)
+    gen = begin(args.seed)
+    task = TASKS[args.task](args.data_dir)
+    nets = networks(args, task, init, device)
+    student, target, emas = nets[1], nets[2], nets[3]
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    loss_at = batch_loss(args, task, distiller, nets, gen, device)
+    shas = dict(teacher_sha256=sha256(task.dash_path),
+                # the text features the teacher was trained on
+                clip_sha256=sha256(fmnist_clip.CLIP_PATH) if args.task == "fmnist-text" else "",
+                init_sha256=init["sha256"] if init else "")
+    command, key = recipe(args, **shas)
+    out = args.out or Path(f"runs/lcm-{args.task}")
     ckpt = out / "checkpoint.safetensors"
     losses, wall = train_loop(student, emas, opt, gen, loss_at, steps=args.steps, lr=args.lr,
-                              lr_factor=lambda step: min(1.0, (step + 1) / max(1, args.warmup)), ckpt=ckpt, key=key,
+                              lr_factor=warmup_constant(args.warmup), ckpt=ckpt, key=key,
                               checkpoint_every=args.checkpoint_every, desc=f"distil lcm ({args.task})",
                               hint="delete it or use another --out")
-    emas.get("ema_eval", ema).copy_to(target.parameters())  # the network exported; training is over
+    emas.get("ema_eval", emas["ema"]).copy_to(target.parameters())  # the network exported; training is over
+    card = card_of(args, task, distiller, student, init, command, shas, wall, device, losses)
+    weights = {k: v.half() for k, v in target.state_dict().items()}
+    finish([out / task.lcm_path.name] + ([args.export] if args.export else []), weights, card, ckpt, wall,
+           f"final loss {loss_curve(losses)[-1]:.5f}")
 
-    curve = loss_curve(losses)
+
+def card_of(args, task, distiller, student, init, command: str, shas: dict, wall: float, device, losses) -> dict:
+    text = args.task == "fmnist-text"
     model = (f"diffusers.UNet2DConditionModel (the text Dash's architecture with time_cond_proj_dim "
              f"{student.config.time_cond_proj_dim}: guidance is an input), consistency-distilled" if text else
              "diffusers.UNet2DModel (the Dash's architecture), consistency-distilled")
-    kind = (f"EMA of the student at decay {args.eval_ema_decay}" if "ema_eval" in emas else
+    kind = (f"EMA of the student at decay {args.eval_ema_decay}" if args.eval_ema_decay is not None else
             f"EMA target network (decay {args.ema_decay})")
-    card = dict(model=model, distilled=True, weights=f"{kind}, stored in float16",
-                teacher=dict(path=str(task.dash_path.name), sha256=teacher_sha,
-                             **(dict(clip=fmnist_clip.CLIP_PATH.name, clip_sha256=clip_sha) if text else {})),
+    return dict(model=model, distilled=True, weights=f"{kind}, stored in float16",
+                teacher=dict(path=str(task.dash_path.name), sha256=shas["teacher_sha256"], **(
+                    dict(clip=fmnist_clip.CLIP_PATH.name, clip_sha256=shas["clip_sha256"]) if text else {})),
                 scheduler=dict(name="LCMScheduler", original_inference_steps=distiller.grid_size,
                                timestep_scaling=args.timestep_scaling, clip_sample=args.clip_sample),
                 schedule=task.schedule_config, data="Fashion-MNIST train (60k), padded to 32x32, [-1, 1]"
@@ -278,18 +318,9 @@ def main(argv=None):
                 guidance=dict(w_min=args.w_min, w_max=args.w_max, embedding="LCM's, of w - 1",
                               time_cond_proj_dim=student.config.time_cond_proj_dim) if text else None,
                 ema_decay=args.ema_decay, eval_ema_decay=args.eval_ema_decay, seed=args.seed, init=init,
-                wall_time_s=round(wall, 1),
                 total_wall_time_s=round(wall + (init["card"].get("total_wall_time_s") or init["card"]["wall_time_s"]
                                                 if init else 0.0), 1),
-                device=str(device), threads=torch.get_num_threads(), loss_per_100_steps=[round(v, 6) for v in curve])
-    paths = [out / task.lcm_path.name] + ([args.export] if args.export else [])
-    weights = {k: v.half() for k, v in target.state_dict().items()}
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(weights, path)
-        write_card(path, card)
-    ckpt.unlink(missing_ok=True)
-    print(f"saved {' and '.join(map(str, paths))} after {wall / 60:.1f} min; final loss {curve[-1]:.5f}")
+                **run_fields(wall, device, losses, digits=6))
 
 
 if __name__ == "__main__":
