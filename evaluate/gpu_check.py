@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 
 from baselines.checkpoint import write_text_atomic
+from evaluate.defaults import DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT / "reports" / "fmnist" / "reference" / "results.csv"
+REFERENCE = ROOT / "reports" / DEFAULTS["task"] / "reference" / "results.csv"  # the default task's CPU reference
 MODES = {"none": "eager", "graphs": "CUDA graph", "reduce-overhead": "torch.compile"}
 SWEEP = dict(methods="ddim,dpm", budgets="4,8")  # sampled on the reference's own seeds (its sample count)
 TOLERANCE = 0.01   # relative FD difference a GPU may show against the CPU reference (float rounding only)

@@ -265,7 +265,10 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
         lines += [f"## Speedup at equal {title}", "", SPEEDUP_METHOD, "", f"Rule: {sp.rule.iloc[0]}.", "",
                   tables[key].to_markdown(), "", details[m].to_markdown(index=False), "", f"![speedup]({png})", ""]
         lines += mean_lines(sp) + [""]
-    lines += ["## Cost", "", "NFE per sample, by network and in total, then sampling wall time per image.", ""]
+    lines += ["## Cost", "", "NFE per sample, by network and in total, then sampling wall time per image. The wall "
+              "time is priced only from the samples drawn in this run: a cell read in part from the cache is timed on "
+              "its fresh shards, and one read whole from the cache is left blank (its time was measured by another "
+              "run, under another load).", ""]
     for m in nfe:
         lines += [f"`{m}`", "", tables[m].to_markdown(), ""]
     lines += ["`ms_per_image`", "", tables["ms_per_image"].to_markdown(), "", "## Samples", ""]

@@ -30,6 +30,8 @@ def _values(out: Path) -> pd.DataFrame:
     (["--task", "cifar"], "valid tasks"),
     (["--budgets", "0.5,4"], ">= 1"),
     (["--budgets", "four"], "comma-separated"),
+    (["--budgets", "4,1000000000"], "the largest budget is 1000"),  # above the schedule's training steps
+    (["--out", "/proc/x/y", "--budgets", "2", "--num-samples", "200"], "cannot create"),  # no parent can be made
     (["--num-samples", "50"], "--force"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--budgets", "0"], "cuda" if not
      torch.cuda.is_available() else ">= 1"),
@@ -106,6 +108,11 @@ def test_corrupt_shard_is_recomputed(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         assert main(["--out", str(out)] + SMALL) == 0
     pd.testing.assert_series_equal(_values(out), first)
+    # Wall time is priced only from this run's samples: the recomputed cell has one, the cached cell none.
+    df = pd.read_csv(out / "results.csv")
+    ms = df[df.metric == "ms_per_image"].set_index("budget").value
+    assert ms[2] > 0 and ms[3] != ms[3]
+    assert "one read whole from the cache is left blank" in (out / "index.md").read_text()
 
 
 def test_report_files(tmp_path):
