@@ -19,13 +19,13 @@ from safetensors.torch import load_file
 
 from baselines.checkpoint import save_atomic
 from baselines.denoisers import Condition, Denoiser, guidance_embedding
+from baselines.methods import LCM
 from baselines.noise import initial_noise
 from baselines.tasks import get_task
 from baselines.tasks.fmnist import SCHEDULE_CONFIG, FashionMNIST
 from baselines.tasks.fmnist_text import GUIDANCE_EMBEDDING_DIM, FashionMNISTText, build_text_lcm
 from baselines.tasks.train_lcm import Distiller
 from baselines.training.cards import write_card
-from evaluate.methods import LCM
 from evaluate.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
