@@ -215,6 +215,17 @@ def tradeoff_lines(df: pd.DataFrame, quality: str, out: Path, task: str) -> list
             "guidance scales (each point labelled with its scale).", "", f"![{metric} vs CLIP score]({name})", ""]
 
 
+def cost_lines(tables: dict, nfe: list[str]) -> list[str]:
+    """The cost section: one NFE table per network that ran and their total, then wall time per image."""
+    lines = ["## Cost", "", "NFE per sample, by network and in total, then sampling wall time per image. The wall "
+             "time is priced only from the samples drawn in this run: a cell read in part from the cache is timed on "
+             "its fresh shards, and one read whole from the cache is left blank (its time was measured by another "
+             "run, under another load).", ""]
+    for m in nfe:
+        lines += [f"`{m}`", "", tables[m].to_markdown(), ""]
+    return lines + ["`ms_per_image`", "", tables["ms_per_image"].to_markdown(), ""]
+
+
 def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header: dict, quality: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.md").unlink(missing_ok=True)
@@ -265,12 +276,6 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
         lines += [f"## Speedup at equal {title}", "", SPEEDUP_METHOD, "", f"Rule: {sp.rule.iloc[0]}.", "",
                   tables[key].to_markdown(), "", details[m].to_markdown(index=False), "", f"![speedup]({png})", ""]
         lines += mean_lines(sp) + [""]
-    lines += ["## Cost", "", "NFE per sample, by network and in total, then sampling wall time per image. The wall "
-              "time is priced only from the samples drawn in this run: a cell read in part from the cache is timed on "
-              "its fresh shards, and one read whole from the cache is left blank (its time was measured by another "
-              "run, under another load).", ""]
-    for m in nfe:
-        lines += [f"`{m}`", "", tables[m].to_markdown(), ""]
-    lines += ["`ms_per_image`", "", tables["ms_per_image"].to_markdown(), "", "## Samples", ""]
+    lines += cost_lines(tables, nfe) + ["## Samples", ""]
     lines += [f"![{g}](grids/{g})" for g in grid_names]
     write_text_atomic(out / "index.md", "\n".join(lines) + "\n")
