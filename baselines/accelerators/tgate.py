@@ -128,11 +128,15 @@ def plan(step: int, gate: int, halves: bool) -> tuple:
 
 
 def tgate(solver: str = "ddim", gate_fraction: float = 0.4):
+    """`--method-options tgate_gate=F` overrides the gate's fraction of the steps (a sweep's knob)."""
     name = "tgate" if solver == "ddim" else f"tgate-{solver}"
 
     def build(ctx: Context) -> TGate:
         if not getattr(ctx.dash.config, "cross_attention_dim", None):
             raise ValueError(f"{name}: task {ctx.task.name}'s Dash has no cross-attention to gate; T-GATE runs on "
                              "the text tasks (fmnist-text, sd14-coco, lcm-sdxl)")
-        return TGate(name, get_baseline(solver), gate_fraction)
+        gate = float(ctx.options.get("tgate_gate", gate_fraction))
+        if not 0 < gate <= 1:
+            raise ValueError(f"{name}: the gate's fraction of the steps must be in (0, 1], got {gate}")
+        return TGate(name, get_baseline(solver), gate)
     return build

@@ -111,11 +111,15 @@ class ToMe:
 
 
 def tome(solver: str = "ddim", ratio: float = 0.5, max_downsample: int | None = None):
+    """`--method-options tome_ratio=R` overrides the ratio (a sweep's knob)."""
     name = "tome" if solver == "ddim" else f"tome-{solver}"
 
     def build(ctx: Context) -> ToMe:
         if not transformer_blocks(ctx.dash):
             raise ValueError(f"{name}: task {ctx.task.name}'s Dash has no transformer blocks to merge tokens in; "
                              "ToMe runs on the text tasks (fmnist-text, sd14-coco, lcm-sdxl)")
-        return ToMe(name, get_baseline(solver), ratio, max_downsample or finest_attention_level(ctx.dash))
+        merge = float(ctx.options.get("tome_ratio", ratio))
+        if not 0 < merge <= 0.75:  # tomesd merges at most 3 of each 2x2 cell's 4 tokens
+            raise ValueError(f"{name}: the merge ratio must be in (0, 0.75], got {merge}")
+        return ToMe(name, get_baseline(solver), merge, max_downsample or finest_attention_level(ctx.dash))
     return build

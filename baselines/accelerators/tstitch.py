@@ -77,15 +77,17 @@ class TStitch:
 
 
 def tstitch(solver: str = "ddim", fraction: float = 0.4):
-    if not 0 <= fraction < 1:
-        raise ValueError(f"tstitch: the small denoiser's fraction of the steps must be in [0, 1), got {fraction}")
+    """`--method-options tstitch_fraction=F` overrides the fraction (a sweep's knob)."""
     name = "tstitch" if solver == "ddim" else f"tstitch-{solver}"
 
     def build(ctx: Context) -> TStitch:
+        share = float(ctx.options.get("tstitch_fraction", fraction))
+        if not 0 <= share < 1:
+            raise ValueError(f"{name}: the small denoiser's fraction of the steps must be in [0, 1), got {share}")
         small, schedule, checksum = ctx.once(SMALL, lambda: load_small(ctx.task))
         if dict(schedule) != dict(ctx.task.schedule_config):
             raise ValueError(f"{name}: the small denoiser was trained on another noise schedule than task "
                              f"{ctx.task.name}'s; retrain it on the task's schedule")
         first = next(ctx.dash.parameters())
-        return TStitch(name, get_baseline(solver), small.to(first.device, first.dtype), checksum, fraction)
+        return TStitch(name, get_baseline(solver), small.to(first.device, first.dtype), checksum, share)
     return build
