@@ -57,6 +57,7 @@ class Context:
     dot_ratio: float | None = None      # Morse: the N to plan with (None: its Dot card's)
     dots_per_dash: int | None = None    # Morse: Dot steps after each Dash step (None: its Dot card's)
     latency_only: bool = False          # only the networks' layers matter: untrained ones stand in where none exist
+    options: dict = field(default_factory=dict)  # --method-options KEY=VALUE: each plug-in reads its own keys
     loaded_dot: tuple | None = field(default=None, repr=False)
     loaded_lcm: tuple | None = field(default=None, repr=False)
     _loaded: dict = field(default_factory=dict, repr=False)

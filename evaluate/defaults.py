@@ -33,6 +33,9 @@ FLAGS = dict(
                           "saturated and left out of mean speedups"),
     dot_ratio=Flag(None, "N used to plan Morse schedules (default: the Dot's model card)", float),
     dots_per_dash=Flag(None, "Dot steps after each Dash step (default: the Dot's model card)", int),
+    method_options=Flag("", "KEY=VALUE pairs, comma-separated, handed to every method's plug-in (each reads its own "
+                            "keys and ignores the rest), e.g. dot=runs/dot/dot.safetensors: Morse's Dot file instead "
+                            "of the committed one"),
     min_samples=Flag(200, "refuse fewer samples than this (FD of 128-d features needs a full-rank covariance)"),
     warn_samples=Flag(1000, "warn below this many samples (Frechet distances are biased upward)"),
     spacing=Flag("trailing", "timestep spacing where the scheduler offers it: trailing, leading or linspace"),

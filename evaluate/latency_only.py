@@ -52,11 +52,13 @@ def load_networks(opts, device):
         task = get_task(opts.task, data_dir=opts.data_dir, weights=opts.weights,
                         random_weights=opts.random_weights)
         dash = task.dash()
-        context = Context(task, dash, opts.dot_ratio, opts.dots_per_dash, latency_only=True)
+        context = Context(task, dash, opts.dot_ratio, opts.dots_per_dash, latency_only=True,
+                          options=opts.method_option_values)
         methods = [resolve(m, context) for m in opts.method_names]
     except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, a task that takes no --weights
         raise BadInput(str(e)) from None
-    denoiser = Denoiser(dash, task.schedule_config)
+    # A guided task's own denoiser: its Dash needs the (unconditional) condition a sweep's cost model times it on.
+    denoiser = task.denoiser(dash) if hasattr(task, "denoiser") else Denoiser(dash, task.schedule_config)
     networks = union_networks(methods, denoiser)
     for net in networks.values():
         speed_up(net.module.to(device), opts.dtype, opts.compile)

@@ -46,6 +46,14 @@ def parse_guidance(text: str) -> list[float]:
     return list(dict.fromkeys(scales))
 
 
+def parse_method_options(text: str) -> dict[str, str]:
+    pairs = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [p for p in pairs if "=" not in p or not p.partition("=")[0].strip()]
+    if bad:
+        raise BadInput(f"--method-options takes KEY=VALUE pairs, comma-separated; got {bad[0]!r}")
+    return {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in pairs)}
+
+
 def _field(key: str, flag):
     kind = flag.kind or type(flag.default)
     return key, kind | None if flag.default is None else kind, field(default=flag.default)
@@ -58,6 +66,7 @@ Options = make_dataclass(
         method_names=property(lambda self: tuple(parse_methods(self.methods))),
         budget_values=property(lambda self: tuple(parse_budgets(self.budgets))),
         guidance_values=property(lambda self: tuple(parse_guidance(self.guidance))),
+        method_option_values=property(lambda self: parse_method_options(self.method_options)),
     ))
 
 
@@ -106,6 +115,7 @@ def validate(given) -> Options:
         raise BadInput(str(e)) from None
     parse_budgets(opts.budgets)
     parse_guidance(opts.guidance)
+    parse_method_options(opts.method_options)
     return opts
 
 

@@ -59,7 +59,7 @@ def load(opts: Options, device, with_metrics: bool = True):
         check_budgets(opts.budget_values, task)
         guidance = guidance_scales(task, list(opts.guidance_values))
         dash = task.dash().to(device)
-        context = Context(task, dash, opts.dot_ratio, opts.dots_per_dash)
+        context = Context(task, dash, opts.dot_ratio, opts.dots_per_dash, options=opts.method_option_values)
         methods = [resolve(m, context) for m in opts.method_names]
         metrics, primary = build_metrics(task, opts, device) if with_metrics else ({}, None)
     except (FileNotFoundError, ValueError) as e:  # missing or corrupt weights, data, reference; bad task

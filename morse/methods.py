@@ -10,6 +10,7 @@ importing morse. The worked example of README "Add an accelerator".
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -39,14 +40,15 @@ def dot_for(ctx: Context, solver: str = "ddim") -> tuple:
 
 
 def _load_dot(ctx: Context, solver: str) -> tuple:
-    path = dot_path(ctx.task.name, solver)
+    # --method-options dot=FILE: a Dot of one's own (an ablation row, a retraining) in place of the committed one.
+    path = Path(ctx.options["dot"]) if "dot" in ctx.options else dot_path(ctx.task.name, solver)
     # Morse-LCM's Dash is the distilled model, so its Dot shares that model's layers.
     base = distilled_model(ctx)[0] if solver == "lcm" else ctx.dash
     if ctx.latency_only and (getattr(ctx.task, "random_weights", False) or not path.exists()):
         return untrained_dot(ctx.task, base, path)
     if path.exists():
         verify_weights(path)
-    loaded, card = load_dot(ctx.task.name, base, solver)
+    loaded, card = load_dot(ctx.task.name, base, solver, path)
     retrain = f"retrain with `python -m morse.train --task {ctx.task.name} --solver {solver}`"
     if card.get("solver", "ddim") != solver:
         raise ValueError(f"{path} was trained on {card['solver']!r} trajectories, not {solver!r}: {retrain}")

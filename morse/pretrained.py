@@ -14,8 +14,8 @@ def dot_path(task_name: str, solver: str = "ddim") -> Path:
     return WEIGHTS / f"{task_name}_dot{suffix}.safetensors"
 
 
-def load_dot(task_name: str, dash, solver: str = "ddim") -> tuple[Dot, dict]:
-    path = dot_path(task_name, solver)
+def load_dot(task_name: str, dash, solver: str = "ddim", path: Path | None = None) -> tuple[Dot, dict]:
+    path = path or dot_path(task_name, solver)
     if not path.exists():
         raise FileNotFoundError(f"no Dot trained for solver {solver!r} on task {task_name!r} at {path}: train one "
                                 f"with `python -m morse.train --task {task_name} --solver {solver} --export {path}`")

@@ -108,3 +108,29 @@ def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
     assert set(err["per_budget"]) == {"4", "8"}
     assert err["prior_ratio"] == pytest.approx(1.0)  # untrained: the Dot is its prior
     assert err["ratio"] != pytest.approx(1.0)  # ...which is not reuse of z_s
+
+
+def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path):
+    """`--method-options dot=FILE`: an ablation row's Dot, with its own card's plans, replaces the committed one."""
+    import json
+
+    from baselines.checkpoint import sha256
+    from baselines.methods import Context
+    from baselines.tasks import get_task
+    from evaluate.methods import resolve
+    from evaluate.options import parse_method_options
+    from evaluate.provenance import BadInput
+
+    task = get_task("fmnist")
+    dash = task.dash()
+    dot = Dot(dash, DotConfig(width=8, skip_levels=1, prior="extrap", history=True, schedule=SCHEDULE_CONFIG))
+    dot.save(tmp_path / "dot.safetensors")
+    card = dict(solver="ddim", dots_per_dash=2, dot_ratio_planned=5.0, sha256=sha256(tmp_path / "dot.safetensors"))
+    (tmp_path / "dot.json").write_text(json.dumps(card))
+    options = parse_method_options(f"dot={tmp_path / 'dot.safetensors'}, other=1")
+    method = resolve("morse", Context(task, dash, options=options))
+    assert method.morse.dot.config.prior == "extrap" and method.morse.interleave.dots_per_dash == 2
+    assert method.morse.dot_ratio == 5.0
+    assert resolve("morse", Context(task, dash)).morse.dot.config.prior == "reuse"  # the committed Dot
+    with pytest.raises(BadInput, match="KEY=VALUE"):
+        parse_method_options("dot")
