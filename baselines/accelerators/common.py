@@ -206,3 +206,18 @@ class HookCache:
         with self._context(twin):
             return traced_solve(scheduler, estimate, noise, {"dash": twin, self.cheap: cheap}, seeds,
                                 self.solver.step_kwargs, callback, labels=lambda i: "dash" if i in full else self.cheap)
+
+
+def knobs_from(ctx, prefix: str, defaults: dict) -> dict:
+    """`defaults` with the run's `--method-options PREFIX_KEY=VALUE` in place (each cast to its default's type)."""
+    out = dict(defaults)
+    for key, default in defaults.items():
+        text = ctx.options.get(f"{prefix}_{key}")
+        if text is None:
+            continue
+        try:
+            out[key] = text.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(text)
+        except ValueError:
+            raise ValueError(f"{prefix}: --method-options {prefix}_{key} takes a {type(default).__name__}, "
+                             f"got {text!r}") from None
+    return out

@@ -35,6 +35,7 @@ from DeepCache import DeepCacheSDHelper
 from baselines.accelerators.common import (
     CheapCall,
     flop_fraction,
+    knobs_from,
     like,
     longest_plan,
     patched_copy,
@@ -115,10 +116,9 @@ class DeepCache:
         batch 1 here, so that the FLOP counter, which the harness runs at batch 1, sees only the shallow call)."""
         _, twin, helper, cheap, _ = self._patch(denoiser)
         full, shallow = like(denoiser, twin), like(denoiser, cheap)
-        rows = 2 if denoiser.classifier_free else 1
 
-        def forward(x, t):
-            if helper.cached_rows() != rows * x.shape[0]:
+        def forward(x, t):  # unguided, as the Dash's probe (denoiser.raw without a condition): one row per sample
+            if helper.cached_rows() != x.shape[0]:
                 full.raw(x, t)
             return shallow.raw(x, t)
 
@@ -164,11 +164,17 @@ def _shallow(helper: _Helper):
         helper.shallow = False
 
 
+DEFAULTS = dict(cache_interval=3, cache_branch_id=0, uniform=True, center=0.3, power=1.4)
+
+
 def deepcache(solver: str, **knobs):
+    """`--method-options deepcache_cache_interval=N,deepcache_cache_branch_id=B,deepcache_uniform=0,...` override
+    the knobs (a sweep's)."""
     def build(ctx: Context) -> DeepCache:
         if not all(hasattr(ctx.dash, a) for a in ("down_blocks", "mid_block", "up_blocks")):
             raise ValueError(f"deepcache caches a UNet's deep blocks; task {ctx.task.name}'s Dash "
                              f"({type(ctx.dash).__name__}) has none")
-        check_branch(ctx.dash, knobs.get("cache_branch_id", 0))
-        return DeepCache(get_baseline(solver), **knobs)
+        chosen = knobs_from(ctx, "deepcache", {**DEFAULTS, **knobs})
+        check_branch(ctx.dash, chosen["cache_branch_id"])
+        return DeepCache(get_baseline(solver), **chosen)
     return build

@@ -11,7 +11,7 @@ i % r = 0: those count as "dash", the broadcast steps as "dash-pab" (common.Hook
 Setting: see the README's Pyramid Attention Broadcast section for how it was chosen on held-out seeds.
 """
 
-from baselines.accelerators.common import HookCache
+from baselines.accelerators.common import HookCache, knobs_from
 from baselines.methods import Context
 from baselines.registry import get_baseline
 
@@ -36,12 +36,13 @@ class PAB(HookCache):
             current_timestep_callback=lambda: self.t))
 
 
-def pab(solver: str, **knobs):
+def pab(solver: str, skip_range: int = 2):
+    """`--method-options pab_skip_range=R` overrides the knob (a sweep's)."""
     def build(ctx: Context) -> PAB:
         from diffusers.models.attention_processor import Attention
 
         if not any(isinstance(m, Attention) and not m.is_cross_attention for m in ctx.dash.modules()):
             raise ValueError(f"pab broadcasts self-attention; task {ctx.task.name}'s Dash "
                              f"({type(ctx.dash).__name__}) has no self-attention layer")
-        return PAB(get_baseline(solver), **knobs)
+        return PAB(get_baseline(solver), **knobs_from(ctx, "pab", dict(skip_range=skip_range)))
     return build

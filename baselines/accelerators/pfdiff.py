@@ -20,6 +20,7 @@ Setting: see the README's PFDiff section for how k and h were chosen on held-out
 
 import torch
 
+from baselines.accelerators.common import knobs_from
 from baselines.methods import Network, dash_networks
 from baselines.registry import get_baseline
 from baselines.schedule import alpha_bar
@@ -83,6 +84,7 @@ def _x0(x, eps, a):
     return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
 
-def pfdiff(**knobs):
-    return lambda ctx: PFDiff(**knobs)
+def pfdiff(k: int = 1, h: int = 1):
+    """`--method-options pfdiff_k=K,pfdiff_h=H` override the knobs (a sweep's)."""
+    return lambda ctx: PFDiff(**knobs_from(ctx, "pfdiff", dict(k=k, h=h)))
 

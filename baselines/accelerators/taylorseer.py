@@ -11,7 +11,7 @@ counted as "dash", the forecast steps as "dash-taylorseer" (common.HookCache dri
 Setting: see the README's TaylorSeer section for how it was chosen on held-out seeds.
 """
 
-from baselines.accelerators.common import HookCache
+from baselines.accelerators.common import HookCache, knobs_from
 from baselines.methods import Context
 from baselines.registry import get_baseline
 
@@ -45,11 +45,16 @@ class TaylorSeer(HookCache):
             max_order=k["max_order"], taylor_factors_dtype=twin.dtype, cache_identifiers=list(IDENTIFIERS)))
 
 
-def taylorseer(solver: str, **knobs):
+def taylorseer(solver: str, cache_interval: int = 2, disable_cache_before_step: int = 2, max_order: int = 1):
+    """`--method-options taylorseer_cache_interval=N,taylorseer_disable_cache_before_step=W,taylorseer_max_order=O`
+    override the knobs (a sweep's)."""
+    knobs = dict(cache_interval=cache_interval, disable_cache_before_step=disable_cache_before_step,
+                 max_order=max_order)
+
     def build(ctx: Context) -> TaylorSeer:
         names = dict(ctx.dash.named_modules())
         if not all(n.replace("\\", "") in names for n in IDENTIFIERS):
             raise ValueError(f"taylorseer forecasts a UNet's mid_block and up_blocks.0; task {ctx.task.name}'s Dash "
                              f"({type(ctx.dash).__name__}) has no such modules")
-        return TaylorSeer(get_baseline(solver), **knobs)
+        return TaylorSeer(get_baseline(solver), **knobs_from(ctx, "taylorseer", knobs))
     return build
