@@ -40,14 +40,33 @@ def frechet_distance(a: Stats, b: Stats) -> float:
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
 
 
-def kernel_inception_distance(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
-    """KID by clean-fid's unbiased polynomial-kernel MMD estimate; clean-fid draws subsets from
-    numpy's global RNG, so it is seeded here and the caller's RNG state is restored."""
-    from cleanfid.fid import kernel_distance
+def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel: (a.b / d + 1)^3."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
 
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        return kernel_distance(np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64), subsets, subset_size)
-    finally:
-        np.random.set_state(state)
+
+class KernelDistance:
+    """KID (Binkowski et al., 2018): the unbiased MMD^2 between samples and a fixed reference set under the cubic
+    polynomial kernel, on every sample at once. clean-fid and torchmetrics average it over random subsets drawn from
+    a global RNG; with one subset holding every sample they compute this same estimate. Written here because the
+    paired bootstrap needs the kernel matrices once per cell: a resample's estimate is then sums weighted by how
+    often it draws each sample."""
+
+    def __init__(self, reference):
+        self.ref = np.asarray(reference, dtype=np.float64)
+        k = polynomial_kernel(self.ref, self.ref)
+        m = len(self.ref)
+        self.ref_term = (k.sum() - np.trace(k)) / (m * (m - 1))
+
+    def __call__(self, features, resamples=()) -> tuple[float, np.ndarray]:
+        """(KID of `features`, KID of each resample: index arrays into `features`)."""
+        x = np.asarray(features, dtype=np.float64)
+        n, m = len(x), len(self.ref)
+        kxx, kxy = polynomial_kernel(x, x), polynomial_kernel(x, self.ref).sum(1)
+        counts = np.stack([np.ones(n)] + [np.bincount(ix, minlength=n) for ix in resamples]).astype(np.float64)
+        # Pairs of two different samples only: a resample's repeated draws of one sample would pair it with itself
+        # and bias its estimate upward.
+        squares = counts ** 2
+        pairs = ((counts @ kxx) * counts).sum(1) - squares @ np.diag(kxx)
+        values = pairs / (n * n - squares.sum(1)) + self.ref_term - 2 * counts @ kxy / (n * m)
+        return float(values[0]), values[1:]

@@ -6,15 +6,18 @@ A task names its metrics (`task.metrics`) and the primary one that speedups are 
 * `fd_<name>`: Frechet distance on the task classifier's penultimate features (fast on CPU), with the
   classifier's mean confidence, the smallest and largest class fraction of the samples, and, where each prompt
   names a class (`task.prompted_classes(seeds)`), the fraction of samples classified as their prompt's class;
+* `kid_<name>`: KID (unbiased MMD^2, cubic polynomial kernel) on the same classifier features, against the
+  first KID_REFERENCE images of the task's train split;
 * `fid`: Frechet distance on TF-FID Inception features behind clean-fid's clean resize;
 * `clip_score`: each sample's CLIP score against its own prompt (`task.prompts_for(seeds)`), computed for every
   task with prompts, with the open_clip model of --clip-model/--clip-weights (else the task's, else ViT-B-32
   with the openai weights, from the Hugging Face cache: never downloaded).
 
-Every Frechet distance and the CLIP score have a 95% bootstrap interval over seeds; the resampled indices are the
+Every Frechet distance, KID and the CLIP score have a 95% bootstrap interval over seeds; the resampled indices are the
 same for every cell (paired), so differences between cells are not blurred by resampling noise.
 """
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 
@@ -25,10 +28,11 @@ from tqdm import tqdm
 
 from baselines.checkpoint import sha256
 from evaluate.features import ClassifierFeatures, InceptionFeatures
-from evaluate.frechet import Stats, feature_stats, frechet_distance
+from evaluate.frechet import KernelDistance, Stats, feature_stats, frechet_distance
 from evaluate.reference import task_reference
 
 MAX_FID_RESAMPLES = 100  # 2048-d eigendecompositions cost ~1 s each; speedup intervals use 100
+KID_REFERENCE = 2000     # reference images behind KID: their kernel matrix (32 MB) is computed once per run
 
 
 @dataclass
@@ -89,6 +93,38 @@ class ClassifierFD:
         vs_train = frechet_distance(f_test, feature_stats(self.extractor(train[-n:])[0]))
         return (f"test x{n} vs train statistics: {frechet_distance(f_test, self.ref):.3f}; "
                 f"test x{n} vs disjoint train subset x{n}: {vs_train:.3f}")
+
+
+class ClassifierKID:
+    """`kid_<name>`: KID on the task classifier's features against the first KID_REFERENCE images of the split the
+    task's classifier metrics read (its train split), with its paired bootstrap interval."""
+
+    def __init__(self, name: str, task, opts, device):
+        self.name, self.task = name, task
+        self.extractor = ClassifierFeatures(task.classifier(), task.classifier_path)
+        split = task.reference(name).split
+        if split is None:
+            raise ValueError(f"task {task.name}: {name} needs a split of the task's own data as its reference")
+        feats, _ = self.extractor(task.data(split)[0][:KID_REFERENCE])
+        self.kid = KernelDistance(feats)
+        self.reference = f"{split} x{len(feats)} (the first), features sha256 {sha256_bytes(feats)}"
+        self.prov = dict(metric_impl=f"KID: unbiased MMD^2, cubic polynomial kernel, on classifier features "
+                                     f"(evaluate.frechet, float64); classifier sha256 {self.extractor.checksum}",
+                         reference=f"{split} x{len(feats)}")
+
+    def __call__(self, images: torch.Tensor, boot, seeds=None) -> Scores:
+        value, resamples = self.kid(self.extractor(images)[0], boot)
+        lo, hi = interval(resamples)
+        rows = [(self.name, value, self.prov), (f"{self.name}_ci_low", lo, self.prov),
+                (f"{self.name}_ci_high", hi, self.prov)]
+        return Scores(rows, resamples)
+
+    def describe(self, n: int) -> dict:
+        return {f"reference ({self.name})": f"{self.task.name} {self.reference}"}
+
+
+def sha256_bytes(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
 
 class InceptionFID:
@@ -163,7 +199,7 @@ class ClipScore:
                                              f"{self.prov['clip_sha256']}"}
 
 
-METRICS = {"fid": InceptionFID, "clip_score": ClipScore}  # by name; fd_<name> by prefix
+METRICS = {"fid": InceptionFID, "clip_score": ClipScore}  # by name; fd_<name> and kid_<name> by prefix
 HIGHER_IS_BETTER = {"clip_score"}
 
 
@@ -172,7 +208,10 @@ def metric_class(name: str):
         return METRICS[name]
     if name.startswith("fd_"):
         return ClassifierFD
-    raise ValueError(f"no implementation for metric {name!r}: known are {', '.join(METRICS)} and fd_<classifier>")
+    if name.startswith("kid_"):
+        return ClassifierKID
+    raise ValueError(f"no implementation for metric {name!r}: known are {', '.join(METRICS)}, fd_<classifier> and "
+                     "kid_<classifier>")
 
 
 def declared(task, opts) -> tuple[list[str], str]:

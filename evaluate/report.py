@@ -241,9 +241,11 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
     nfe += ["nfe_total"] if (df.metric == "nfe_total").any() else []
     tables = {quality: pivot(df, quality), "lsd": pivot(df, "lsd"),
               **{m: pivot(df, m, "{:.0f}") for m in nfe}, "ms_per_image": pivot(df, "ms_per_image")}
-    for extra in ("confidence", "fid", "clip_score"):
+    kid = [m for m in df.metric.unique() if m.startswith("kid_") and "_ci_" not in m]
+    digits = {"confidence": "{:.3f}", **dict.fromkeys(kid, "{:.4f}")}  # KID is ~1e-3
+    for extra in ("confidence", "fid", "clip_score", *kid):
         if extra != quality and (df.metric == extra).any():
-            tables[extra] = pivot(df, extra, "{:.3f}" if extra == "confidence" else "{:.2f}")
+            tables[extra] = pivot(df, extra, digits.get(extra, "{:.2f}"))
     # One speedup table per metric it was read from (the primary first, e.g. CLIP score beside it).
     by_metric = {m: speed[speed.metric == m] for m in speed.metric.unique()} if len(speed) else {}
     details = {}

@@ -8,7 +8,7 @@ from PIL import Image
 from scipy import linalg
 
 from evaluate.features import InceptionFeatures
-from evaluate.frechet import Stats, feature_stats, frechet_distance, kernel_inception_distance
+from evaluate.frechet import KernelDistance, Stats, feature_stats, frechet_distance
 
 
 def scipy_reference(a: Stats, b: Stats) -> float:
@@ -99,12 +99,17 @@ def test_fid_independent_of_batch_size():
     assert f50 == pytest.approx(f500, rel=1e-6)
 
 
-def test_kid_seeded_and_ordered():
+def test_kid_ordered_with_bootstrap_around_it():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 16))
-    near, far = rng.normal(size=(400, 16)), rng.normal(1.0, 1.0, size=(400, 16))
-    assert kernel_inception_distance(x, near, 20, 200) == kernel_inception_distance(x, near, 20, 200)
-    assert kernel_inception_distance(x, near, 20, 200) < kernel_inception_distance(x, far, 20, 200)
+    kid = KernelDistance(rng.normal(size=(300, 16)))
+    near, far = rng.normal(size=(400, 16)), rng.normal(0.3, 1.0, size=(400, 16))
+    boot = [rng.integers(0, 400, 400) for _ in range(200)]
+    (k_near, b_near), (k_far, b_far) = kid(near, boot), kid(far, boot)
+    assert abs(k_near) < 1e-2 < k_far and len(b_far) == 200
+    # Repeated draws of one sample are not paired with themselves: the resamples centre on the estimate.
+    for k, b in ((k_near, b_near), (k_far, b_far)):
+        assert np.percentile(b, 2.5) < k < np.percentile(b, 97.5)
+    assert kid(far[::-1])[0] == pytest.approx(k_far)  # order does not matter
 
 
 def test_inception_weights_checksum():
@@ -170,5 +175,6 @@ def test_fid_and_kid_agree_with_torchmetrics():
     kid.update(real, real=True)
     kid.update(fake, real=False)
     theirs = float(kid.compute()[0])
-    assert kernel_inception_distance(ff, fr, subsets=1, subset_size=300) == pytest.approx(theirs, rel=1e-5)
+    assert KernelDistance(fr)(ff)[0] == pytest.approx(theirs, rel=1e-5)
+    assert KernelDistance(fr)(ff)[0] == pytest.approx(cleanfid.kernel_distance(ff, fr, 1, 300), rel=1e-9)
     assert theirs > 1e-3  # far from zero, so the comparison means something

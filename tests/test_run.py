@@ -125,6 +125,11 @@ def test_report_files(tmp_path):
     assert {"commit", "metric_impl", "reference_sha256", "n_samples", "seeds", "device"} <= set(df.columns)
     nfe = df[(df.metric == "nfe_dot") & (df.method == "morse") & (df.budget == 3)].value.item()
     assert nfe > 0
+    # KID, which the task declares, with its interval in every cell, and its table.
+    kid = df[df.metric.str.startswith("kid_fmnist")].pivot_table(index=["method", "budget"], columns="metric",
+                                                                  values="value")
+    assert len(kid) == 4 and (kid.kid_fmnist_ci_low <= kid.kid_fmnist_ci_high).all()
+    assert "### kid_fmnist" in (out / "tables.md").read_text()
     # The cost section has one NFE table per network that ran, then the total, and no empty table.
     index = (out / "index.md").read_text()
     cost = index[index.index("## Cost"):index.index("## Samples")]

@@ -74,7 +74,7 @@ class FashionMNIST(Task):
     image_shape = (1, 32, 32)
     classes = CLASSES
     schedule_config = SCHEDULE_CONFIG
-    metrics = ("fd_fmnist", "fid")
+    metrics = ("fd_fmnist", "fid", "kid_fmnist")
     primary_metric = "fd_fmnist"
     default_fid_samples = 0  # Inception FID costs ~0.2-1 s per image on a CPU: only on request
     # FD-fmnist: DDIM at 2 steps (FD 84) draws blurred silhouettes and noise, at 4 steps (FD 13) recognisable
