@@ -328,3 +328,26 @@ def test_method_options_set_the_knobs_and_the_config():
     ctx.options["pfdiff_h"] = "x"
     with pytest.raises(ValueError, match="pfdiff_h takes a int"):
         METHODS["pfdiff"](ctx)
+
+
+@pytest.mark.parametrize("task_name", ["sd14-coco", "lcm-sdxl"])
+def test_caches_pfdiff_and_ays_run_on_the_tiny_sd_pipelines(task_name, tmp_path, one_thread):
+    """The SD tasks' own loaders on tiny random pipelines (tests/test_text_tasks.py's): SD's cross-attention UNet with
+    classifier-free guidance, SDXL's added conditioning with LCM's guidance embedding."""
+    from test_text_tasks import PROMPTS, save_pipeline
+
+    from baselines.tasks import get_task
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    task = get_task(task_name, weights=save_pipeline(tmp_path / "p", sdxl=task_name == "lcm-sdxl"), prompts=prompts)
+    dash = task.dash()
+    denoiser, seeds = task.denoiser(dash), [0, 1]
+    before = torch.cat([p.flatten() for p in dash.parameters()]).clone()
+    for name in ("deepcache", "pfdiff", "ays", "taylorseer", "pab"):
+        method = METHODS[name](Context(task, dash))
+        x, trace = method(denoiser, initial_noise(seeds, task.image_shape), 2, cond=task.conditions(seeds),
+                          seeds=seeds)
+        assert torch.isfinite(x).all() and trace.nfe["dash"] > 0, name
+    assert "AysSchedules" in METHODS["ays"](Context(task, dash)).config()["schedules"]
+    assert torch.equal(before, torch.cat([p.flatten() for p in dash.parameters()]))
