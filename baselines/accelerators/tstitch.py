@@ -8,7 +8,7 @@ DPM-Solver runs). The small model's calls count as their own network, "dash-smal
 per budget: the most steps whose Dash steps plus small steps, at the small call's FLOP share, fit the budget.
 
 A task's small denoiser is `<task>_dash_small.safetensors` beside its weights, a UNet2DModel of the layout its card
-gives (the embedded default's: `python -m baselines.tasks.train_dash --channels 4,8,16`, see its card); a test hands
+gives (the embedded default's: `python -m baselines.tasks.train_dash --channels 8,16,32`, see its card); a test hands
 in its own with `ctx.once(SMALL, ...)`.
 """
 
@@ -89,5 +89,7 @@ def tstitch(solver: str = "ddim", fraction: float = 0.4):
             raise ValueError(f"{name}: the small denoiser was trained on another noise schedule than task "
                              f"{ctx.task.name}'s; retrain it on the task's schedule")
         first = next(ctx.dash.parameters())
-        return TStitch(name, get_baseline(solver), small.to(first.device, first.dtype), checksum, share)
+        if small.dtype != first.dtype:  # diffusers warns on any dtype given to `to`, even the model's own
+            small.to(dtype=first.dtype)
+        return TStitch(name, get_baseline(solver), small.to(first.device), checksum, share)
     return build
