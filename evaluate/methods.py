@@ -15,9 +15,9 @@ import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from baselines.methods import Context, Method, Network, dash_networks
+from baselines.methods import Context, Method, Network
 
-__all__ = ["Context", "Method", "Network", "dash_networks", "METHODS", "check_names", "resolve", "valid_names"]
+__all__ = ["Context", "Method", "Network", "METHODS", "check_names", "resolve", "valid_names"]
 
 GROUP = "morse_bench.methods"
 
