@@ -9,10 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from baselines.checkpoint import atomic_path, write_text_atomic  # noqa: E402
+from baselines.tasks import TASKS  # noqa: E402
 from evaluate.metrics import HIGHER_IS_BETTER  # noqa: E402
 from evaluate.speedup import LOWER, NO_BOUND, POINT, UPPER  # noqa: E402
 
@@ -54,18 +57,77 @@ def grids(cells, out: Path, n=64) -> list[str]:
     return names
 
 
+AXIS_LABELS = {"lsd": "latency (LSD)", "nfe_total": "NFE (all networks)", "fid": "FID",
+               "clip_score": "CLIP score", "budget": "budget (LSD)"}
+
+
+def axis_label(metric: str, task: str | None = None) -> str:
+    """A name a reader knows for a metric: the task's own (`metric_labels`, e.g. what its classifier was trained
+    on), else the suite's, else the column name."""
+    labels = {**AXIS_LABELS, **getattr(TASKS.get(task), "metric_labels", {})}
+    if metric in labels:
+        return labels[metric]
+    return f"FD ({metric[3:]} classifier features)" if metric.startswith("fd_") else metric
+
+
+def budget_ticks(lsd, budgets) -> list[float] | None:
+    """The budgets that lie within the curves' LSD range (a guided step's two rows cost 2 LSD: not there), or None
+    where fewer than two do."""
+    lsd = [v for v in lsd if v > 0]
+    inside = [b for b in sorted(set(budgets)) if lsd and min(lsd) * 0.95 <= b <= max(lsd) * 1.05]
+    return inside if len(inside) > 1 else None
+
+
+def nice_ticks(lo: float, hi: float) -> list[float]:
+    """Round values inside [lo, hi] for a log axis: 1-2-5 per decade, finer where that leaves fewer than two, and
+    three values spaced evenly in log on a range too short for any of those."""
+    for steps in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
+        decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+        ticks = sorted({float(f"{s * 10.0 ** d:.6g}") for d in decades for s in steps if lo <= s * 10.0 ** d <= hi})
+        if len(ticks) >= 2:
+            return ticks
+    return sorted({float(f"{v:.3g}") for v in np.geomspace(lo, hi, 3)})
+
+
+def log_axis(ax, which: str, values, ticks=None) -> None:
+    """`ax`'s x or y axis (`which`) on a log scale with plain labels ("2", "8", "0.5"): at `ticks` (e.g. the
+    budgets) with round values added where the data reach beyond them, and unlabelled minor ticks: matplotlib's
+    own labels ("3x10^0 4x10^0") overlap on short ranges."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    values = [v for v in np.asarray(values, float).ravel() if v > 0 and np.isfinite(v)]
+    if values:
+        ticks = sorted(ticks or [])
+        # a round value joins the given ticks only away from them (no two labels closer than a factor 1.4)
+        ticks += [t for t in nice_ticks(min(values), max(values)) if all(max(t / k, k / t) > 1.4 for k in ticks)]
+    if ticks:
+        axis.set_major_locator(FixedLocator(sorted(ticks)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, ax, path: Path) -> None:
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    for a in np.atleast_1d(ax).ravel():
+        a.grid(True, which="both", alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
 
 
-def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) -> None:
+def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str, task: str | None = None) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    quality_curves(ax, df, x, metric, task)
+    ax.set_title(title, fontsize=9)
+    _save(fig, ax, path)
+
+
+def quality_curves(ax, df: pd.DataFrame, x: str, metric: str, task: str | None = None, methods=None) -> None:
+    """`metric` against `x` (LSD or NFE) per method, with its bootstrap band; log-log (a bounded score such as
+    CLIP's on a linear y axis), x ticks at the run's budgets."""
+    df = df if methods is None else df[df.method.isin(methods)]
     q = df[df.metric == metric].set_index(["method", "budget"])["value"]
     xs = df[df.metric == x].set_index(["method", "budget"])["value"]
     lo = df[df.metric == f"{metric}_ci_low"].set_index(["method", "budget"])["value"]
@@ -76,13 +138,31 @@ def plot_quality(df: pd.DataFrame, x: str, metric: str, path: Path, title: str) 
         ax.plot(xv, yv, marker="o", label=method)
         if all(k in lo.index for k in keys):
             ax.fill_between(xv, [lo[k] for k in keys], [hi[k] for k in keys], alpha=0.15)
-    ax.set_xscale("log")
+    log_axis(ax, "x", xs.values, budget_ticks(xs.values, df.budget) if x == "lsd" else None)
     if metric not in HIGHER_IS_BETTER:  # a bounded score such as CLIP's reads better, and may be 0, on a linear axis
-        ax.set_yscale("log")
-    ax.set_xlabel(x.upper() if x != "nfe_total" else "NFE (all networks)")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    _save(fig, ax, path)
+        log_axis(ax, "y", [*q.values, *lo.values, *hi.values])
+    ax.set_xlabel(axis_label(x, task))
+    ax.set_ylabel(axis_label(metric, task))
+
+
+def plot_quality_panels(df: pd.DataFrame, metric: str, panels: dict[str, list[str]], path: Path, title: str,
+                        task: str | None = None, published: dict[str, list[tuple]] | None = None) -> None:
+    """The paper's figure: `metric` against LSD, log-log, one panel per solver (`panels`: title -> the methods
+    drawn in it, the solver and what wraps it); `published`: title -> (label, [(budget, value)]) drawn hollow."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, methods) in zip(axes[0], panels.items(), strict=True):
+        quality_curves(ax, df, "lsd", metric, task, methods)
+        for label, points in (published or {}).get(name, []):
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, ls="none", marker="D", mfc="none", color="black", label=label)
+        if (published or {}).get(name):  # ticks over ours and the published points
+            xs = [x for line in ax.get_lines() for x in line.get_xdata()]
+            log_axis(ax, "x", xs, budget_ticks(xs, df.budget))
+            if metric not in HIGHER_IS_BETTER:
+                log_axis(ax, "y", [y for line in ax.get_lines() for y in line.get_ydata()])
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, axes, path)
 
 
 def tradeoff_metric(df: pd.DataFrame, quality: str) -> str | None:
@@ -93,7 +173,7 @@ def tradeoff_metric(df: pd.DataFrame, quality: str) -> str | None:
     return next((m for m in (quality, "fid") if m != "clip_score" and (df.metric == m).any()), None)
 
 
-def plot_tradeoff(df: pd.DataFrame, metric: str, path: Path, title: str) -> None:
+def plot_tradeoff(df: pd.DataFrame, metric: str, path: Path, title: str, task: str | None = None) -> None:
     """`metric` against CLIP score as guidance varies, as a guidance study draws it: one curve per method and
     budget through its guidance scales (each point labelled with its scale)."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -106,8 +186,8 @@ def plot_tradeoff(df: pd.DataFrame, metric: str, path: Path, title: str) -> None
         for _, r in g.iterrows():
             if r.guidance == r.guidance:
                 ax.annotate(f"{r.guidance:g}", (r.x, r.y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("CLIP score (higher is better)")
-    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.set_xlabel(f"{axis_label('clip_score', task)} (higher is better)")
+    ax.set_ylabel(f"{axis_label(metric, task)} (lower is better)")
     ax.set_title(title, fontsize=9)
     _save(fig, ax, path)
 
@@ -144,11 +224,9 @@ def plot_speedup(speed: pd.DataFrame, path: Path) -> None:
                        label=f"{name} mean {speedup_text(m.speedup, m.bound)} over {m.over}")
     ax.axhline(1.0, color="grey", lw=0.8)
     if len(per):
-        ax.set_xscale("log")
-        budgets = sorted(set(per.budget))
-        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
-        ax.set_xticks([], minor=True)
-    ax.set_xlabel("baseline budget (LSD)")
+        log_axis(ax, "x", per.budget, sorted(set(per.budget)))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("baseline budget, latency (LSD)")
     ax.set_ylabel("speedup at equal quality")
     ax.set_title("v: upper bound (never reaches the baseline), ^: lower bound; hollow: excluded", fontsize=7)
     _save(fig, ax, path)
@@ -210,7 +288,8 @@ def tradeoff_lines(df: pd.DataFrame, quality: str, out: Path, task: str) -> list
     if metric is None:
         return []
     name = f"{metric}_vs_clip_score.png"
-    plot_tradeoff(df, metric, out / name, f"{task}: {metric} vs CLIP score over guidance scales")
+    plot_tradeoff(df, metric, out / name, f"{task}: {axis_label(metric, task)} vs CLIP score over guidance scales",
+                  task)
     return ["## Guidance trade-off", "", f"{metric} against CLIP score, one curve per method and budget through the "
             "guidance scales (each point labelled with its scale).", "", f"![{metric} vs CLIP score]({name})", ""]
 
@@ -258,8 +337,11 @@ def write_report(out: Path, df: pd.DataFrame, speed: pd.DataFrame, cells, header
     latex = "\n".join(f"% {name}\n" + t.to_latex() for name, t in tables.items())
     write_text_atomic(out / "tables.tex", latex)
 
-    plot_quality(df, "lsd", quality, out / f"{quality}_vs_lsd.png", f"{header['task']}: {quality} vs LSD")
-    plot_quality(df, "nfe_total", quality, out / f"{quality}_vs_nfe.png", f"{header['task']}: {quality} vs NFE")
+    task = header["task"]
+    plot_quality(df, "lsd", quality, out / f"{quality}_vs_lsd.png", f"{task}: {axis_label(quality, task)} vs latency",
+                 task)
+    plot_quality(df, "nfe_total", quality, out / f"{quality}_vs_nfe.png", f"{task}: {axis_label(quality, task)} vs NFE",
+                 task)
     for m, sp in by_metric.items():
         plot_speedup(sp, out / ("speedup.png" if m == quality else f"speedup_at_equal_{m}.png"))
     grid_names = grids(cells, out / "grids")

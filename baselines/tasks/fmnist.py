@@ -76,6 +76,7 @@ class FashionMNIST(Task):
     schedule_config = SCHEDULE_CONFIG
     metrics = ("fd_fmnist", "fid", "kid_fmnist")
     primary_metric = "fd_fmnist"
+    metric_labels = {"fd_fmnist": "FD (Fashion-MNIST classifier features)"}  # axis and table names in reports
     default_fid_samples = 0  # Inception FID costs ~0.2-1 s per image on a CPU: only on request
     # FD-fmnist: DDIM at 2 steps (FD 84) draws blurred silhouettes and noise, at 4 steps (FD 13) recognisable
     # garments; 50 sits between, about 100x the quality floor of real held-out images (0.35-0.49).
