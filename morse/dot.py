@@ -95,6 +95,17 @@ def _block(cin, cout, stride=1):
                          nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.SiLU())
 
 
+def _check(config: DotConfig) -> None:
+    if config.m < 1:
+        raise ValueError("DotConfig.m must be at least 1")
+    if config.residual not in ("eps", "x0"):
+        raise ValueError(f"DotConfig.residual must be 'eps' or 'x0', got {config.residual!r}")
+    if config.prior not in PRIORS:
+        raise ValueError(f"DotConfig.prior must be one of {PRIORS}, got {config.prior!r}")
+    if config.prior != "reuse" and config.residual != "eps":
+        raise ValueError("DotConfig.prior: an x0 residual starts from the anchor's x0; use prior='reuse'")
+
+
 class Dot(nn.Module):
     def __init__(self, dash: nn.Module, config: DotConfig | None = None):
         super().__init__()
@@ -109,35 +120,8 @@ class Dot(nn.Module):
         c, body_ch = dc.in_channels, dc.block_out_channels[0]
         w = config.width
 
-        self.body = nn.Module()
-        for name in SHARED + (ADDED if self.added else ()):
-            setattr(self.body, name, _share(getattr(dash, name)))
-        if not 0 <= config.skip_levels < len(dash.down_blocks):
-            raise ValueError(f"DotConfig.skip_levels must be in [0, {len(dash.down_blocks) - 1}]")
-        if config.skip_levels:
-            # On the 4^m-fold smaller map the deepest levels run at 2x2 or less, where they cost kernel
-            # launches and carry little; the up path then starts from the last kept level's features.
-            keep = len(dash.down_blocks) - config.skip_levels
-            if dc.block_out_channels[keep - 1] != dc.block_out_channels[keep]:
-                raise ValueError(f"DotConfig.skip_levels={config.skip_levels}: the last kept level has "
-                                 f"{dc.block_out_channels[keep - 1]} channels, the up path expects "
-                                 f"{dc.block_out_channels[keep]}; skip fewer levels")
-            self.body.down_blocks = nn.ModuleList(list(self.body.down_blocks)[:keep])
-            self.body.down_blocks[-1].downsamplers = None  # on the clone only: the Dash keeps its own
-            self.body.mid_block = None
-            self.body.up_blocks = nn.ModuleList(list(self.body.up_blocks)[config.skip_levels:])
-        self.body.requires_grad_(False)
-        inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
-                                           target_modules=config.lora_targets), self.body)
-
-        if config.m < 1:
-            raise ValueError("DotConfig.m must be at least 1")
-        if config.residual not in ("eps", "x0"):
-            raise ValueError(f"DotConfig.residual must be 'eps' or 'x0', got {config.residual!r}")
-        if config.prior not in PRIORS:
-            raise ValueError(f"DotConfig.prior must be one of {PRIORS}, got {config.prior!r}")
-        if config.prior != "reuse" and config.residual != "eps":
-            raise ValueError("DotConfig.prior: an x0 residual starts from the anchor's x0; use prior='reuse'")
+        self.body = self._shared_body_layers(dash, config)
+        _check(config)
         self.inp = _block((8 if config.history else 5) * c * 4, body_ch if config.m == 1 else w)
         self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 2 else w, stride=2)
                                    for k in range(config.m - 1)])
@@ -163,6 +147,31 @@ class Dot(nn.Module):
                 continue
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
+
+    def _shared_body_layers(self, dash: nn.Module, config: DotConfig) -> nn.Module:
+        """The Dash's own layers (same tensors, frozen) in a tree of their own, with LoRA adapters on that tree."""
+        dc = dash.config
+        body = nn.Module()
+        for name in SHARED + (ADDED if self.added else ()):
+            setattr(body, name, _share(getattr(dash, name)))
+        if not 0 <= config.skip_levels < len(dash.down_blocks):
+            raise ValueError(f"DotConfig.skip_levels must be in [0, {len(dash.down_blocks) - 1}]")
+        if config.skip_levels:
+            # On the 4^m-fold smaller map the deepest levels run at 2x2 or less, where they cost kernel
+            # launches and carry little; the up path then starts from the last kept level's features.
+            keep = len(dash.down_blocks) - config.skip_levels
+            if dc.block_out_channels[keep - 1] != dc.block_out_channels[keep]:
+                raise ValueError(f"DotConfig.skip_levels={config.skip_levels}: the last kept level has "
+                                 f"{dc.block_out_channels[keep - 1]} channels, the up path expects "
+                                 f"{dc.block_out_channels[keep]}; skip fewer levels")
+            body.down_blocks = nn.ModuleList(list(body.down_blocks)[:keep])
+            body.down_blocks[-1].downsamplers = None  # on the clone only: the Dash keeps its own
+            body.mid_block = None
+            body.up_blocks = nn.ModuleList(list(body.up_blocks)[config.skip_levels:])
+        body.requires_grad_(False)
+        inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
+                                           target_modules=config.lora_targets), body)
+        return body
 
     def train(self, mode: bool = True):
         super().train(mode)
