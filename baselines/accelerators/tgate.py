@@ -73,6 +73,7 @@ class TGate:
     def __init__(self, name: str, solver: SchedulerMethod, gate_fraction: float):
         self.name, self.solver, self.wraps, self.gate_fraction = name, solver, solver.name, gate_fraction
         self._share = {}  # by guided or not: a gated step's FLOP share of a guided one
+        self.plan_prices = {}  # what the last plan priced a gated call at, in guided Dash calls
 
     def gate(self, steps: int) -> int:
         return max(1, round(self.gate_fraction * steps))
@@ -103,6 +104,7 @@ class TGate:
             x, t, c = noise[:1], torch.full((1,), 500, device=noise.device), None if cond is None else cond[:1]
             guided.net.plan, gated.net.plan = plan(0, 1, halves), plan(1, 1, halves)
             self._share[halves] = flop_fraction(lambda: guided(x, t, c), lambda: gated(x, t, c if not halves else None))
+        self.plan_prices = {GATED: self._share[halves]}
         return longest_plan(budget, lambda steps: set(range(self.gate(steps))), self._share[halves])
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, spacing=DEFAULT_SPACING, callback=None):

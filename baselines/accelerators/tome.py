@@ -77,6 +77,7 @@ class ToMe:
         self.ratio, self.max_downsample = ratio, max_downsample
         self.network = f"dash-tome-{ratio:g}"
         self._share = {}  # by guided or not: the merged call's FLOP share
+        self.plan_prices = {}  # what the last plan priced each call at, in Dash calls
 
     def _merged(self, denoiser, guided: bool) -> Denoiser:
         """`guided`: the calls run [uncond, cond] rows, an even count whatever the batch, so tomesd's random
@@ -99,6 +100,7 @@ class ToMe:
         if guided not in self._share:
             x, t, c = noise[:1], torch.full((1,), 500, device=noise.device), None if cond is None else cond[:1]
             self._share[guided] = flop_fraction(lambda: denoiser(x, t, c), lambda: merged(x, t, c))
+        self.plan_prices = {self.network: self._share[guided]}
         steps = longest_plan(budget, lambda steps: set(), self._share[guided])
         scheduler = self.solver.make_scheduler(denoiser.schedule_config, steps, noise.device, spacing)
 

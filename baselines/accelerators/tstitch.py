@@ -47,7 +47,7 @@ class TStitch:
     def __init__(self, name: str, solver: SchedulerMethod, small: nn.Module, checksum: str, fraction: float):
         self.name, self.solver, self.wraps = name, solver, solver.name
         self.small, self.checksum, self.fraction = small, checksum, fraction
-        self._share = None  # a small call's FLOP share of a Dash call
+        self.plan_prices = {}  # what the plan prices a small call at, in Dash calls (its FLOP share)
 
     def switch(self, steps: int) -> int:
         """Steps the small denoiser takes: the fraction of `steps`, rounded, always leaving the Dash the last one."""
@@ -62,10 +62,10 @@ class TStitch:
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, spacing=DEFAULT_SPACING, callback=None):
         small = like(denoiser, self.small)
-        if self._share is None:
+        if not self.plan_prices:
             x, t = noise[:1], torch.full((1,), 500, device=noise.device)
-            self._share = flop_fraction(lambda: denoiser(x, t), lambda: small(x, t))
-        steps = longest_plan(budget, lambda steps: set(range(self.switch(steps), steps)), self._share)
+            self.plan_prices = {NETWORK: flop_fraction(lambda: denoiser(x, t), lambda: small(x, t))}
+        steps = longest_plan(budget, lambda steps: set(range(self.switch(steps), steps)), self.plan_prices[NETWORK])
         switch = self.switch(steps)
         scheduler = self.solver.make_scheduler(denoiser.schedule_config, steps, noise.device, spacing)
 
