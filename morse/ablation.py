@@ -30,23 +30,36 @@ RUNS, BUDGETS = Path("runs/ablation"), (4, 8, 16)
 class Row:
     name: str
     what: str
-    flags: str = ""            # beyond RECIPE and DEFAULTS
+    flags: str | None = ""     # beyond RECIPE and DEFAULTS; None: nothing to train (the committed Dot, the formula)
     against: str = "extrap"    # the row it changes one thing of
+    method: str = "morse"
 
-    def train_command(self) -> str:
+    @property
+    def dot(self) -> Path | None:
+        return RUNS / self.name / "dot.safetensors" if self.flags is not None else None
+
+    def train_command(self) -> str | None:
+        if self.flags is None:
+            return None
         own = shlex.split(self.flags)
         base = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEFAULTS.items() if f"--{k.replace('_', '-')}"
                         not in own)
         return f"python -m morse.train {RECIPE} {base} {self.flags} --out {RUNS / self.name}".replace("  ", " ")
 
     def eval_command(self) -> str:
-        return (f"python -m evaluate.run --methods morse,ddim --budgets {','.join(map(str, BUDGETS))} "
-                f"--num-samples 1000 --method-options dot={RUNS / self.name / 'dot.safetensors'} "
-                f"--out {RUNS / 'eval'} && cp {RUNS / 'eval'}/results.csv {RUNS / 'eval'}/speedup.csv "
-                f"{RUNS / self.name}/")
+        """One sweep folder for every row, so DDIM's and morse-extrap's cells are sampled once; each row's Dot
+        replaces the last one's morse cells (their cache key holds the Dot's checksum), so its tables are copied."""
+        dot = f" --method-options dot={self.dot}" if self.dot else ""
+        methods = ",".join(dict.fromkeys([self.method, "morse-extrap", "ddim"]))
+        return (f"mkdir -p {RUNS / self.name} && python -m evaluate.run --methods {methods} "
+                f"--budgets {','.join(map(str, BUDGETS))} --num-samples 1000{dot} --out {RUNS / 'eval'} && "
+                f"cp {RUNS / 'eval'}/results.csv {RUNS / 'eval'}/speedup.csv {RUNS / self.name}/")
 
 
 ROWS = [
+    Row("formula", "no Dot: the extrapolation prior alone at the Dot steps (morse-extrap), priced as Dot calls", None,
+        "", "morse-extrap"),
+    Row("committed", "the committed Dot (full compute: 256 trajectories, 6,000 iterations; prior reuse)", None, ""),
     Row("reuse", "the committed recipe: prior reuse of z_s, no earlier anchor", against=""),
     Row("extrap", "prior: the extrapolation; the Dot sees the earlier anchor and the prior", "--prior extrap", "reuse"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
@@ -62,11 +75,11 @@ ROWS = [
 ]
 
 
-def _speedups(path: Path) -> dict:
+def _speedups(path: Path, method: str) -> dict:
     if not path.exists():
         return {}
     df = pd.read_csv(path)
-    df = df[(df["method"] == "morse") & (df["row"] == "budget")]
+    df = df[(df["method"] == method) & (df["row"] == "budget")]
     return {int(r.budget): r for r in df.itertuples() if int(r.budget) in BUDGETS}
 
 
@@ -79,56 +92,65 @@ def _cell(r) -> str:
     return f"{r.speedup:.2f}× [{r.ci_low:.2f}, {r.ci_high:.2f}]"
 
 
-def _results(path: Path) -> dict:
+def _results(path: Path, method: str) -> dict:
     if not path.exists():
         return {}
     df = pd.read_csv(path)
-    df = df[df["method"] == "morse"]
+    df = df[df["method"] == method]
     pick = lambda metric: {int(b): v for b, v in df[df["metric"] == metric][["budget", "value"]].values}  # noqa: E731
     return dict(fd=pick("fd_fmnist"), nfe_dash=pick("nfe_dash"), n=df["N"].dropna().median() if "N" in df else None)
 
 
-def row_line(row: Row) -> str:
-    card_path = RUNS / row.name / "dot.json"
+def row_line(row: Row, committed_card: Path) -> str:
+    card_path = {"formula": committed_card, "committed": committed_card}.get(row.name, RUNS / row.name / "dot.json")
     if not card_path.exists():
         return f"| {row.name} | {row.what} | not trained |" + " |" * 8
     card = json.loads(card_path.read_text())
+    if row.name == "formula":  # nothing learnt: no parameters, no Dot error of its own
+        card = {**card, "trainable_parameters": 0, "heldout_error": {}}
     err, per = card["heldout_error"], card["heldout_error"].get("per_budget", {})
     ratios = " / ".join(f"{per[str(b)]['ratio']:.3f}" if str(b) in per else "–" for b in BUDGETS)
     priors = " / ".join(f"{per[str(b)]['prior_ratio']:.3f}" if str(b) in per else "–" for b in BUDGETS)
-    sp, res = _speedups(RUNS / row.name / "speedup.csv"), _results(RUNS / row.name / "results.csv")
+    sp, res = (_speedups(RUNS / row.name / "speedup.csv", row.method),
+               _results(RUNS / row.name / "results.csv", row.method))
     fds = " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–" for b in BUDGETS)
     nfe = " / ".join(f"{res['nfe_dash'][b]:g}" if b in res.get("nfe_dash", {}) else "–" for b in BUDGETS)
     n = res.get("n")
     card_n = card["dot_ratio_measured"].get("64", "–")
     n_text = f"{n:.2f}" if n is not None and not math.isnan(n) else f"{card_n} (card)"
-    return (f"| {row.name} | {row.what} | {n_text} | {card['trainable_parameters']:,} | {err['ratio']:.3f} "
-            f"({ratios}) | {err.get('prior_ratio', float('nan')):.3f} ({priors}) | {fds} | {nfe} | "
+    pooled = lambda key: f"{err[key]:.3f}" if key in err else "–"  # noqa: E731
+    return (f"| {row.name} | {row.what} | {n_text} | {card['trainable_parameters']:,} | {pooled('ratio')} "
+            f"({ratios}) | {pooled('prior_ratio')} ({priors}) | {fds} | {nfe} | "
             + " | ".join(_cell(sp.get(b)) for b in BUDGETS) + " |")
 
 
-def table() -> list[str]:
+def table(committed_card: Path) -> list[str]:
     head = ["| row | change | N (batch 64) | trainable parameters | held-out ratio to reuse, pooled (4 / 8 / 16 LSD) "
             "| to the prior, pooled (4 / 8 / 16) | FD-fmnist at 4 / 8 / 16 LSD | Dash NFE at 4 / 8 / 16 | "
             "speedup over DDIM at 4 LSD | 8 LSD | 16 LSD |", "|" + "---|" * 11]
-    return head + [row_line(r) for r in ROWS]
+    return head + [row_line(r, committed_card) for r in ROWS]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", action="store_true", help="print every row's train and evaluate commands")
     p.add_argument("--table", type=Path, default=None, help="write the table (index.md) into this folder")
+    p.add_argument("--committed-card", type=Path, default=Path(__file__).parent / "weights" / "fmnist_dot.json",
+                   help="the committed Dot's card (the rows committed and formula read it)")
     args = p.parse_args(argv)
     if args.commands:
         for row in ROWS:
-            print(f"# {row.name}: {row.what}\n{row.train_command()}\n{row.eval_command()}\n")
+            print(f"# {row.name}: {row.what}\n" + (f"{row.train_command()}\n" if row.flags is not None else "")
+                  + f"{row.eval_command()}\n")
     if args.table is not None:
         args.table.mkdir(parents=True, exist_ok=True)
-        lines = ["# What limits the Dot: one change at a time", "", *table(), "", "## Commands", ""]
-        lines += [f"* **{r.name}** (against {r.against or '—'}): `{r.train_command()}`, then `{r.eval_command()}`"
-                  for r in ROWS]
+        rows = table(args.committed_card)
+        lines = ["# What limits the Dot: one change at a time", "", __doc__.split("\n\n", 2)[2].strip(), "", *rows,
+                 "", "## Commands", ""]
+        lines += [f"* **{r.name}** (against {r.against or '—'}): " + (f"`{r.train_command()}`, then " if r.flags
+                  is not None else "") + f"`{r.eval_command()}`" for r in ROWS]
         (args.table / "index.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(table()))
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":
