@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from these weights (safetensors) instead of random")
-    p.add_argument("--channels", default=None, help="block widths of a smaller (or larger) Dash, e.g. 4,8,16 for "
+    p.add_argument("--channels", default=None, help="block widths of a smaller (or larger) Dash, e.g. 8,16,32 for "
                    "T-Stitch's small denoiser; the Dash's layout otherwise")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", help="e.g. cuda; data and RNG stay on the CPU, so a run "
