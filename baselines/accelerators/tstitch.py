@@ -1,6 +1,6 @@
-"""T-Stitch (Pan, Zhuang et al., ICLR 2025): trajectory stitching. A small denoiser trained on the same data and
-noise schedule takes the first fraction of the sampling steps, where the state is mostly noise and a coarse
-estimate is enough, and the Dash takes the rest, on one solver schedule.
+"""T-Stitch (Pan, Zhuang et al., 2024, arXiv:2402.14167): trajectory stitching. A small denoiser trained on the
+same data and noise schedule takes the first fraction of the sampling steps, where the state is mostly noise and a
+coarse estimate is enough, and the Dash takes the rest, on one solver schedule.
 
 Written from the paper's description (the authors' code is CC-BY-NC): the switch is a fraction of the steps, and
 the solver carries on across it (a multistep solver's history holds the small model's estimates, as in the paper's
