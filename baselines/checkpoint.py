@@ -109,7 +109,7 @@ def load_training_state(path: Path, key: str, opt, params: dict, gen, hint: str)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("key") != key:
-        raise SystemExit(f"error: {path} was written with other training arguments; {hint}")
+        raise CheckpointMismatchError(f"{path} was written with other training arguments; {hint}")
     state = load_file(path)
     for k, v in state.items():
         if k.startswith("opt/"):

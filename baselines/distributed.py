@@ -38,6 +38,10 @@ class RankLost(RuntimeError):
     pass
 
 
+class UnevenBatchError(ValueError):
+    """A global batch that does not split evenly over the ranks: the trainer's command line prints it in one line."""
+
+
 @dataclass
 class World:
     rank: int = 0
@@ -92,8 +96,8 @@ class World:
 
     def check_batch(self, n: int) -> None:
         if n % self.size:
-            raise SystemExit(f"error: --batch-size {n} does not split evenly over {self.size} ranks; the global batch "
-                             "is what matches a one-process run")
+            raise UnevenBatchError(f"--batch-size {n} does not split evenly over {self.size} ranks; the global batch "
+                                   "is what matches a one-process run")
 
     def mean(self, value: torch.Tensor) -> float:
         """The mean of a per-rank scalar over ranks (a logged loss), as a float."""

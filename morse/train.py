@@ -28,10 +28,10 @@ checkpoints, the held-out error and the card. The checkpoint does not depend on 
 """
 
 import argparse
-import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -39,15 +39,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from baselines.checkpoint import load_keyed, load_training_state, save_atomic, save_training_state, sha256
+from baselines.checkpoint import load_keyed, save_atomic, sha256
 from baselines.denoisers import Condition, Denoiser
 from baselines.distributed import World, ddp, session
 from baselines.lcm import lcm_solver, load_lcm
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
-from baselines.runtime import resolve_device, tune_malloc
 from baselines.tasks import get_task
-from baselines.tasks.cards import write_card
+from baselines.training.cards import loss_curve, publish
+from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
+from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
+from baselines.training.schedule import cosine_spans
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
@@ -143,13 +145,6 @@ def dot_loss(dot, batch):
     return torch.nn.functional.mse_loss(space(pred), space(batch["target"]))
 
 
-def _lr_at(lr: float, bounds: list[int], it: int) -> float:
-    """Cosine decay from lr to 0 within each span of `bounds` (one span, or one per DAgger round)."""
-    lo = max(b for b in bounds[:-1] if b <= it)
-    hi = min(b for b in bounds[1:] if b > lo)
-    return lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (it - lo) / (hi - lo))).item())
-
-
 def _draw(pool: list[dict], starts: torch.Tensor, n: int, gen, balance: bool | None) -> torch.Tensor:
     """Row indices of one training batch: uniform over all pairs, or with every budget's plan equally likely (long
     plans make more Dot steps, so uniform draws favour the largest budgets)."""
@@ -209,7 +204,7 @@ def _cached_pairs(path: Path, key: str, make, world: World | None = None):
     return pairs
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="fmnist")
     p.add_argument("--solver", default="ddim", help="the solver Morse wraps while making pairs")
@@ -254,43 +249,61 @@ def main(argv=None):
     p.add_argument("--export", type=Path, default=None, help="also write the final Dot here with its card; "
                    "the committed ones are morse.pretrained.dot_path(task, solver), e.g. "
                    "morse/weights/fmnist_dot.safetensors for ddim, fmnist_dot_dpm.safetensors for dpm")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.iters < args.rounds:
-        raise SystemExit(f"error: need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
-    with session(args.device) as world:
-        train(args, world)
+    return p
 
 
-def train(args, world: World) -> None:
-    try:
-        device = world.device(str(resolve_device(args.device)))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    world.check_batch(args.batch_size)
-    tune_malloc()
-    torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+def main(argv=None):
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        if args.rounds < 1 or args.iters < args.rounds:
+            raise TrainingError(f"need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
+        with session(args.device) as world:
+            train(args, world)
+
+
+def residual_of(args) -> str:
+    return args.residual or ("x0" if args.solver == "lcm" else "eps")
+
+
+def recipe(args, dash_sum: str, init_sum: str | None = None) -> tuple[str, str]:
+    """The command the card records (every option but the run's places and the latency batches) and the resume
+    key: a hash of the arguments with the checksums of the Dash (`dash_sum`, 16 hex digits) and of the --init Dot,
+    since pairs and checkpoints are valid only for the Dash (and initial Dot) that made them. Options added later
+    enter the key only when given, so the keys of earlier commands stay the same (tests/test_training_keys.py)."""
+    resumable = {k: v for k, v in vars(args).items()
+                 if k not in ("export", "latency_batches", "checkpoint_every", "device")
+                 and not (k in ("weights", "prompts", "residual", *ABLATIONS) and v is None)}
+    if residual_of(args) != "eps":  # the key of every epsilon-residual command stays what it was before the option
+        resumable["residual"] = residual_of(args)
+    resumable.update(dash=dash_sum, init=init_sum)
+    command = command_text("morse.train", {k: v for k, v in vars(args).items()
+                                           if k not in ("out", "export", "data_dir", "latency_batches", "device")})
+    return command, resume_key(json.dumps(resumable, default=str))
+
+
+def setup(args, device) -> tuple:
+    """(task, Dash, the Dash's checksum, solver, denoiser). With --solver lcm the Dash is the task's
+    consistency-distilled model, sampled as it was distilled (Morse-LCM)."""
     try:
         task = get_task(args.task, data_dir=args.data_dir, weights=args.weights, prompts=args.prompts)
         dash = task.dash().to(device)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise TrainingError(str(e)) from None
     solver, dash_sum = get_baseline(args.solver), None
-    if args.solver == "lcm":  # Morse-LCM's Dash is the consistency-distilled model, sampled as it was distilled
+    if args.solver == "lcm":
         try:
             dash, lcm_card, dash_sum = load_lcm(task, dash)
         except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: {e}") from None
+            raise TrainingError(str(e)) from None
         solver = lcm_solver(lcm_card)
     # A guided task's Dot learns to correct the guided estimate, at the task's default guidance scale.
     denoiser = (task.denoiser(dash) if hasattr(task, "denoiser") else Denoiser(dash, task.schedule_config)).to(device)
-    interleave = Interleave(args.dots_per_dash)
-    budgets = [float(b) for b in args.budgets.split(",")]
-    make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
-        denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc,
-        device=device, conditions=task.conditions)
+    dash_sum = dash_sum or (sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum())
+    return task, dash, dash_sum, solver, denoiser
 
-    residual = args.residual or ("x0" if args.solver == "lcm" else "eps")
+
+def build_dot(args, dash, task, solver, device) -> Dot:
+    residual = residual_of(args)
     dot = Dot(dash, DotConfig(m=args.m, width=args.width, lora_rank=args.lora_rank, skip_levels=args.skip_levels,
                               schedule=dict(task.schedule_config), residual=residual,
                               clip_x0=residual == "x0" and solver.overrides.get("clip_sample", False),
@@ -298,73 +311,95 @@ def train(args, world: World) -> None:
                               history=(args.history or ("on" if args.prior == "extrap" else "off")) == "on")).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
+    return dot
+
+
+def optimiser(dot, args) -> tuple[dict, torch.optim.Optimizer]:
+    """(the trainable parameters by name, AdamW over them). The linear path's coefficients reach O(10)
+    (least-squares fits on Dash trajectories); at the body's learning rate they lag the rest of the Dot for
+    thousands of iterations, so their group's rate is --head-lr-mult times the rest's."""
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
-    trainable = list(params.values())
-    # The linear path's coefficients reach O(10) (least-squares fits on Dash trajectories); at the body's
-    # learning rate they lag the rest of the Dot for thousands of iterations.
-    net = ddp(dot, world, device)
     head = list(dot.linear_coeffs.parameters())
     head_ids = {id(q) for q in head}
-    rest = [q for q in trainable if id(q) not in head_ids]
+    rest = [q for q in params.values() if id(q) not in head_ids]
     opt = torch.optim.AdamW([dict(params=rest, lr_mult=1.0), dict(params=head, lr_mult=args.head_lr_mult)],
                             lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
-    # Pairs and checkpoints are valid only for the Dash (and initial Dot) that made them.
-    # Options added later enter the key only when given, so the keys of earlier commands stay the same.
-    resumable = {k: v for k, v in vars(args).items()
-                 if k not in ("export", "latency_batches", "checkpoint_every", "device")
-                 and not (k in ("weights", "prompts", "residual", *ABLATIONS) and v is None)}
-    if residual != "eps":  # the key of every epsilon-residual command stays what it was before the option
-        resumable["residual"] = residual
-    dash_sum = dash_sum or (sha256(task.dash_path)[:16] if hasattr(task, "dash_path") else task.checksum())
-    resumable.update(dash=dash_sum, init=sha256(args.init)[:16] if args.init else None)
-    train_key = hashlib.sha256(json.dumps(resumable, default=str).encode()).hexdigest()[:16]
-    ckpt = args.out / "checkpoint.safetensors"
-    start, own, _ = load_training_state(ckpt, train_key, opt, params, gen, "delete it or use another --out")
+    return params, opt
+
+
+@contextmanager
+def loss_log(path: Path, start: int, main: bool):
+    """The loss log, one JSON line per iteration, to append to after the `start` iterations a resumed run keeps:
+    lines of later iterations (written after its checkpoint, before the kill) are dropped, as those iterations run
+    again. Only rank 0 writes one."""
+    if not main:
+        with open(os.devnull, "w") as f:
+            yield f
+        return
+    lines = {}
+    for line in path.read_text().splitlines() if start and path.exists() else []:
+        try:
+            lines[json.loads(line)["iter"]] = line + "\n"
+        except ValueError:  # a line cut short by the kill
+            continue
+    with open(path, "w") as f:
+        f.writelines(lines[i] for i in sorted(lines) if i < start)
+        yield f
+
+
+def train_round(args, world, r: int, first: int, end: int, pool: list[dict], stepper: Stepper, state: Checkpoint,
+                net, log, device) -> None:
+    """Iterations `first` .. `end` - 1 of round r on the pool of all rounds' pairs, through the training wing's
+    loop; the checkpoint (the Dot's trainable tensors) is written every --checkpoint-every iterations and at the
+    round's end, after the loss log is flushed up to it."""
+    dot = _unwrap(net)
+    starts = torch.tensor([0] + [len(q["target"]) for q in pool]).cumsum(0)
+
+    def loss_at(it):
+        idx = _draw(pool, starts, args.batch_size, state.gen, args.balance_budgets)[world.part(args.batch_size)]
+        return dot_loss(net, _rows(pool, starts, idx, device))
+
+    def save(step):
+        log.flush()
+        state.save({f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, step)
+
+    run_steps(stepper, loss_at, first, end,
+              log=lambda it, value: log.write(json.dumps({"iter": it, "round": r, "loss": value}) + "\n"),
+              save=save if world.main else None, every=args.checkpoint_every, save_at_end=True,
+              loss_value=world.mean, total=args.iters, desc=f"round {r + 1}/{args.rounds} train", unit="it")
+
+
+def fit(args, world, net, state: Checkpoint, make_pairs, device) -> tuple[list[dict], float, float]:
+    """The DAgger rounds, resumed from the checkpoint where it holds this run: each round's pairs (cached) come
+    from sampling with the Dot trained so far, then the Dot trains on all rounds' pairs. Returns the pool of pairs,
+    and the seconds spent making pairs and training."""
+    dot = _unwrap(net)
+    start, own, _ = state.load()
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     ends = [(r + 1) * args.iters // args.rounds for r in range(args.rounds)]
-    lr_at = partial(_lr_at, args.lr, [0] + ends if args.round_lr else [0, args.iters])
-    log = open(args.out / "loss.jsonl", "a" if start else "w") if world.main else open(os.devnull, "w")
+    stepper = Stepper(dot, state.opt, args.lr, cosine_spans([0] + ends if args.round_lr else [0, args.iters]))
     pool, pair_time, train_time = [], 0.0, 0.0
-    for r, end in enumerate(ends):
-        t0 = time.perf_counter()
-        seeds = [args.seed * 10**6 + r * args.trajectories + i for i in range(args.trajectories)]
-        dot.eval()
-        desc = f"round {r + 1}/{args.rounds} pairs"
-        pool.append(_cached_pairs(args.out / f"pairs-round{r}.safetensors", f"{train_key}/{r}",
-                                  lambda seeds=seeds, desc=desc: make_pairs(dot, seeds, desc), world))
-        pair_time += time.perf_counter() - t0
-        if end <= start:
-            continue  # trained before the resume; its pairs stay in the pool
-        starts = torch.tensor([0] + [len(q["target"]) for q in pool]).cumsum(0)
-        dot.train()
-        t1 = time.perf_counter()
-        first = max(start, ends[r - 1] if r else 0)
-        bar = tqdm(range(first, end), initial=first, total=args.iters, desc=f"round {r + 1}/{args.rounds} train",
-                   unit="it", disable=not world.main)
-        for it in bar:
-            idx = _draw(pool, starts, args.batch_size, gen, args.balance_budgets)[world.part(args.batch_size)]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(it) * g["lr_mult"]
-            loss = dot_loss(net, _rows(pool, starts, idx, device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            value = world.mean(loss)
-            log.write(json.dumps({"iter": it, "round": r, "loss": value}) + "\n")
-            if it % 25 == 0:
-                bar.set_postfix(loss=f"{value:.5f}", pairs=int(starts[-1]))
-            if ((it + 1) % args.checkpoint_every == 0 or it + 1 == end) and world.main:
-                log.flush()
-                save_training_state(ckpt, {f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, opt,
-                                    params, gen, it + 1, train_key)
-        bar.close()
-        train_time += time.perf_counter() - t1
-    log.close()
-    if not world.main:
-        return
-    dot.eval()
+    with loss_log(args.out / "loss.jsonl", start, world.main) as log:
+        for r, end in enumerate(ends):
+            t0 = time.perf_counter()
+            seeds = [args.seed * 10**6 + r * args.trajectories + i for i in range(args.trajectories)]
+            dot.eval()
+            desc = f"round {r + 1}/{args.rounds} pairs"
+            pool.append(_cached_pairs(args.out / f"pairs-round{r}.safetensors", f"{state.key}/{r}",
+                                      lambda seeds=seeds, desc=desc: make_pairs(dot, seeds, desc), world))
+            pair_time += time.perf_counter() - t0
+            if end <= start:
+                continue  # trained before the resume; its pairs stay in the pool
+            dot.train()
+            t1 = time.perf_counter()
+            train_round(args, world, r, max(start, ends[r - 1] if r else 0), end, pool, stepper, state, net, log,
+                        device)
+            train_time += time.perf_counter() - t1
+    return pool, pair_time, train_time
+
+
+def measure(args, dot, dash, denoiser, task, make_pairs, device) -> tuple[dict, dict, dict]:
+    """(held-out error, measured N per latency batch, ms per image of Dash and Dot per latency batch)."""
     held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
     err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"), device=device)
     timed_dash, timed_dot = dash, dot
@@ -376,24 +411,45 @@ def train(args, world: World) -> None:
     ratios = {b: round(dash_s / dot_s, 2) for b, (dash_s, dot_s) in times.items()}
     ms_per_image = {b: dict(dash=round(dash_s * 1e3 / int(b), 3), dot=round(dot_s * 1e3 / int(b), 3))
                     for b, (dash_s, dot_s) in times.items()}
-    losses = [json.loads(line)["loss"] for line in open(args.out / "loss.jsonl")]
-    curve = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 6) for i in range(0, len(losses), 100)]
+    return err, ratios, ms_per_image
+
+
+def train(args, world: World) -> None:
+    device = world.device(str(device_of(args.device)))
+    world.check_batch(args.batch_size)
+    gen = begin(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    task, dash, dash_sum, solver, denoiser = setup(args, device)
+    interleave = Interleave(args.dots_per_dash)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
+        denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc,
+        device=device, conditions=task.conditions)
+    dot = build_dot(args, dash, task, solver, device)
+    net = ddp(dot, world, device)
+    params, opt = optimiser(dot, args)
+    command, key = recipe(args, dash_sum, sha256(args.init)[:16] if args.init else None)
+    state = Checkpoint(args.out / "checkpoint.safetensors", key, opt, params, gen, "delete it or use another --out")
+    pool, pair_time, train_time = fit(args, world, net, state, make_pairs, device)
+    if not world.main:
+        return
+    dot.eval()
+    err, ratios, ms_per_image = measure(args, dot, dash, denoiser, task, make_pairs, device)
+    with open(args.out / "loss.jsonl") as f:
+        losses = [json.loads(line)["loss"] for line in f]
     card = dict(task=args.task, dot_config=vars(dot.config), dot_ratio_planned=args.dot_ratio,
                 dot_ratio_measured=ratios, ms_per_image=ms_per_image, device=str(device),
                 dots_per_dash=args.dots_per_dash, solver=args.solver, budgets=budgets, rounds=args.rounds,
+                iters=args.iters, batch_size=args.batch_size, trajectories=args.trajectories,
                 train_pairs=sum(len(q["target"]) for q in pool), heldout_runs_per_budget=args.heldout,
-                trainable_parameters=sum(q.numel() for q in trainable),
+                trainable_parameters=sum(q.numel() for q in params.values()),
                 dash_parameters=sum(q.numel() for q in dash.parameters()),
                 heldout_error=err, pair_generation_s=round(pair_time, 1), train_time_s=round(train_time, 1),
-                loss_per_100_iters=curve, **({"lcm_sha256": dash_sum} if args.solver == "lcm" else {}),
-                command="python -m morse.train " + " ".join(
-                    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                    if v is not None and k not in ("out", "export", "data_dir", "latency_batches", "device")))
-    for path in [args.out / "dot.safetensors"] + ([args.export] if args.export else []):
-        dot.save(path, {"card": json.dumps(card)})
-        write_card(path, card)
+                loss_per_100_iters=[round(v, 6) for v in loss_curve(losses)],
+                **({"lcm_sha256": dash_sum} if args.solver == "lcm" else {}), command=command)
+    publish([args.out / "dot.safetensors"] + ([args.export] if args.export else []),
+            lambda path: dot.save(path, {"card": json.dumps(card)}), card)
     print(json.dumps({"heldout_error": err, "dot_ratio": ratios}, indent=1))
-
 
 if __name__ == "__main__":
     main()

@@ -65,14 +65,22 @@ def test_killed_training_resumes_to_the_same_dot(tmp_path, monkeypatch):
     assert any(v.abs().sum() > 0 for k, v in a.items() if k.startswith("out."))
 
 
-def test_changed_arguments_refuse_a_foreign_checkpoint(tmp_path):
+def _fails_with_one_line(capsys, needle, argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_changed_arguments_refuse_a_foreign_checkpoint(tmp_path, capsys):
     train.main(ARGS + ["--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="other training arguments"):
-        train.main(ARGS[:-6] + ["--iters", "20", "--checkpoint-every", "10", "--batch-size", "8", "--lr", "0.5",
-                                "--latency-batches", "1", "--out", str(tmp_path)])
+    argv = ARGS[:-6] + ["--iters", "20", "--checkpoint-every", "10", "--batch-size", "8", "--lr", "0.5",
+                        "--latency-batches", "1", "--out", str(tmp_path)]
+    _fails_with_one_line(capsys, "other training arguments", argv)
 
 
-def test_lcm_dot_trains_on_the_distilled_model(tmp_path, monkeypatch):
+def test_lcm_dot_trains_on_the_distilled_model(tmp_path, monkeypatch, capsys):
     """`--solver lcm`: Morse-LCM's Dash is the distilled model, so the pairs' targets are its epsilon, not the
     Dash's; without a distilled model the trainer refuses in one line."""
     import json
@@ -80,13 +88,13 @@ def test_lcm_dot_trains_on_the_distilled_model(tmp_path, monkeypatch):
     from baselines.checkpoint import save_atomic, sha256
     from baselines.denoisers import Denoiser
     from baselines.tasks import get_task
-    from baselines.tasks.cards import write_card
     from baselines.tasks.fmnist import FashionMNIST
+    from baselines.training.cards import write_card
 
     path = tmp_path / "fmnist_lcm.safetensors"
     monkeypatch.setattr(FashionMNIST, "lcm_path", path)
-    with pytest.raises(SystemExit, match="^error: .*python -m baselines.tasks.train_lcm"):
-        train.main(ARGS + ["--solver", "lcm", "--out", str(tmp_path / "none")])
+    _fails_with_one_line(capsys, "python -m baselines.tasks.train_lcm",
+                         ARGS + ["--solver", "lcm", "--out", str(tmp_path / "none")])
 
     weights = {k: v * 0.9 for k, v in load_file(FashionMNIST.dash_path).items()}  # another net, the Dash's layers
     save_atomic(weights, path)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from baselines.checkpoint import CheckpointMismatchError, CorruptWeightsError
+from baselines.distributed import UnevenBatchError
 from baselines.runtime import resolve_device
 from baselines.tasks.base import MissingWeightsError
 from baselines.tasks.data import MissingDataError
@@ -22,7 +23,8 @@ class TrainingError(ValueError):
     """Bad input to a trainer (an argument, a missing file): its command line prints it as one line."""
 
 
-BAD_INPUT = (TrainingError, CheckpointMismatchError, CorruptWeightsError, MissingWeightsError, MissingDataError)
+BAD_INPUT = (TrainingError, CheckpointMismatchError, CorruptWeightsError, MissingWeightsError, MissingDataError,
+             UnevenBatchError)
 
 
 @contextmanager
