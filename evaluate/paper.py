@@ -642,7 +642,7 @@ def main(argv=None) -> int:
         if args.list:
             print(list_text(args))
             return 0
-        table = groups()
+        table, args.group = groups(), (args.group or "").upper()
         if args.group not in table:
             raise BadInput(f"--group must be one of {', '.join(table)} (python -m evaluate.paper --list), got "
                            f"{args.group!r}")
