@@ -2,32 +2,41 @@
 
     python -m morse.scaling runs/scale-*/dot.json morse/weights/fmnist_dot.json --card morse/weights/fmnist_dot.json
 
-Each input is a Dot card written by `morse.train`; its point is (train_pairs x iters, held-out on-policy error
-ratio against reuse of z_s). The fit ratio = a * compute^b is a least-squares line in log-log. The plot and the
-fit become a section of `--card` (its Markdown is re-rendered), so the card says how far more training would
-take this recipe.
+Each input is a Dot card written by `morse.train`; its point is (train_pairs x iters, both fields of the card,
+and the held-out on-policy error ratio against reuse of z_s). The fit ratio = a * compute^b is a least-squares line
+in log-log. The plot and the fit become a section of `--card` (its Markdown is re-rendered), so the card says how
+far more training would take this recipe.
 """
 
 import argparse
 import json
 import math
-import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from baselines.checkpoint import write_text_atomic
-from baselines.tasks.cards import render
+from baselines.training.cards import render
 
 TITLE = "Held-out error against training compute"
 
 
 def point(card: dict) -> dict:
-    """(pairs, iterations, compute, ratio) of one Dot card; iterations are read from its training command."""
-    argv = shlex.split(card["command"])
-    iters = int(argv[argv.index("--iters") + 1])
-    return dict(pairs=card["train_pairs"], iters=iters, compute=card["train_pairs"] * iters,
+    """(pairs, iterations, compute, ratio) of one Dot card, from its fields."""
+    return dict(pairs=card["train_pairs"], iters=card["iters"], compute=card["train_pairs"] * card["iters"],
                 ratio=card["heldout_error"]["ratio"])
+
+
+def read_points(paths: list[Path]) -> list[dict]:
+    points = []
+    for path in paths:
+        card = json.loads(path.read_text())
+        if not {"train_pairs", "iters", "heldout_error"} <= card.keys():
+            raise ValueError(f"{path} is not a Dot card with its training numbers (train_pairs, iters, heldout_error "
+                             "fields, as morse.train writes them)")
+        points.append(point(card))
+    return points
 
 
 def fit_power_law(compute, ratio) -> dict:
@@ -85,11 +94,12 @@ def main(argv=None):
     p.add_argument("cards", nargs="+", type=Path, help="Dot cards (.json) from morse.train runs")
     p.add_argument("--card", type=Path, required=True, help="the card (.json) that gets the plot and the fit")
     args = p.parse_args(argv)
-    points = [point(json.loads(c.read_text())) for c in args.cards]
     try:
+        points = read_points(args.cards)
         fit = fit_power_law([q["compute"] for q in points], [q["ratio"] for q in points])
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     image = args.card.with_name(args.card.stem + "_scaling.png")
     plot(points, fit, 73_728 * 6_000, image)
     card = json.loads(args.card.read_text())

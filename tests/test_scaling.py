@@ -9,7 +9,7 @@ from morse.scaling import fit_power_law, main, point
 
 
 def _card(pairs, iters, ratio):
-    return dict(train_pairs=pairs, heldout_error=dict(ratio=ratio), sha256="x",
+    return dict(train_pairs=pairs, iters=iters, heldout_error=dict(ratio=ratio), sha256="x",
                 command=f"python -m morse.train --task fmnist --iters {iters} --seed 0")
 
 
@@ -42,3 +42,12 @@ def test_scaling_section_lands_in_the_card_and_survives_a_rerun(tmp_path):
     assert md.count("## Held-out error against training compute") == 1
     assert "compute^-0.0500" in md and "![" in md and (tmp_path / "dot6000_scaling.png").stat().st_size > 1000
     assert "| 147,456 | 24,000 | 8 |" in md
+
+
+def test_a_card_without_its_training_numbers_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(dict(train_pairs=100, heldout_error=dict(ratio=0.9), command="morse.train --iters 5")))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), str(path), "--card", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {path} is not a Dot card")
