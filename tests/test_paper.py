@@ -192,3 +192,13 @@ def test_plots_have_plain_budget_ticks_and_readable_axis_names():
     assert ax.get_xlabel() == "latency (LSD)" and ax.get_ylabel() == "FD (Fashion-MNIST classifier features)"
     plt.close(fig)
     assert axis_label("fid") == "FID" and axis_label("clip_score", "sd14-coco") == "CLIP score"
+
+
+def test_fewer_samples_mark_our_fid_as_not_comparable():
+    df = pd.DataFrame([dict(method="ddim", budget=10.0, guidance=float("nan"), metric="fid", value=14.2)])
+    sources = evaluate.paper.Sources()
+    table = evaluate.paper.quality_table("cifar10", df, "fid", published(), sources, {"ddim"}, reduced=True)
+    row = table[table["budget (LSD)"] == "10"].iloc[0]
+    assert row["fid (ours)"] == "14.20 (fewer samples: not comparable)" and row.published == "13.36 [1]"
+    full = evaluate.paper.quality_table("cifar10", df, "fid", published(), sources, {"ddim"}, reduced=False)
+    assert full[full["budget (LSD)"] == "10"]["fid (ours)"].iloc[0] == "14.20"
