@@ -20,6 +20,7 @@ from baselines.lcm import lcm_solver
 from baselines.methods import Context, Method, Network, dash_networks, distilled_model
 from baselines.registry import BASELINES, get_baseline
 from baselines.solvers import SchedulerMethod
+from baselines.tasks import DEFAULT_TASK
 from morse.dot import Dot, DotConfig
 from morse.interleave import Interleave
 from morse.pretrained import dot_path, load_dot
@@ -27,7 +28,7 @@ from morse.sampler import Morse, MorseExtrap, MorseOracle
 
 # The recipe of an untrained Dot on a task with no Dot card (latency only: the paper's tasks): the embedded
 # default's Dot card, read here so that it follows every retraining.
-RECIPE = dot_path("fmnist").with_suffix(".json")
+RECIPE = dot_path(DEFAULT_TASK).with_suffix(".json")
 
 
 def dot_for(ctx: Context, solver: str = "ddim") -> tuple:

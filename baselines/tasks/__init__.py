@@ -14,8 +14,11 @@ from baselines.tasks.lcm_sdxl import LCMSDXL
 from baselines.tasks.sd14_coco import SD14Coco
 
 TASKS = {t.name: t for t in (FashionMNIST, FashionMNISTText, CIFAR10, CelebAHQ256, Church256, SD14Coco, LCMSDXL)}
+# The embedded default: the task that runs offline with shipped weights (every command's default --task).
+DEFAULT_TASK = FashionMNIST.name
 
-__all__ = ["TASKS", "CorruptWeightsError", "MissingReferenceError", "MissingWeightsError", "Task", "get_task"]
+__all__ = ["DEFAULT_TASK", "TASKS", "CorruptWeightsError", "MissingReferenceError", "MissingWeightsError", "Task",
+           "get_task"]
 
 
 def get_task(name: str, **kwargs):
