@@ -82,7 +82,7 @@ def check_branch(unet, cache_branch_id: int) -> None:
 
 
 class DeepCache:
-    def __init__(self, solver: SchedulerMethod, cache_interval: int = 3, cache_branch_id: int = 0,
+    def __init__(self, solver: SchedulerMethod, cache_interval: int = 2, cache_branch_id: int = 0,
                  uniform: bool = True, center: float = 0.3, power: float = 1.4):
         if cache_interval < 1:
             raise ValueError(f"deepcache: cache_interval must be at least 1, got {cache_interval}")
@@ -164,7 +164,7 @@ def _shallow(helper: _Helper):
         helper.shallow = False
 
 
-DEFAULTS = dict(cache_interval=3, cache_branch_id=0, uniform=True, center=0.3, power=1.4)
+DEFAULTS = dict(cache_interval=2, cache_branch_id=0, uniform=True, center=0.3, power=1.4)
 
 
 def deepcache(solver: str, **knobs):
