@@ -8,7 +8,8 @@ steps with lo < t < hi broadcast). The hook reads the step's timestep through `c
 0.42.1 still requires; the loop sets it. The hook's rule makes step i full when i = 0, t is outside the range or
 i % r = 0: those count as "dash", the broadcast steps as "dash-pab" (common.HookCache).
 
-Setting: see the README's Pyramid Attention Broadcast section for how it was chosen on held-out seeds.
+Setting: diffusers' defaults (skip range 2, 100 < t < 800), not searched: on the embedded Dash, with self-attention
+at 8² only, a broadcast step saves 1.3% of a Dash call's FLOPs.
 """
 
 from baselines.accelerators.common import HookCache, knobs_from
