@@ -123,6 +123,7 @@ def tstitch_context(small=None, schedule=SCHEDULE_CONFIG) -> Context:
 
 def test_tstitch_hands_the_first_steps_to_the_small_denoiser(one_thread):
     ctx = tstitch_context(tiny_unet((4, 8)))
+    ctx.options["tstitch_fraction"] = "0.4"
     method = METHODS["tstitch"](ctx)
     denoiser = Denoiser(ctx.dash, SCHEDULE_CONFIG)
     seeds = [0, 1, 2]

@@ -24,6 +24,6 @@ METHODS = {
     "tome-dpm": tome("dpm"),  # the same on DPM-Solver++(2M)
     "tgate": tgate("ddim"),  # T-GATE (PyPI tgate 1.0.0): cross-attention cached and CFG dropped after 40% of the steps
     "tgate-dpm": tgate("dpm"),  # the same on DPM-Solver++(2M)
-    "tstitch": tstitch("ddim"),  # T-Stitch: the task's small denoiser takes the first steps, then the Dash
+    "tstitch": tstitch("ddim"),  # T-Stitch: the task's small denoiser takes the first 10% of the steps, then the Dash
     "tstitch-dpm": tstitch("dpm"),  # the same on DPM-Solver++(2M)
 }

@@ -76,8 +76,9 @@ class TStitch:
                             self.solver.step_kwargs, callback, labels=lambda i: NETWORK if i < switch else "dash")
 
 
-def tstitch(solver: str = "ddim", fraction: float = 0.4):
-    """`--method-options tstitch_fraction=F` overrides the fraction (a sweep's knob)."""
+def tstitch(solver: str = "ddim", fraction: float = 0.1):
+    """`--method-options tstitch_fraction=F` overrides the fraction (a sweep's knob). The default is the best of
+    0.1 / 0.2 / 0.4 / 0.6 on fmnist's held-out seeds (the small denoiser's card gives the sweep)."""
     name = "tstitch" if solver == "ddim" else f"tstitch-{solver}"
 
     def build(ctx: Context) -> TStitch:
