@@ -86,8 +86,14 @@ def test_paper_task_loads_samples_and_scores(name, folders, tmp_path, one_thread
     noise = initial_noise(seeds, task.image_shape)
     ref_stats, prov = task_reference(task, "fid", stand_in)
     assert prov["sha256"] and ref_stats.mu.shape == (16,)
+    refused = []
     for method_name in METHODS:
-        method = resolve(method_name, ctx)
+        try:
+            method = resolve(method_name, ctx)
+        except ValueError as e:  # an accelerator this task cannot run (no transformer blocks, no schedule...)
+            assert "\n" not in str(e), method_name
+            refused.append(method_name)
+            continue
         samples, trace = method(denoiser, noise, 2, seeds=seeds)
         assert samples.shape == (2, *task.image_shape) and torch.isfinite(samples).all(), method_name
         assert max(trace.nfe.values()) >= 1, method_name  # lcm calls its distilled model, not the Dash
@@ -95,6 +101,8 @@ def test_paper_task_loads_samples_and_scores(name, folders, tmp_path, one_thread
         for metric in task.metrics:
             feats, _ = stand_in(images)
             assert np.isfinite(frechet_distance(feature_stats(feats), ref_stats)), (method_name, metric)
+    # Only accelerators may refuse: every solver, Morse and the training-free caches run on a pixel DDPM.
+    assert not {"ddim", "dpm", "morse", "morse-oracle", "deepcache", "pfdiff"} & set(refused), refused
 
 
 def test_weights_checksum_covers_config_and_weights(folders, tmp_path):
