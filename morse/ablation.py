@@ -33,10 +33,13 @@ class Row:
     flags: str | None = ""     # beyond RECIPE and DEFAULTS; None: nothing to train (the committed Dot, the formula)
     against: str = "extrap"    # the row it changes one thing of
     method: str = "morse"
+    dot_of: str | None = None  # sample with another row's Dot (and these sampling options) instead of training
+    options: str = ""
 
     @property
     def dot(self) -> Path | None:
-        return RUNS / self.name / "dot.safetensors" if self.flags is not None else None
+        owner = self.dot_of or (self.name if self.flags is not None else None)
+        return RUNS / owner / "dot.safetensors" if owner else None
 
     def train_command(self) -> str | None:
         if self.flags is None:
@@ -49,7 +52,8 @@ class Row:
     def eval_command(self) -> str:
         """One sweep folder for every row, so DDIM's and morse-extrap's cells are sampled once; each row's Dot
         replaces the last one's morse cells (their cache key holds the Dot's checksum), so its tables are copied."""
-        dot = f" --method-options dot={self.dot}" if self.dot else ""
+        options = ",".join(o for o in (f"dot={self.dot}" if self.dot else "", self.options) if o)
+        dot = f" --method-options {options}" if options else ""
         methods = ",".join(dict.fromkeys([self.method, "morse-extrap", "ddim"]))
         return (f"mkdir -p {RUNS / self.name} && python -m evaluate.run --methods {methods} "
                 f"--budgets {','.join(map(str, BUDGETS))} --num-samples 1000{dot} --out {RUNS / 'eval'} && "
@@ -62,6 +66,8 @@ ROWS = [
     Row("committed", "the committed Dot (full compute: 256 trajectories, 6,000 iterations; prior reuse)", None, ""),
     Row("reuse", "the committed recipe: prior reuse of z_s, no earlier anchor", against=""),
     Row("extrap", "prior: the extrapolation; the Dot sees the earlier anchor and the prior", "--prior extrap", "reuse"),
+    Row("extrap-half", "the extrap row's Dot, its learned part halved when sampling", None, dot_of="extrap",
+        options="dot_scale=0.5"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s not shown)", "--prior extrap --trajectory-inputs off"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
@@ -103,7 +109,8 @@ def _results(path: Path, method: str) -> dict:
 
 
 def row_line(row: Row, committed_card: Path) -> str:
-    card_path = {"formula": committed_card, "committed": committed_card}.get(row.name, RUNS / row.name / "dot.json")
+    card_path = {"formula": committed_card, "committed": committed_card}.get(
+        row.name, RUNS / (row.dot_of or row.name) / "dot.json")
     if not card_path.exists():
         return f"| {row.name} | {row.what} | not trained |" + " |" * 8
     card = json.loads(card_path.read_text())

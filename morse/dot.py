@@ -72,6 +72,8 @@ class DotConfig:
     prior: str = "reuse"            # what an untrained Dot returns: "reuse" (z_s) or "extrap" (morse.prior)
     history: bool = False           # the Dot also sees the anchor before s (x_ts', z_s', t_s') and the prior
     trajectory: bool = True         # False (ablation): the Dot sees x_ti and t_i only, not the anchor's x_ts, z_s
+    learned_scale: float = 1.0      # sampling-time factor on the learned part (ablation: is its direction right
+                                    # but its size too large?); training always uses 1
 
 
 def _share(module: nn.Module) -> nn.Module:
@@ -214,6 +216,8 @@ class Dot(nn.Module):
         raw = eta + a * deviation + b * x_ts + c * z_s_seen
         if self.config.residual == "eps":
             scaled = raw * self._at(t_i, n, x_ti)[2]
+            if self.config.learned_scale != 1.0:
+                scaled = scaled * self.config.learned_scale
             return scaled if self.config.prior == "reuse" else (base - z_s) + scaled
         # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
         return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s

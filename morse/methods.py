@@ -120,6 +120,11 @@ class MorseLCM(MorseMethod):
 
 def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str) -> tuple[Morse, str]:
     loaded, card, checksum = dot_for(ctx, dot_solver)
+    if "dot_scale" in ctx.options:  # --method-options dot_scale=F: the learned part at F times its size
+        try:
+            loaded.config.learned_scale = float(ctx.options["dot_scale"])
+        except ValueError:
+            raise ValueError(f"--method-options dot_scale must be a number, got {ctx.options['dot_scale']!r}") from None
     dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
     plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
     return variant(solver, loaded, plan_ratio, Interleave(dots)), checksum
