@@ -19,14 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # Two shards (250 + 50 seeds), one per rank; batch 10 keeps the latency probe (batch 1 and 10) short.
 SWEEP = ["--methods", "ddim", "--budgets", "2", "--num-samples", "300", "--batch-size", "10", "--bootstrap", "5",
          "--force"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def torchrun(*argv, wait=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *argv]
+    # Read at the call, not at import: the session's private cache (conftest) is set after collection, and the
+    # ranks then reuse its reference statistics instead of computing them into the user's cache.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def one_thread(fn, *args):

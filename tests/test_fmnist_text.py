@@ -117,7 +117,7 @@ def test_fmnist_text_through_the_harness(tmp_path):
     fraction in every cell, a speedup table per metric and the trade-off plot."""
     out = tmp_path / "report"
     assert main(["--task", "fmnist-text", "--methods", "morse,ddim", "--budgets", "2,4", "--num-samples", "16",
-                 "--force", "--guidance", "1.5,3", "--bootstrap", "0", "--out", str(out)]) == 0
+                 "--force", "--guidance", "1.5,3", "--bootstrap", "0", "--batch-size", "16", "--out", str(out)]) == 0
     df = pd.read_csv(out / "results.csv")
     assert set(df.guidance) == {1.5, 3.0}
     for metric in ("fd_fmnist", "clip_score", "prompt_class_frac"):

@@ -250,7 +250,7 @@ def test_text_distillation_writes_a_guidance_distilled_model_that_lcm_samples(tm
     monkeypatch.setattr(FashionMNISTText, "lcm_path", path)
     out = tmp_path / "report"
     assert main(["--task", "fmnist-text", "--methods", "lcm", "--budgets", "2", "--num-samples", "8", "--force",
-                 "--guidance", "1.5,5", "--bootstrap", "0", "--out", str(out)]) == 0
+                 "--guidance", "1.5,5", "--bootstrap", "0", "--batch-size", "8", "--out", str(out)]) == 0
     df = pd.read_csv(out / "results.csv")
     nfe = df[df.metric == "nfe_lcm"]
     assert len(nfe) == 2 and (nfe.value == 2).all()  # guidance embedded: one pass per step, no unconditional rows

@@ -14,7 +14,9 @@ import torch
 from evaluate.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--methods", "ddim", "--budgets", "2,3", "--num-samples", "200", "--bootstrap", "5"]
+# Batch 25: per image as fast as 64 on a CPU, the latency probe (31 forwards at the batch size) 2.5x shorter, and
+# eighths of 200, so NFE per sample, a mean over batches, stays exact.
+SMALL = ["--methods", "ddim", "--budgets", "2,3", "--num-samples", "200", "--bootstrap", "5", "--batch-size", "25"]
 DETERMINISTIC = ["fd_fmnist", "confidence", "class_min_frac", "class_max_frac", "nfe_dash", "nfe_dot", "lsd"]
 
 
@@ -75,7 +77,8 @@ def test_nan_samples_refused_and_not_cached(tmp_path, monkeypatch, capsys):
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "500", "--bootstrap", "5"]
+    # Two shards of one cell: the kill lands after the first, so the resume finishes a half-cached cell.
+    argv = ["--methods", "ddim", "--budgets", "2", "--num-samples", "500", "--bootstrap", "5", "--batch-size", "16"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "evaluate.run", "--out", str(killed)] + argv, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,7 +94,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert main(["--out", str(killed)] + argv) == 0
     for p, mtime in done_before.items():
         assert p.stat().st_mtime_ns == mtime, f"{p.name} was recomputed"
-    assert len(list(killed.rglob("shard-*.safetensors"))) == 4
+    assert len(list(killed.rglob("shard-*.safetensors"))) == 2
     assert not list(killed.rglob("*.tmp"))
 
     clean = tmp_path / "clean"
@@ -146,7 +149,7 @@ def test_check_update_then_check(tmp_path, capsys):
     from evaluate import check
 
     path = tmp_path / "base.json"
-    base = dict(sweep=dict(task="fmnist", methods="ddim", budgets="2", num_samples=200, batch_size=64, seed=7),
+    base = dict(sweep=dict(task="fmnist", methods="ddim", budgets="2", num_samples=200, batch_size=25, seed=7),
                 tolerances=dict(fd_fmnist=dict(rel=0.05, abs=0.05), nfe_dash=dict(abs=0, two_sided=True)))
     path.write_text(json.dumps(base))
     assert check.main(["--baseline", str(path), "--update"]) == 2
@@ -225,8 +228,8 @@ def test_help_says_what_each_flag_means(capsys):
 
 
 def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
-    # 8 shards: the 7 left after the first keep the run busy well past the interrupt, even on a loaded machine
-    argv = ["--methods", "ddim", "--budgets", "2,4", "--num-samples", "1000", "--bootstrap", "5"]
+    # 3 shards: the 2 left after the first (and the metrics after them) keep the run busy well past the interrupt
+    argv = ["--methods", "ddim", "--budgets", "2", "--num-samples", "750", "--bootstrap", "5", "--batch-size", "16"]
     out = tmp_path / "r"
     # A runner started in the background by a non-interactive shell ignores SIGINT, and a child inherits that
     # (Python then installs no KeyboardInterrupt handler): give the run the default, as a terminal would.
