@@ -251,8 +251,8 @@ def test_readme_task(tmp_path, monkeypatch):
     argv = shlex.split(command)[3:]  # after "python -m evaluate.run"
     argv = [str(tmp_path / "dash") if a == "DIR" else str(tmp_path / a) if a == "stats.npz" else a for a in argv]
     out = tmp_path / "r"
-    # Fewer samples than a real run, nothing else changed: Inception costs ~0.2-1 s per image on a CPU.
-    assert main(argv + ["--num-samples", "10", "--force", "--fid-samples", "10", "--bootstrap", "0",
+    # Fewer samples than a real run, nothing else changed: Inception costs ~0.2-1 s per image on a CPU (4 cells).
+    assert main(argv + ["--num-samples", "5", "--force", "--fid-samples", "5", "--bootstrap", "0",
                         "--out", str(out)]) == 0
     df = pd.read_csv(out / "results.csv")
     fid = df[df.metric == "fid"]
