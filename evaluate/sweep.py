@@ -59,15 +59,22 @@ def shard_key(config: dict, budget: float, seeds: list[int], fingerprint: str) -
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def add_trace(total, trace: dict, weight: float, timed: bool = True) -> None:
-    """Fold one part's trace into a total (a Trace or a Cell): NFE per sample is the
-    sample-weighted mean over parts, times add up (only `timed` parts'), the schedule is the same in every part."""
+def add_trace(total, trace: dict, rows: int, timed: bool = True) -> None:
+    """Fold one part's trace (NFE per sample over `rows` samples) into a total (a Trace or a Cell) that holds NFE
+    summed over samples until `per_sample` divides once: summing fractions such as 16/250 of each part's mean would
+    make NFE depend on the batch size in its last digits. Times add up (only `timed` parts'); the schedule is the same
+    in every part."""
     for name, v in trace["nfe"].items():
-        total.nfe[name] = total.nfe.get(name, 0.0) + weight * v
+        total.nfe[name] = total.nfe.get(name, 0.0) + rows * v
     for name, v in trace["network_time_s"].items() if timed else ():
         total.network_time_s[name] = total.network_time_s.get(name, 0.0) + v
     total.wall_time_s += trace["wall_time_s"] if timed else 0.0
     total.timesteps, total.networks_per_step = trace["timesteps"], trace["networks_per_step"]
+
+
+def per_sample(total, samples: int):
+    total.nfe = {name: v / samples for name, v in total.nfe.items()}
+    return total
 
 
 def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spacing, conditions=None):
@@ -84,8 +91,8 @@ def sample_shard(method, denoiser, seeds, budget, shape, batch_size, device, spa
                 f"{method.name} at budget {budget} gave {len(bad_seeds)} non-finite samples (seeds "
                 f"{bad_seeds[:5]}); check the model weights and the budget")
         outs.append(x.float().cpu())
-        add_trace(total, trace.to_dict(), len(chunk) / len(seeds))
-    return torch.cat(outs), total.to_dict()
+        add_trace(total, trace.to_dict(), len(chunk))
+    return torch.cat(outs), per_sample(total, len(seeds)).to_dict()
 
 
 @dataclass(frozen=True)
@@ -199,11 +206,11 @@ def run_cell(cell: tuple, spec: SweepSpec, cache: ShardCache, sampling: Sampling
         timed = got is None or (fresh is not None and str(shard.path) in fresh)
         out.fresh_samples += len(shard.seeds) if timed else 0
         samples.append(x)
-        add_trace(out, trace, len(shard.seeds) / len(spec.seeds), timed)
+        add_trace(out, trace, len(shard.seeds), timed)
         if progress is not None:
             progress.update(len(shard.seeds))
     out.samples = torch.cat(samples)
-    return out
+    return per_sample(out, len(spec.seeds))
 
 
 def sample_share(spec: SweepSpec, cache: ShardCache, sampling: Sampling, world) -> dict[str, float]:

@@ -98,3 +98,6 @@ def test_results_do_not_depend_on_batch_size(tmp_path):
     # an AMD EPYC the FDs differed in the 7th digit). Noise drawn per batch instead of per seed moves
     # FD by percents.
     pd.testing.assert_series_equal(fd(a), fd(b), rtol=1e-4)
+    nfe = lambda df: df[df.metric.str.startswith("nfe_")].set_index(["method", "metric"]).value  # noqa: E731
+    pd.testing.assert_series_equal(nfe(a), nfe(b), rtol=0, atol=0)  # counted exactly, whatever the batches
+    assert (nfe(a).xs("nfe_dash", level="metric") == 2.0).all()
