@@ -7,7 +7,9 @@ Every row trains with `morse.train` at a quarter of the committed Dot's compute 
 round, 3,000 iterations; the committed recipe's held-out ratio at that compute was 0.824 against 0.760 at full
 compute), changing one thing against the row it names, then is swept by `evaluate.run` against DDIM on seeds 0-999
 at 4, 8 and 16 LSD. The table reads each row's Dot card (held-out error, parameters, N) and its speedup.csv; it
-imports nothing from the harness, so it states the numbers the harness wrote.
+imports nothing from the harness, so it states the numbers the harness wrote. The committed table keeps each row's
+results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is measured in every row's own run, so
+on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 """
 
 import argparse
@@ -72,7 +74,7 @@ ROWS = [
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s not shown)", "--prior extrap --trajectory-inputs off"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
         "--prior extrap --skip-levels 0"),
-    Row("extrap-m1", "m = 1 (body on 14x14 of the 28x28 input, 16x16 padded)", "--prior extrap --m 1"),
+    Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-balance", "training pairs drawn evenly over the budgets' plans", "--prior extrap --balance-budgets"),
     Row("extrap-roundlr", "cosine learning rate restarted at every DAgger round", "--prior extrap --round-lr"),
