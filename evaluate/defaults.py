@@ -21,6 +21,8 @@ FLAGS = dict(
     num_samples=Flag(None, "samples per method and budget; default: the task's `default_num_samples`, else 1000",
                      int),
     batch_size=Flag(64, "sampling batch size; results do not depend on it (the per-image sweet spot on CPU)"),
+    shard_size=Flag(250, "seeds per cache file: a kill loses at most this many samples per cell; results do not "
+                         "depend on it, but a cache made with another size is sampled again"),
     device=Flag("cpu", "torch device, e.g. cpu or cuda"),
     seed=Flag(0, "sample i uses seed `seed + i`"),
     out=Flag(None, "report folder (default reports/<task>/<run>); rerunning with the same folder resumes", str),

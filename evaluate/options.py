@@ -105,6 +105,8 @@ def validate(given) -> Options:
         raise BadInput(f"--out {opts.out} is a file; name a folder (new, or one this command wrote before)")
     if opts.batch_size < 1:
         raise BadInput("--batch-size must be at least 1")
+    if opts.shard_size < 1:
+        raise BadInput("--shard-size must be at least 1")
     if opts.random_weights and not opts.latency_only:
         raise BadInput("--random-weights gives an untrained Dash, whose samples mean nothing: add --latency-only")
     if opts.latency_only and distributed.launched():

@@ -166,7 +166,7 @@ def run(**given) -> Path:
         with timer.phase("latency"):  # guidance changes no network's cost per call: one denoiser prices them all
             cost = cost_model(methods, next(iter(sampling.denoisers.values())), task.image_shape, opts.batch_size,
                               device, dtype=DTYPES[opts.dtype])
-        cells = sweep(spec, ShardCache.of(out / "cache", task), sampling, world)
+        cells = sweep(spec, ShardCache.of(out / "cache", task, opts.shard_size), sampling, world)
         costs = world.gather(cost)  # every rank measured its own device
         if not world.main:
             return out

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from baselines.checkpoint import load_keyed, save_atomic
 from baselines.noise import initial_noise
 from baselines.trace import Trace
+from evaluate.defaults import DEFAULTS
 
-SHARD_SIZE = 250  # seeds per cache file: a kill loses at most this many samples per cell
 
 
 class NonFiniteSamplesError(RuntimeError):
@@ -150,11 +150,11 @@ class ShardCache:
 
     folder: Path
     fingerprint: str
-    shard_size: int = SHARD_SIZE
+    shard_size: int = DEFAULTS["shard_size"]
 
     @classmethod
-    def of(cls, folder: Path, task) -> "ShardCache":
-        return cls(Path(folder), fingerprint(task))
+    def of(cls, folder: Path, task, shard_size: int = DEFAULTS["shard_size"]) -> "ShardCache":
+        return cls(Path(folder), fingerprint(task), shard_size)
 
     def shards(self, method, budget, seeds, spacing="trailing", speed=None, guidance=None) -> list[Shard]:
         """The shards of one cell. A guided cell's scale is in its key and its folder (the scales of one sweep

@@ -78,6 +78,8 @@ ROWS = [
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-balance", "training pairs drawn evenly over the budgets' plans", "--prior extrap --balance-budgets"),
     Row("extrap-roundlr", "cosine learning rate restarted at every DAgger round", "--prior extrap --round-lr"),
+    Row("extrap-relative", "loss: each pair's error relative to its prior's, not the plain MSE that the last steps "
+        "dominate", "--prior extrap --loss relative"),
     Row("extrap-dpd2", "2 Dot steps per Dash step", "--prior extrap --dots-per-dash 2"),
     Row("extrap-dpd4", "4 Dot steps per Dash step", "--prior extrap --dots-per-dash 4"),
 ]

@@ -110,6 +110,24 @@ def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
     assert err["ratio"] != pytest.approx(1.0)  # ...which is not reuse of z_s
 
 
+def test_relative_loss_weighs_each_pair_by_its_prior_error_with_a_median_floor(exact8):
+    """An untrained Dot scores sum(p / (p + median p)) / n (p: the prior's error per pair), which no weighting of
+    the plain MSE gives; a Dot whose residual moves away from the prior scores higher."""
+    from morse.train import dot_loss
+
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [8.0], list(range(4)), SHAPE)
+    with torch.no_grad():
+        start = dot.prior_estimate(pairs["z_s"], pairs["t_i"], pairs["t_s"], (pairs["x_tp"], pairs["z_p"],
+                                                                                pairs["t_p"]))
+        p = (start - pairs["target"]).square().flatten(1).mean(1)
+        want = (p / (p + p.median())).mean()
+        assert dot_loss(dot, pairs, relative=True) == pytest.approx(want.item(), rel=1e-5)
+        assert dot_loss(dot, pairs) == pytest.approx(p.mean().item(), rel=1e-5)
+        dot.out.bias.fill_(0.1)
+        assert dot_loss(dot, pairs, relative=True) > want
+
+
 def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path):
     """`--method-options dot=FILE`: an ablation row's Dot, with its own card's plans, replaces the committed one."""
     import json

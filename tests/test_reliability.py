@@ -89,7 +89,7 @@ def test_non_finite_network_output_is_refused(bad, tmp_path, monkeypatch, capsys
 def test_results_do_not_depend_on_batch_size(tmp_path):
     import pandas as pd
 
-    args = ["--methods", "ddim,ddpm", "--budgets", "2", "--num-samples", "200", "--bootstrap", "0"]
+    args = ["--methods", "ddim,ddpm", "--budgets", "2", "--num-samples", "100", "--force", "--bootstrap", "0"]
     assert main(["--out", str(tmp_path / "a"), "--batch-size", "16"] + args) == 0
     assert main(["--out", str(tmp_path / "b"), "--batch-size", "23"] + args) == 0
     a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("a", "b"))
