@@ -25,7 +25,6 @@ from baselines.trace import Trace
 from evaluate.defaults import DEFAULTS
 
 
-
 class NonFiniteSamplesError(RuntimeError):
     pass
 

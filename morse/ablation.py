@@ -2,6 +2,7 @@
 
     python -m morse.ablation --commands            # the train and evaluate commands of every row
     python -m morse.ablation --table reports/fmnist/ablation   # the table, from the rows' cards and reports
+    python -m morse.ablation --per-step extrap     # where a row's learned part helps and hurts, per Dot step
 
 Every row trains with `morse.train` at a quarter of the committed Dot's compute (128 trajectories per budget and
 round, 3,000 iterations; the committed recipe's held-out ratio at that compute was 0.824 against 0.760 at full
@@ -47,9 +48,11 @@ class Row:
         if self.flags is None:
             return None
         own = shlex.split(self.flags)
+        recipe = shlex.split(RECIPE)
+        recipe = " ".join(f"{k} {v}" for k, v in zip(recipe[::2], recipe[1::2]) if k not in own)
         base = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEFAULTS.items() if f"--{k.replace('_', '-')}"
                         not in own)
-        return f"python -m morse.train {RECIPE} {base} {self.flags} --out {RUNS / self.name}".replace("  ", " ")
+        return f"python -m morse.train {recipe} {base} {self.flags} --out {RUNS / self.name}".replace("  ", " ")
 
     def eval_command(self) -> str:
         """One sweep folder for every row, so DDIM's and morse-extrap's cells are sampled once; each row's Dot
@@ -79,7 +82,8 @@ ROWS = [
     Row("extrap-balance", "training pairs drawn evenly over the budgets' plans", "--prior extrap --balance-budgets"),
     Row("extrap-roundlr", "cosine learning rate restarted at every DAgger round", "--prior extrap --round-lr"),
     Row("extrap-relative", "loss: each pair's error relative to its prior's, not the plain MSE that the last steps "
-        "dominate", "--prior extrap --loss relative"),
+        "dominate; learning rate 2e-4 (at 1e-3 this loss rose above the untrained Dot's)",
+        "--prior extrap --loss relative --lr 0.0002"),
     Row("extrap-dpd2", "2 Dot steps per Dash step", "--prior extrap --dots-per-dash 2"),
     Row("extrap-dpd4", "4 Dot steps per Dash step", "--prior extrap --dots-per-dash 4"),
 ]
@@ -143,10 +147,44 @@ def table(committed_card: Path) -> list[str]:
     return head + [row_line(r, committed_card) for r in ROWS]
 
 
+def per_step(row: str, sample: int = 6000) -> list[str]:
+    """Where a row's learned part helps and where it hurts: on `sample` pairs of the row's last DAgger round, the
+    Dot's squared epsilon error over its prior's per plan and Dot step, beside the prior's error there (the pooled
+    ratio on the card hides that the last steps, where the prior's error is largest, dominate it)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from baselines.tasks import get_task
+    from morse.dot import Dot
+
+    folder = RUNS / row
+    card = json.loads((folder / "dot.json").read_text())
+    dot = Dot.load(get_task(card["task"]).dash(), folder / "dot.safetensors")
+    pairs = load_file(folder / f"pairs-round{card['rounds'] - 1}.safetensors")
+    pick = torch.randperm(len(pairs["target"]), generator=torch.Generator().manual_seed(0))[:sample]
+    sums: dict = {}
+    with torch.inference_mode():
+        for chunk in pick.split(500):
+            b = {k: v[chunk] for k, v in pairs.items()}
+            prev = (b["x_tp"], b["z_p"], b["t_p"]) if "t_p" in b else None
+            args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
+            guesses = (b["z_s"] + dot(*args, prev=prev), dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev))
+            errs = [(g - b["target"]).double().square().flatten(1).mean(1) for g in guesses]
+            for budget, t, e_dot, e_prior in zip(b["budget"].tolist(), b["t_i"].tolist(), *errs, strict=True):
+                acc = sums.setdefault((budget, int(t)), [0.0, 0.0, 0])
+                acc[0], acc[1], acc[2] = acc[0] + e_dot.item(), acc[1] + e_prior.item(), acc[2] + 1
+    lines = ["| plan (LSD) | Dot step t_i | pairs | prior's RMSE | Dot / prior (MSE) |", "|---|---|---|---|---|"]
+    for (budget, t), (e_dot, e_prior, n) in sorted(sums.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        lines.append(f"| {budget:g} | {t} | {n} | {(e_prior / n) ** 0.5:.4f} | {e_dot / e_prior:.3f} |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", action="store_true", help="print every row's train and evaluate commands")
     p.add_argument("--table", type=Path, default=None, help="write the table (index.md) into this folder")
+    p.add_argument("--per-step", default=None, metavar="ROW", help="print a trained row's Dot / prior error per plan "
+                   "and Dot step (from its last round's pairs under runs/ablation/ROW)")
     p.add_argument("--committed-card", type=Path, default=Path(__file__).parent / "weights" / "fmnist_dot.json",
                    help="the committed Dot's card (the rows committed and formula read it)")
     args = p.parse_args(argv)
@@ -154,6 +192,8 @@ def main(argv=None):
         for row in ROWS:
             print(f"# {row.name}: {row.what}\n" + (f"{row.train_command()}\n" if row.flags is not None else "")
                   + f"{row.eval_command()}\n")
+    steps = per_step(args.per_step) if args.per_step is not None else []
+    print("\n".join(steps))
     if args.table is not None:
         args.table.mkdir(parents=True, exist_ok=True)
         rows = table(args.committed_card)
@@ -161,6 +201,10 @@ def main(argv=None):
                  "", "## Commands", ""]
         lines += [f"* **{r.name}** (against {r.against or '—'}): " + (f"`{r.train_command()}`, then " if r.flags
                   is not None else "") + f"`{r.eval_command()}`" for r in ROWS]
+        if steps:
+            lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
+                      f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",
+                      "", *steps]
         (args.table / "index.md").write_text("\n".join(lines) + "\n")
         print("\n".join(rows))
 

@@ -45,11 +45,11 @@ def test_killed_training_resumes_to_the_same_dot(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = train.dot_loss
 
-    def dying_loss(dot, batch):
+    def dying_loss(dot, batch, **kw):
         calls["n"] += 1
         if calls["n"] > 15:
             raise KeyboardInterrupt  # as a kill after the checkpoint at iteration 10
-        return real_loss(dot, batch)
+        return real_loss(dot, batch, **kw)
 
     monkeypatch.setattr(train, "dot_loss", dying_loss)
     with pytest.raises(KeyboardInterrupt):
@@ -112,3 +112,28 @@ def test_lcm_dot_trains_on_the_distilled_model(tmp_path, monkeypatch, capsys):
     with torch.inference_mode():
         torch.testing.assert_close(Denoiser(lcm, task.schedule_config)(x, t), pairs["target"][:4])
         assert (Denoiser(dash, task.schedule_config)(x, t) - pairs["target"][:4]).abs().max() > 1e-2
+
+
+def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeypatch):
+    """Every trainable row's command is one morse.train command whose options differ from the extrap row's in what
+    the row names; a trained row (a tiny one here) gets its Dot / prior error per plan and Dot step."""
+    import shlex
+
+    from morse import ablation
+
+    parsed = {}
+    for row in ablation.ROWS:
+        if row.flags is not None:
+            argv = shlex.split(row.train_command())[3:]
+            assert len([a for a in argv if a.startswith("--")]) == len({a for a in argv if a.startswith("--")}), row
+            parsed[row.name] = vars(train.parser().parse_args(argv))
+    changed = {k for k, v in parsed["extrap-relative"].items() if v != parsed["extrap"][k]}
+    assert changed == {"loss", "lr", "out"}
+
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--out", str(tmp_path / "tiny")])
+    lines = ablation.per_step("tiny", sample=10)  # of its 4 runs x 6 Dot steps
+    rows = [line.split("|")[1:-1] for line in lines[2:]]
+    assert rows and all(float(r[0]) == 3 for r in rows)  # the one plan it trained on
+    assert sum(int(r[2]) for r in rows) == 10 and all(float(r[4]) >= 0 for r in rows)
+    assert "not trained" in ablation.row_line(ablation.ROWS[3], tmp_path / "none.json")
