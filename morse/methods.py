@@ -85,7 +85,9 @@ class MorseMethod:
                 "dot": Network(dot, lambda x, t: dot(x, x, x, t, t + 100, denoiser.condition(None, x)))}
 
     def config(self) -> dict:
-        return {**self.morse.config(), "dot_sha256": self.dot_checksum}
+        # The oracle and the formula never call the Dot: their samples (and cache keys) do not depend on its weights.
+        weights = {"dot_sha256": self.dot_checksum} if self.morse.calls_dot else {}
+        return {**self.morse.config(), **weights}
 
     def __call__(self, denoiser, noise, budget, **kwargs):
         return self.morse(denoiser, noise, budget, **kwargs)

@@ -23,6 +23,8 @@ def dot_condition(denoiser, cond, x):
 
 
 class Morse:
+    calls_dot = True  # False for the variants that only price the Dot's steps (oracle, formula)
+
     def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
         if solver.evals_per_step != 1:
             raise ValueError(f"morse wraps solvers that take one estimate per step; {solver.name} takes "
@@ -77,6 +79,8 @@ class MorseOracle(Morse):
     matched the Dash at the Dot's cost. Named `<morse name>-oracle`, which reports pair with Morse.
     """
 
+    calls_dot = False
+
     def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
         super().__init__(solver, dot, dot_ratio, interleave)
         self.name += "-oracle"
@@ -101,6 +105,8 @@ class MorseExtrap(Morse):
     The ablation "what does a learned Dot add at the same cost": the committed Dot's plans and prices, nothing
     learnt. It is also a solver with free sub-steps, so its Dash NFE is worth reading beside DPM-Solver++'s.
     """
+
+    calls_dot = False
 
     def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
         super().__init__(solver, dot, dot_ratio, interleave)

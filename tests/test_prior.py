@@ -150,5 +150,13 @@ def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path
     assert method.morse.dot.config.prior == "extrap" and method.morse.interleave.dots_per_dash == 2
     assert method.morse.dot_ratio == 5.0
     assert resolve("morse", Context(task, dash)).morse.dot.config.prior == "reuse"  # the committed Dot
+    # Another Dot with the same card: a new cache key for Morse, the same for the variants that never call it.
+    torch.nn.init.ones_(dot.out.weight)
+    dot.save(tmp_path / "other.safetensors")
+    (tmp_path / "other.json").write_text(json.dumps({**card, "sha256": sha256(tmp_path / "other.safetensors")}))
+    other = parse_method_options(f"dot={tmp_path / 'other.safetensors'}")
+    for name, same in (("morse", False), ("morse-extrap", True), ("morse-oracle", True)):
+        configs = [resolve(name, Context(task, dash, options=o)).config() for o in (options, other)]
+        assert (configs[0] == configs[1]) == same, name
     with pytest.raises(BadInput, match="KEY=VALUE"):
         parse_method_options("dot")
