@@ -156,26 +156,21 @@ def per_step(row: str, sample: int = 6000) -> list[str]:
 
     from baselines.tasks import get_task
     from morse.dot import Dot
+    from morse.train import residual_error
 
     folder = RUNS / row
     card = json.loads((folder / "dot.json").read_text())
     dot = Dot.load(get_task(card["task"]).dash(), folder / "dot.safetensors")
     pairs = load_file(folder / f"pairs-round{card['rounds'] - 1}.safetensors")
     pick = torch.randperm(len(pairs["target"]), generator=torch.Generator().manual_seed(0))[:sample]
-    sums: dict = {}
-    with torch.inference_mode():
-        for chunk in pick.split(500):
-            b = {k: v[chunk] for k, v in pairs.items()}
-            prev = (b["x_tp"], b["z_p"], b["t_p"]) if "t_p" in b else None
-            args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
-            guesses = (b["z_s"] + dot(*args, prev=prev), dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev))
-            errs = [(g - b["target"]).double().square().flatten(1).mean(1) for g in guesses]
-            for budget, t, e_dot, e_prior in zip(b["budget"].tolist(), b["t_i"].tolist(), *errs, strict=True):
-                acc = sums.setdefault((budget, int(t)), [0.0, 0.0, 0])
-                acc[0], acc[1], acc[2] = acc[0] + e_dot.item(), acc[1] + e_prior.item(), acc[2] + 1
+    pairs = {k: v[pick] for k, v in pairs.items()}
     lines = ["| plan (LSD) | Dot step t_i | pairs | prior's RMSE | Dot / prior (MSE) |", "|---|---|---|---|---|"]
-    for (budget, t), (e_dot, e_prior, n) in sorted(sums.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-        lines.append(f"| {budget:g} | {t} | {n} | {(e_prior / n) ** 0.5:.4f} | {e_dot / e_prior:.3f} |")
+    for budget in pairs["budget"].unique().tolist():
+        for t in pairs["t_i"][pairs["budget"] == budget].unique().flip(0).tolist():
+            rows = (pairs["budget"] == budget) & (pairs["t_i"] == t)
+            err = residual_error(dot, {k: v[rows] for k, v in pairs.items()})  # the card's measure, on one step
+            lines.append(f"| {budget:g} | {int(t)} | {int(rows.sum())} | {err['prior_rmse']:.4f} | "
+                         f"{err['prior_ratio'] ** 2:.3f} |")
     return lines
 
 

@@ -149,9 +149,9 @@ def dot_loss(dot, batch, relative: bool = False):
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
                               prev=_prev_of(batch))
     space = partial(_unwrap(dot).in_residual_space, x_ti=batch["x_ti"], t_i=batch["t_i"])
-    if not relative:
-        return torch.nn.functional.mse_loss(space(pred), space(batch["target"]))
     target = space(batch["target"])
+    if not relative:
+        return torch.nn.functional.mse_loss(space(pred), target)
     start = _unwrap(dot).prior_estimate(batch["z_s"], batch["t_i"], batch["t_s"], _prev_of(batch))
     per_pair = lambda x: (space(x) - target).square().flatten(1).mean(1)  # noqa: E731
     floor = per_pair(start)

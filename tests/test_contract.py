@@ -227,8 +227,7 @@ def test_readme_accelerator(tmp_path, monkeypatch, setup):
     test_registered_method_contract(name, setup)
 
     out = tmp_path / "r"
-    # Batch 25: per image as fast as 64 on a CPU, the latency probe (31 forwards at the batch size) 2.5x shorter, and
-    # quarters of 100, so NFE per sample, a mean over batches, stays exact.
+    # Batch 25: per image as fast as 64 on a CPU, and the latency probe (31 forwards at the batch size) 2.5x shorter.
     assert main(["--methods", f"{name},ddim", "--budgets", "2,3", "--num-samples", "100", "--force", "--bootstrap",
                  "0", "--batch-size", "25", "--out", str(out)]) == 0
     df = pd.read_csv(out / "results.csv").set_index(["method", "budget", "metric"]).value

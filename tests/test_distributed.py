@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from evaluate.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
-# Two shards (250 + 50 seeds), one per rank; batch 10 keeps the latency probe (batch 1 and 10) short.
-# Shards of 50: two (for the kill, four) shards of few samples, so the processes, not the sampling, take the time.
+# Two shards of 50 seeds (four for the kill), one per rank: few samples, so the processes, not the sampling, take the
+# time; batch 10 keeps the latency probe (batch 1 and 10) short.
 SWEEP = ["--methods", "ddim", "--budgets", "2", "--num-samples", "100", "--batch-size", "10", "--bootstrap", "5",
          "--force", "--shard-size", "50"]
 

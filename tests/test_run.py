@@ -15,7 +15,7 @@ from evaluate.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 # Batch 25: per image as fast as 64 on a CPU, the latency probe (31 forwards at the batch size) 2.5x shorter, and
-# eighths of 200, so NFE per sample, a mean over batches, stays exact.
+# quarters of 100.
 SMALL = ["--methods", "ddim", "--budgets", "2,3", "--num-samples", "100", "--force", "--bootstrap", "5", "--batch-size",
          "25"]
 DETERMINISTIC = ["fd_fmnist", "confidence", "class_min_frac", "class_max_frac", "nfe_dash", "nfe_dot", "lsd"]
