@@ -4,8 +4,8 @@
     python -m morse.ablation --table reports/fmnist/ablation   # the table, from the rows' cards and reports
     python -m morse.ablation --per-step extrap     # where a row's learned part helps and hurts, per Dot step
 
-Every row trains with `morse.train` at a quarter of the committed Dot's compute (128 trajectories per budget and
-round, 3,000 iterations; the committed recipe's held-out ratio at that compute was 0.824 against 0.760 at full
+Every row trains with `morse.train` at a quarter of the reuse-full Dot's compute (128 trajectories per budget and
+round, 3,000 iterations; that recipe's held-out ratio at this compute was 0.824 against 0.760 at full
 compute), changing one thing against the row it names, then is swept by `evaluate.run` against DDIM on seeds 0-999
 at 4, 8 and 16 LSD. The table reads each row's Dot card (held-out error, parameters, N) and its speedup.csv; it
 imports nothing from the harness, so it states the numbers the harness wrote. The committed table keeps each row's
@@ -33,18 +33,28 @@ RUNS, BUDGETS = Path("runs/ablation"), (4, 8, 16)
 class Row:
     name: str
     what: str
-    flags: str | None = ""     # beyond RECIPE and DEFAULTS; None: nothing to train (the committed Dot, the formula)
+    flags: str | None = ""     # beyond RECIPE and DEFAULTS; None: nothing to train (the formula, a gated or old Dot)
     against: str = "extrap"    # the row it changes one thing of
     method: str = "morse"
     dot_of: str | None = None  # sample with another row's Dot (and these sampling options) instead of training
     options: str = ""
+    gates: str | None = None   # the trained row whose Dot `morse.gate` gates for this row, instead of training
+    gate_flags: str = ""
+    commit: str | None = None  # a Dot committed before, taken from this commit of the repository
 
     @property
     def dot(self) -> Path | None:
-        owner = self.dot_of or (self.name if self.flags is not None else None)
+        owner = self.dot_of or (self.name if self.flags is not None or self.gates or self.commit else None)
         return RUNS / owner / "dot.safetensors" if owner else None
 
     def train_command(self) -> str | None:
+        if self.commit:
+            return " && ".join([f"mkdir -p {RUNS / self.name}"] + [
+                f"git show {self.commit}:morse/weights/fmnist_dot.{ext} > {RUNS / self.name}/dot.{ext}"
+                for ext in ("safetensors", "json")])
+        if self.gates:
+            return (f"python -m morse.gate --dot {RUNS / self.gates / 'dot.safetensors'} {self.gate_flags} "
+                    f"--out {RUNS / self.name}").replace("  ", " ")
         if self.flags is None:
             return None
         own = shlex.split(self.flags)
@@ -68,11 +78,18 @@ class Row:
 ROWS = [
     Row("formula", "no Dot: the extrapolation prior alone at the Dot steps (morse-extrap), priced as Dot calls", None,
         "", "morse-extrap"),
-    Row("committed", "the committed Dot (full compute: 256 trajectories, 6,000 iterations; prior reuse)", None, ""),
-    Row("reuse", "the committed recipe: prior reuse of z_s, no earlier anchor", against=""),
+    Row("reuse-full", "the Dot committed before issue 30 (full compute: 256 trajectories, 6,000 iterations; prior "
+        "reuse)", None, "", commit="8cd3c7b"),
+    Row("reuse", "reuse-full's recipe at a quarter of its compute: prior reuse of z_s, no earlier anchor",
+        against=""),
     Row("extrap", "prior: the extrapolation; the Dot sees the earlier anchor and the prior", "--prior extrap", "reuse"),
     Row("extrap-half", "the extrap row's Dot, its learned part halved when sampling", None, dot_of="extrap",
         options="dot_scale=0.5"),
+    Row("extrap-gate", "the extrap row's Dot, its learned part gated per noise level and extrapolation slope "
+        "(morse.gate: least-squares factors in [0, 1] on pairs of seeds of its own)", None, gates="extrap"),
+    Row("extrap-first", "the extrap row's Dot gated as extrap-gate, its learned part kept in the first group only "
+        "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it", None, "extrap-gate",
+        gates="extrap", gate_flags="--learned first-group"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s not shown)", "--prior extrap --trajectory-inputs off"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
@@ -80,6 +97,8 @@ ROWS = [
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-balance", "training pairs drawn evenly over the budgets' plans", "--prior extrap --balance-budgets"),
+    Row("extrap-balance-first", "the extrap-balance row's Dot gated as extrap-first", None, "extrap-first",
+        gates="extrap-balance", gate_flags="--learned first-group"),
     Row("extrap-roundlr", "cosine learning rate restarted at every DAgger round", "--prior extrap --round-lr"),
     Row("extrap-relative", "loss: each pair's error relative to its prior's, not the plain MSE that the last steps "
         "dominate; learning rate 2e-4 (at 1e-3 this loss rose above the untrained Dot's)",
@@ -117,7 +136,7 @@ def _results(path: Path, method: str) -> dict:
 
 
 def row_line(row: Row, committed_card: Path) -> str:
-    card_path = {"formula": committed_card, "committed": committed_card}.get(
+    card_path = {"formula": committed_card}.get(
         row.name, RUNS / (row.dot_of or row.name) / "dot.json")
     if not card_path.exists():
         return f"| {row.name} | {row.what} | not trained |" + " |" * 8
@@ -181,11 +200,11 @@ def main(argv=None):
     p.add_argument("--per-step", default=None, metavar="ROW", help="print a trained row's Dot / prior error per plan "
                    "and Dot step (from its last round's pairs under runs/ablation/ROW)")
     p.add_argument("--committed-card", type=Path, default=Path(__file__).parent / "weights" / "fmnist_dot.json",
-                   help="the committed Dot's card (the rows committed and formula read it)")
+                   help="the committed Dot's card (the formula's row reads its plans' N from it)")
     args = p.parse_args(argv)
     if args.commands:
         for row in ROWS:
-            print(f"# {row.name}: {row.what}\n" + (f"{row.train_command()}\n" if row.flags is not None else "")
+            print(f"# {row.name}: {row.what}\n" + (f"{row.train_command()}\n" if row.train_command() else "")
                   + f"{row.eval_command()}\n")
     steps = per_step(args.per_step) if args.per_step is not None else []
     print("\n".join(steps))
@@ -194,8 +213,8 @@ def main(argv=None):
         rows = table(args.committed_card)
         lines = ["# What limits the Dot: one change at a time", "", __doc__.split("\n\n", 2)[2].strip(), "", *rows,
                  "", "## Commands", ""]
-        lines += [f"* **{r.name}** (against {r.against or '—'}): " + (f"`{r.train_command()}`, then " if r.flags
-                  is not None else "") + f"`{r.eval_command()}`" for r in ROWS]
+        made = lambda r: f"`{r.train_command()}`, then " if r.train_command() else ""  # noqa: E731
+        lines += [f"* **{r.name}** (against {r.against or '—'}): {made(r)}`{r.eval_command()}`" for r in ROWS]
         if steps:
             lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
                       f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",

@@ -48,7 +48,7 @@ from torch import nn
 
 from baselines.checkpoint import save_atomic
 from baselines.denoisers import Condition
-from morse.prior import PRIORS, prior
+from morse.prior import PRIORS, extrapolation_slope, prior
 
 SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",
           "conv_norm_out", "conv_act")
@@ -74,6 +74,8 @@ class DotConfig:
     trajectory: bool = True         # False (ablation): the Dot sees x_ti and t_i only, not the anchor's x_ts, z_s
     learned_scale: float = 1.0      # sampling-time factor on the learned part (ablation: is its direction right
                                     # but its size too large?); training always uses 1
+    gate: dict | None = None        # a factor on the learned part per noise level and extrapolation slope, fitted
+                                    # after training (morse.gate); None: 1 everywhere
 
 
 def _share(module: nn.Module) -> nn.Module:
@@ -218,6 +220,8 @@ class Dot(nn.Module):
             scaled = raw * self._at(t_i, n, x_ti)[2]
             if self.config.learned_scale != 1.0:
                 scaled = scaled * self.config.learned_scale
+            if self.config.gate is not None:
+                scaled = scaled * self.gate_factor(t_i, t_s, prev, n, x_ti)
             return scaled if self.config.prior == "reuse" else (base - z_s) + scaled
         # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
         return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
@@ -250,6 +254,24 @@ class Dot(nn.Module):
             h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
             h = blk(torch.cat([h, skips.pop()], dim=1))
         return h
+
+    def gate_cell(self, t_i, t_s, prev, n) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's (row, column) in the gate's table: the row of t_i, the column of the extrapolation slope
+        to t_i (column 0: the first group, with no earlier anchor)."""
+        gate = self.config.gate
+        t_i, t_s = (torch.as_tensor(t, device=self.alphas_cumprod.device).expand(n) for t in (t_i, t_s))
+        t_p = t_s if prev is None else torch.as_tensor(prev[2], device=t_s.device).expand(n)
+        slope = extrapolation_slope(self.alphas_cumprod, t_i, t_s, t_p)
+        edges = lambda key: torch.tensor(gate[key], dtype=torch.float64, device=t_i.device)  # noqa: E731
+        col = torch.bucketize(slope, edges("slope_edges")) + 1
+        return torch.bucketize(t_i.double(), edges("t_edges")), torch.where(slope.isnan(), 0, col)
+
+    def gate_factor(self, t_i, t_s, prev, n, like):
+        """The gate's factor on the learned part for each sample, shaped to broadcast against `like`. Why a gate
+        (morse.gate): the learned part's error has a floor, so it hurts where the prior is better than that."""
+        row, col = self.gate_cell(t_i, t_s, prev, n)
+        factor = torch.tensor(self.config.gate["scale"], device=row.device)[row, col]
+        return factor.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def prior_estimate(self, z_s, t_i, t_s, prev=None):
         """What this Dot starts from at t_i (morse.prior): z_s, or the line through the last two Dash estimates."""

@@ -33,10 +33,17 @@ def prior(kind: str, z_s, t_i, t_s, prev, alphas_cumprod):
     if kind != "extrap":
         raise ValueError(f"prior must be one of {PRIORS}, got {kind!r}")
     _, z_p, t_p = prev
-    lam_i, lam_s, lam_p = (log_snr(alphas_cumprod, t).to(z_s.device) for t in (t_i, t_s, t_p))
     # A training batch marks "no earlier anchor" by t_s' = t_s (the first group): reuse there, not 0 / 0.
-    gap = lam_s - lam_p
-    slope = torch.where(gap != 0, (lam_i - lam_s) / torch.where(gap != 0, gap, 1.0), 0.0).to(z_s.dtype)
+    slope = extrapolation_slope(alphas_cumprod, t_i, t_s, t_p).to(z_s.device).nan_to_num(0.0).to(z_s.dtype)
     if slope.ndim:  # one time per sample (training batches)
         slope = slope.reshape(-1, *([1] * (z_s.ndim - 1)))
     return z_s + (z_s - z_p) * slope
+
+
+def extrapolation_slope(alphas_cumprod, t_i, t_s, t_p) -> torch.Tensor:
+    """(lambda_i - lambda_s) / (lambda_s - lambda_s'), in float64: how far past the last Dash step the line through
+    the last two estimates is continued, in units of the gap between them (NaN where t_s' = t_s, no earlier anchor).
+    """
+    lam_i, lam_s, lam_p = (log_snr(alphas_cumprod, t) for t in (t_i, t_s, t_p))
+    gap = lam_s - lam_p
+    return torch.where(gap != 0, (lam_i - lam_s) / torch.where(gap != 0, gap, 1.0), torch.nan)

@@ -34,8 +34,11 @@ class Morse:
         self.name = "morse" if solver.name == "ddim" else f"morse-{solver.name}"
 
     def config(self) -> dict:
+        """What the samples depend on; the variants that never call the Dot leave its config out, so their cache
+        entries serve every Dot with the same plans."""
+        dot = dict(dot=vars(self.dot.config)) if self.calls_dot else {}
         return dict(name=self.name, solver=self.solver.config(), dot_ratio=self.dot_ratio,
-                    dots_per_dash=self.interleave.dots_per_dash, dot=vars(self.dot.config))
+                    dots_per_dash=self.interleave.dots_per_dash, **dot)
 
     @property
     def wraps(self) -> str:

@@ -1,6 +1,10 @@
 """How a Dot's held-out error scales with training compute (pairs x iterations), fitted as a power law.
 
-    python -m morse.scaling runs/scale-*/dot.json morse/weights/fmnist_dot.json --card morse/weights/fmnist_dot.json
+    python -m morse.scaling runs/scale-*/dot.json runs/ablation/reuse-full/dot.json \
+        --card runs/ablation/reuse-full/dot.json
+
+(the study of the reuse recipe, whose full-compute Dot was committed before issue 30: `python -m morse.ablation
+--commands` prints how to fetch it; its card with this section is in reports/fmnist/ablation/rows/reuse-full/)
 
 Each input is a Dot card written by `morse.train`; its point is (train_pairs x iters, both fields of the card,
 and the held-out on-policy error ratio against reuse of z_s). The fit ratio = a * compute^b is a least-squares line

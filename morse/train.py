@@ -103,7 +103,7 @@ class _Recorder(nn.Module):
 
 def _sees_prev(dot) -> bool:
     config = _unwrap(dot).config
-    return config.history or config.prior != "reuse"
+    return config.history or config.prior != "reuse" or config.gate is not None  # a gate's slope needs t_s'
 
 
 def _prev_of(batch: dict):

@@ -149,14 +149,22 @@ def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path
     method = resolve("morse", Context(task, dash, options=options))
     assert method.morse.dot.config.prior == "extrap" and method.morse.interleave.dots_per_dash == 2
     assert method.morse.dot_ratio == 5.0
-    assert resolve("morse", Context(task, dash)).morse.dot.config.prior == "reuse"  # the committed Dot
+    assert resolve("morse", Context(task, dash)).morse.dot.config.prior == "extrap"  # the committed Dot
     # Another Dot with the same card: a new cache key for Morse, the same for the variants that never call it.
     torch.nn.init.ones_(dot.out.weight)
     dot.save(tmp_path / "other.safetensors")
     (tmp_path / "other.json").write_text(json.dumps({**card, "sha256": sha256(tmp_path / "other.safetensors")}))
     other = parse_method_options(f"dot={tmp_path / 'other.safetensors'}")
+    # ... and one whose config differs (a gate, morse.gate): the same again for the variants.
+    from morse.gate import ungated
+
+    dot.config.gate = ungated((10, 4))
+    dot.save(tmp_path / "gated.safetensors")
+    (tmp_path / "gated.json").write_text(json.dumps({**card, "sha256": sha256(tmp_path / "gated.safetensors")}))
+    gated = parse_method_options(f"dot={tmp_path / 'gated.safetensors'}")
     for name, same in (("morse", False), ("morse-extrap", True), ("morse-oracle", True)):
-        configs = [resolve(name, Context(task, dash, options=o)).config() for o in (options, other)]
-        assert (configs[0] == configs[1]) == same, name
+        for changed in (other, gated):
+            configs = [resolve(name, Context(task, dash, options=o)).config() for o in (options, changed)]
+            assert (configs[0] == configs[1]) == same, name
     with pytest.raises(BadInput, match="KEY=VALUE"):
         parse_method_options("dot")

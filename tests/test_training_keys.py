@@ -61,6 +61,12 @@ CASES = [
      "--ema-decay 0.995 --seed 0", {}, None, "f055c30461ea1260"),
     (train_dot, "python -m morse.train --task fmnist --solver ddim " + DOT_FLAGS.format(**FULL),
      dict(dash_sum=DASH[:16]), None, "e2e2e8d209bd04b1"),
+    # The Dot committed by issue 30 (gated by morse.gate afterwards; the gate does not enter the key), trained after
+    # a2db4a2: its key as the code computes it; with --out runs/ablation/extrap it is e14c5b4c7ee33ea9, the key on
+    # that run's checkpoint and pairs.
+    (train_dot, "python -m morse.train --task fmnist --solver ddim " + DOT_FLAGS.format(**FULL | dict(
+        trajectories=128, iters=3000)).replace("--seed 0", "--prior extrap --seed 0"),
+     dict(dash_sum=DASH[:16]), None, "3f03ac95b1f732f3"),
     (train_dot, "python -m morse.train --task fmnist --solver dpm " + DOT_FLAGS.format(**FULL),
      dict(dash_sum=DASH[:16]), None, "2d15a1d92bb2a703"),
     (train_dot, "python -m morse.train --task fmnist --solver ddpm " + DOT_FLAGS.format(**FULL),

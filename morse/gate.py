@@ -1,0 +1,173 @@
+"""Gate a trained Dot's learned part by step: one factor per noise level and extrapolation slope, fitted in closed form.
+
+    python -m morse.gate --dot runs/ablation/extrap/dot.safetensors --out runs/ablation/extrap-gate
+
+Why (issue 30): per Dot step, the learned part's error has a floor (about 5e-5 in epsilon MSE on the embedded
+default, whatever the step), while the prior's error spans four orders of magnitude: at the first Dot step after a
+mid-trajectory Dash step the extrapolation is already 10x better than that floor, at the last steps 10x worse. The
+plain MSE the Dot trains on is dominated by the last steps, so it never learns to stay silent on the others
+(`morse.ablation --per-step`). The gate scales the learned part by c in [0, 1] per cell of (t_i, the slope of the
+extrapolation to t_i; the first group, with no earlier anchor, has a column of its own). In each cell c is the
+least-squares factor: with r the learned part and d = target - prior over the cell's pairs, c = <r, d> / <r, r>.
+The cells depend only on times, so a gate fitted on one set of plans applies to any plan.
+
+The pairs come from sampling with the ungated Dot from seeds of their own (seed * 10^6 + 700,000 + i: neither the
+training nor the held-out seeds), and are cached in --out (rerun to resume). The held-out error is then measured
+as `morse.train` measures it, on its held-out seeds, sampling with the gated Dot. The gated Dot is written with
+the trained Dot's card, its held-out error replaced and the gate's own record added.
+"""
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from baselines.checkpoint import load_keyed, save_atomic, sha256
+from baselines.training.cards import publish
+from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
+from morse.dot import Dot
+from morse.interleave import Interleave
+from morse.train import _cond_of, _prev_of, residual_error, sampling_pairs, setup
+from morse.train import parser as train_parser
+
+T_EDGES = [100.0 * k for k in range(1, 10)]  # ten noise-level rows
+LEARNED = ("everywhere", "first-group")
+SLOPE_EDGES = [0.35, 0.75]  # first group | near the last Dash step | mid-group | far past it (one step per Dash
+# step of three Dots falls in each of the last three columns on every plan of the embedded default)
+
+
+def ungated(gate_shape: tuple[int, int]) -> dict:
+    """A gate of ones: the Dot as trained, but its pairs record the earlier anchor (the gate's slope needs it)."""
+    rows, cols = gate_shape
+    return dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[1.0] * cols for _ in range(rows)])
+
+
+@torch.inference_mode()
+def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256) -> tuple[dict, list[list[int]]]:
+    """The least-squares gate of `dot`'s learned part on `pairs` (with "t_p"), and each cell's pair count. A cell
+    with fewer than `min_pairs` pairs takes its column's pooled factor (1 where the column is empty too)."""
+    if dot.config.residual != "eps":
+        raise ValueError("morse.gate: the gate scales an epsilon residual; this Dot's residual lives in x0")
+    shape = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)
+    rd, rr, count = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
+    dot.config.gate = ungated(shape)
+    for k in range(0, len(pairs["target"]), batch_size):
+        b = {n: v[k:k + batch_size] for n, v in pairs.items()}
+        prev = _prev_of(b)
+        start = dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev)
+        learned = (b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b), prev=prev)
+                   - start).double().flatten(1)
+        wanted = (b["target"] - start).double().flatten(1)
+        cell = _cells(dot, b, prev)
+        for name, value in ((rd, (learned * wanted).sum(1)), (rr, learned.square().sum(1)),
+                            (count, torch.ones(len(cell)))):
+            name.view(-1).index_add_(0, cell, value.double())
+    ok = count >= min_pairs
+    pooled = (rd * ok).sum(0) / (rr * ok).sum(0).clamp_min(1e-300)
+    pooled = torch.where((rr * ok).sum(0) > 0, pooled, 1.0)
+    scale = torch.where(ok, rd / rr.clamp_min(1e-300), pooled.expand(shape)).clamp(0.0, 1.0)
+    return (dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[round(v, 4) for v in r] for r in scale.tolist()]),
+            count.long().tolist())
+
+
+def _cells(dot: Dot, batch: dict, prev) -> torch.Tensor:
+    """Each pair's flat index into the gate's table (the cell `Dot.gate_factor` reads)."""
+    row, col = dot.gate_cell(batch["t_i"], batch["t_s"], prev, len(batch["t_i"]))
+    return (row * len(dot.config.gate["scale"][0]) + col).cpu()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dot", type=Path, required=True, help="a trained Dot (its card, dot.json, beside it)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the gated Dot, its card and the fit's pairs")
+    p.add_argument("--trajectories", type=int, default=128, help="sampling runs per budget for the fit's pairs")
+    p.add_argument("--min-pairs", type=int, default=32, help="a cell with fewer pairs takes its column's factor")
+    p.add_argument("--learned", choices=LEARNED, default="everywhere", help="first-group: keep the fitted factors in "
+                   "the first group only, and give the prior alone wherever there is an earlier anchor (issue 30: "
+                   "there the learned part worsened FD at every budget)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's --seed (its held-out seeds follow it)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--export", type=Path, default=None, help="also write the gated Dot here with its card")
+    return p
+
+
+def gate(args) -> dict:
+    card_path = args.dot.with_suffix(".json")
+    if not args.dot.exists() or not card_path.exists():
+        raise TrainingError(f"morse.gate: need a trained Dot and its card, {args.dot} and {card_path}; train one "
+                            "with python -m morse.train")
+    card = json.loads(card_path.read_text())
+    device = device_of(args.device)
+    task, dash, _, solver, denoiser = setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None,
+                                                            prompts=None, solver=card["solver"]), device)
+    dot = Dot.load(dash, args.dot).to(device)
+    if args.learned == "first-group" and dot.config.prior != "extrap":
+        raise TrainingError(f"morse.gate --learned first-group leaves the prior alone after the first group; this "
+                            f"Dot's prior is {dot.config.prior!r}: gate a Dot trained with --prior extrap")
+    budgets = [float(b) for b in card["budgets"]]
+    make_pairs = lambda seeds, desc: sampling_pairs(  # noqa: E731
+        denoiser, dot, solver, Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets, seeds,
+        task.image_shape, desc=desc, device=device, conditions=task.conditions)
+    shape = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)
+    dot.config.gate = ungated(shape)  # record the earlier anchor, change nothing
+    args.out.mkdir(parents=True, exist_ok=True)
+    pairs_path, key = args.out / "gate-pairs.safetensors", resume_key(sha256(args.dot), str(args.trajectories),
+                                                                      str(args.seed))
+    got = load_keyed(pairs_path, key, "the gate's pairs")
+    pairs = got[0] if got is not None else make_pairs(
+        [args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)], "gate pairs")
+    if got is None:
+        save_atomic(pairs, pairs_path, {"key": key})
+    fitted, counts = fit_gate(dot, pairs, args.min_pairs)
+    if args.learned == "first-group":
+        fitted["scale"] = [[row[0]] + [0.0] * (len(row) - 1) for row in fitted["scale"]]
+    dot.config.gate = fitted
+    held = [args.seed * 10**6 + 500_000 + i for i in range(card["heldout_runs_per_budget"])]
+    err = residual_error(dot, make_pairs(held, "held-out pairs"), device=device)
+    command = command_text("morse.gate", {k: v for k, v in vars(args).items() if k not in ("out", "export",
+                                                                                          "device")})
+    card = {**training_numbers(card), "dot_config": vars(dot.config), "heldout_error": err,
+            "gate": dict(trained_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
+                         fit_pairs=len(pairs["target"]), pairs_per_cell=counts, command=command),
+            "sections": card.get("sections", []) + [_section(fitted, command)]}
+    publish([args.out / "dot.safetensors"] + ([args.export] if args.export else []),
+            lambda path: dot.save(path, {"card": json.dumps(card)}), card)
+    return card
+
+
+def training_numbers(card: dict) -> dict:
+    """The card with its training run's iterations, batch size and trajectories as fields (morse.scaling reads them
+    there); cards written before those fields existed get them from their command."""
+    if all(k in card for k in ("iters", "batch_size", "trajectories")):
+        return card
+    trained = train_parser().parse_args(shlex.split(card["command"])[3:])
+    return {**card, "iters": trained.iters, "batch_size": trained.batch_size, "trajectories": trained.trajectories}
+
+
+def _section(fitted: dict, command: str) -> dict:
+    """The card's account of the gate: how to make it from the trained Dot, and its table."""
+    cols = ["first group"] + [f"slope <= {e:g}" for e in fitted["slope_edges"]] + [
+        f"slope > {fitted['slope_edges'][-1]:g}"]
+    bounds = [0.0, *fitted["t_edges"], 999.0]
+    lines = [f"These weights are the trained Dot above, gated: `{command}` (with `--dot` the trained Dot's path). "
+             "The factor on the learned part per noise level (rows) and extrapolation slope (columns):", "",
+             "| t_i | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {lo:g}-{hi:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+              for lo, hi, row in zip(bounds[:-1], bounds[1:], fitted["scale"], strict=True)]
+    return dict(title="Gate (morse.gate)", lines=lines)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        card = gate(args)
+    before, after = card["gate"]["heldout_error_before"], card["heldout_error"]
+    print(json.dumps(dict(gate=card["dot_config"]["gate"]["scale"], prior_ratio_before=before["prior_ratio"],
+                          prior_ratio=after["prior_ratio"], ratio_before=before["ratio"], ratio=after["ratio"])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The gate on a Dot's learned part (issue 30, morse.gate): its cells, its closed-form fit, and the command that fits
+one to a trained Dot and writes it with its card."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from baselines.tasks.fmnist import SCHEDULE_CONFIG
+from morse import Dot, DotConfig, gate, train
+from morse.prior import log_snr
+
+SHAPE = (1, 8, 8)
+AC = DDPMScheduler(**SCHEDULE_CONFIG).alphas_cumprod
+
+
+def tiny_dot(prior="extrap"):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+    dot = Dot(unet, DotConfig(width=8, prior=prior, schedule=SCHEDULE_CONFIG)).eval()
+    with torch.no_grad():  # a learned part that is not zero
+        torch.nn.init.normal_(dot.out.weight, std=0.05)
+    return dot
+
+
+def pairs_of(dot, n=96, factor=0.5):
+    """Pairs whose target is the prior plus `factor` times the Dot's learned part, over a few steps and slopes."""
+    g = torch.Generator().manual_seed(0)
+    x_ti, x_ts, z_s, x_tp, z_p = torch.randn(5, n, *SHAPE, generator=g).unbind(0)
+    t_i = torch.tensor([850.0, 400.0, 40.0]).repeat(n // 3)
+    t_s = t_i + 50
+    t_p = torch.where(torch.arange(n) % 2 == 0, t_s + 100, t_s)  # every other pair in a first group
+    batch = dict(x_ti=x_ti, x_ts=x_ts, z_s=z_s, t_i=t_i, t_s=t_s, x_tp=x_tp, z_p=z_p, t_p=t_p)
+    with torch.no_grad():
+        prev = (x_tp, z_p, t_p)
+        start = dot.prior_estimate(z_s, t_i, t_s, prev)
+        learned = z_s + dot(x_ti, x_ts, z_s, t_i, t_s, prev=prev) - start
+    return {**batch, "target": start + factor * learned}
+
+
+def test_gate_cells_follow_noise_level_and_extrapolation_slope():
+    dot = tiny_dot()
+    dot.config.gate = gate.ungated((len(gate.T_EDGES) + 1, len(gate.SLOPE_EDGES) + 2))
+    lam = lambda t: log_snr(AC, t).item()  # noqa: E731
+    t_i = torch.tensor([950.0, 450.0, 450.0, 50.0])
+    t_s = torch.tensor([999.0, 500.0, 500.0, 100.0])
+    t_p = torch.tensor([999.0, 520.0, 700.0, 400.0])
+    row, col = dot.gate_cell(t_i, t_s, (None, None, t_p), 4)
+    assert row.tolist() == [9, 4, 4, 0]
+    slopes = [(lam(i) - lam(s)) / (lam(s) - lam(p)) for i, s, p in zip(t_i[1:], t_s[1:], t_p[1:], strict=True)]
+    assert slopes[0] > 0.75 and slopes[1] < 0.35 and 0.35 < slopes[2] < 0.75  # the columns this test means
+    assert col.tolist() == [0, 3, 1, 2]  # column 0: no earlier anchor (t_s' = t_s)
+    # Sampling passes scalar times and no earlier anchor in the first group.
+    assert [v.tolist() for v in dot.gate_cell(950, 999, None, 2)] == [[9, 9], [0, 0]]
+
+
+def test_a_zero_gate_returns_the_prior_and_a_gate_of_ones_the_dot():
+    dot = tiny_dot()
+    b = pairs_of(dot, n=6)
+    prev = (b["x_tp"], b["z_p"], b["t_p"])
+    args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
+    with torch.no_grad():
+        plain = dot(*args, prev=prev)
+        dot.config.gate = gate.ungated((10, 4))
+        assert torch.equal(dot(*args, prev=prev), plain)
+        dot.config.gate["scale"] = [[0.0] * 4 for _ in range(10)]
+        assert torch.allclose(b["z_s"] + dot(*args, prev=prev), dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev),
+                              atol=1e-6)
+    assert not torch.allclose(plain, dot(*args, prev=prev))
+
+
+@pytest.mark.parametrize(("factor", "want"), [(0.5, 0.5), (0.0, 0.0), (2.0, 1.0)])
+def test_the_fit_recovers_a_planted_factor(factor, want):
+    dot = tiny_dot()
+    fitted, counts = gate.fit_gate(dot, pairs_of(dot, factor=factor), min_pairs=8)
+    scale = torch.tensor(fitted["scale"])
+    counts = torch.tensor(counts)
+    assert int(counts.sum()) == 96 and int((counts > 0).sum()) == 6  # three rows, first group or not
+    used = counts.sum(0) > 0  # the columns these pairs fall in; sparse cells take their column's fit
+    assert torch.allclose(scale[:, used], torch.full_like(scale[:, used], want), atol=2e-3)
+    assert (scale[:, ~used] == 1).all() and (~used).any()  # a column with no pairs leaves the Dot as trained
+
+
+def test_the_fit_never_raises_a_cells_error_and_sparse_cells_take_their_column():
+    dot = tiny_dot("reuse")
+    b = pairs_of(dot, factor=0.3)
+    b["target"] = b["target"] + 0.05 * torch.randn(b["target"].shape, generator=torch.Generator().manual_seed(1))
+    fitted, counts = gate.fit_gate(dot, b, min_pairs=17)  # each populated cell holds 16 pairs: all sparse
+    scale = torch.tensor(fitted["scale"])
+    assert (scale == scale[0]).all()  # every row takes its column's pooled factor
+    fitted, counts = gate.fit_gate(dot, b, min_pairs=8)
+    with torch.no_grad():
+        prev = (b["x_tp"], b["z_p"], b["t_p"])
+        cells = gate._cells(dot, b, prev)
+        errors = {}
+        for name, table in (("ungated", gate.ungated((10, 4))), ("gated", fitted)):
+            dot.config.gate = table
+            err = (b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], prev=prev) - b["target"])
+            errors[name] = torch.zeros(40).index_add_(0, cells, err.square().flatten(1).sum(1))
+    assert (errors["gated"] <= errors["ungated"] + 1e-6).all() and (errors["gated"] < errors["ungated"]).any()
+
+
+def test_the_command_gates_a_trained_dot_and_resumes_from_its_pairs(tmp_path, monkeypatch):
+    train.main(["--trajectories", "4", "--heldout", "2", "--budgets", "3", "--iters", "10", "--rounds", "1",
+                "--batch-size", "8", "--latency-batches", "1", "--prior", "extrap", "--out", str(tmp_path / "dot")])
+    argv = ["--dot", str(tmp_path / "dot" / "dot.safetensors"), "--out", str(tmp_path / "gated"),
+            "--trajectories", "4", "--min-pairs", "4"]
+    gate.main(argv)
+    card = json.loads((tmp_path / "gated" / "dot.json").read_text())
+    trained = json.loads((tmp_path / "dot" / "dot.json").read_text())
+    assert card["gate"]["heldout_error_before"] == trained["heldout_error"]
+    assert card["gate"]["fit_pairs"] == 4 * 6 and card["command"] == trained["command"]
+    assert card["gate"]["command"].startswith("python -m morse.gate --dot ")
+    md = (tmp_path / "gated" / "dot.md").read_text()
+    assert "## Gate (morse.gate)" in md and card["gate"]["command"] in md and md.count("| 900-999 |") == 1
+    from baselines.tasks import get_task
+
+    loaded = Dot.load(get_task("fmnist").dash(), tmp_path / "gated" / "dot.safetensors")
+    assert loaded.config.gate == card["dot_config"]["gate"] and len(loaded.config.gate["scale"]) == 10
+
+    made = []
+    real = gate.sampling_pairs
+    monkeypatch.setattr(gate, "sampling_pairs", lambda *a, **k: made.append(k["desc"]) or real(*a, **k))
+    gate.main(argv)
+    assert made == ["held-out pairs"]  # the fit's pairs came from the cache
+
+
+def test_missing_dot_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gate.main(["--dot", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "g")])
+    assert "train one with python -m morse.train" in capsys.readouterr().err
+
+
+def test_the_ablations_gate_rows_are_morse_gate_commands_on_a_trained_row():
+    import shlex
+
+    from morse import ablation
+
+    rows = {r.name: r for r in ablation.ROWS if r.gates}
+    assert {"extrap-gate", "extrap-first"} <= set(rows)
+    for row in rows.values():
+        args = gate.parser().parse_args(shlex.split(row.train_command())[3:])
+        assert args.dot == ablation.RUNS / row.gates / "dot.safetensors" and args.out == ablation.RUNS / row.name
+        assert row.dot == args.out / "dot.safetensors" and ablation.ROWS[[r.name for r in ablation.ROWS].index(
+            row.gates)].flags is not None
+    assert gate.parser().parse_args(shlex.split(rows["extrap-first"].train_command())[3:]).learned == "first-group"
+
+
+def test_a_card_from_before_the_training_number_fields_gets_them_from_its_command():
+    card = dict(command="python -m morse.train --task fmnist --trajectories 128 --iters 3000 --batch-size 32", x=1)
+    assert gate.training_numbers(card) == {**card, "iters": 3000, "batch_size": 32, "trajectories": 128}
+    full = {**card, "iters": 1, "batch_size": 2, "trajectories": 3}
+    assert gate.training_numbers(full) == full
