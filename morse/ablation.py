@@ -11,6 +11,8 @@ at 4, 8 and 16 LSD. The table reads each row's Dot card (held-out error, paramet
 imports nothing from the harness, so it states the numbers the harness wrote. The committed table keeps each row's
 results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
+Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
+extrap-first row; which use of the extrap row's Dot to commit was decided on seeds 100,000-100,999 (validation.md).
 """
 
 import argparse
@@ -88,14 +90,16 @@ ROWS = [
     Row("extrap-gate", "the extrap row's Dot, its learned part gated per noise level and extrapolation slope "
         "(morse.gate: least-squares factors in [0, 1] on pairs of seeds of its own)", None, gates="extrap"),
     Row("extrap-first", "the extrap row's Dot gated as extrap-gate, its learned part kept in the first group only "
-        "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it", None, "extrap-gate",
-        gates="extrap", gate_flags="--learned first-group"),
+        "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it; the committed Dot", None,
+        "extrap-gate", gates="extrap", gate_flags="--learned first-group"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s not shown)", "--prior extrap --trajectory-inputs off"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
         "--prior extrap --skip-levels 0"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
+    Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
+        gates="extrap-rank32", gate_flags="--learned first-group"),
     Row("extrap-balance", "training pairs drawn evenly over the budgets' plans", "--prior extrap --balance-budgets"),
     Row("extrap-balance-first", "the extrap-balance row's Dot gated as extrap-first", None, "extrap-first",
         gates="extrap-balance", gate_flags="--learned first-group"),
