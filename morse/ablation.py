@@ -94,6 +94,8 @@ ROWS = [
         "extrap-gate", gates="extrap", gate_flags="--learned first-group"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s not shown)", "--prior extrap --trajectory-inputs off"),
+    Row("extrap-notraj-first", "the extrap-notraj row's Dot gated as extrap-first", None, "extrap-first",
+        gates="extrap-notraj", gate_flags="--learned first-group"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
         "--prior extrap --skip-levels 0"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
