@@ -168,3 +168,23 @@ def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path
             assert (configs[0] == configs[1]) == same, name
     with pytest.raises(BadInput, match="KEY=VALUE"):
         parse_method_options("dot")
+
+
+@pytest.mark.parametrize("trajectory", [True, False])
+def test_the_first_group_looks_the_same_in_training_and_in_sampling(trajectory):
+    """Sampling calls the Dot with no earlier anchor in the first group; a training batch marks it with the anchor
+    itself as s' (morse.train). Both must give the same output, or the Dot learns inputs it never sees when sampling
+    (the notraj row once did: x_ts' and z_s' hidden in sampling, shown in training)."""
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, trajectory=trajectory,
+                                     schedule=SCHEDULE_CONFIG)).eval()
+    with torch.no_grad():
+        for p in dot.parameters():  # a Dot whose every input matters
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        x_ti, x_ts, z_s = torch.randn(3, 2, *SHAPE).unbind(0)
+        t_i, t_s = torch.full((2,), 700.0), torch.full((2,), 800.0)
+        sampled = dot(x_ti, x_ts, z_s, t_i, t_s)
+        trained = dot(x_ti, x_ts, z_s, t_i, t_s, prev=(x_ts, z_s, t_s))
+        later = dot(x_ti, x_ts, z_s, t_i, t_s, prev=(x_ts + 1, z_s + 1, torch.full((2,), 999.0)))
+    torch.testing.assert_close(sampled, trained)
+    assert not torch.allclose(sampled, later)  # the earlier anchor does reach the Dot (through the prior at least)
