@@ -93,7 +93,7 @@ ROWS = [
         "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it; the committed Dot", None,
         "extrap-gate", gates="extrap", gate_flags="--learned first-group"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
-    Row("extrap-notraj", "trajectory inputs off (x_ts, z_s not shown)", "--prior extrap --trajectory-inputs off"),
+    Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)", "--prior extrap --trajectory-inputs off"),
     Row("extrap-notraj-first", "the extrap-notraj row's Dot gated as extrap-first", None, "extrap-first",
         gates="extrap-notraj", gate_flags="--learned first-group"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
