@@ -209,13 +209,11 @@ class Dot(nn.Module):
         deviation, x0_s = self.anchor_features(x_ti, x_ts, z_s_seen, t_i, t_s)
         planes = [x_ti, x_ts, z_s_seen, deviation, x0_s]
         if self.config.history:
-            x_tp, z_p = (x_ts, z_s_seen) if prev is None else prev[:2]
+            earlier = [*((x_ts, z_s_seen) if prev is None else prev[:2]), base]
             if not self.config.trajectory:  # nor the earlier anchor's, nor the prior made from them: else a training
                 # batch (which marks the first group by the anchor itself as s') shows what sampling (no s') hides
-                x_tp, z_p, base_seen = torch.zeros_like(x_tp), torch.zeros_like(z_p), torch.zeros_like(base)
-            else:
-                base_seen = base
-            planes += [x_tp, z_p, base_seen]
+                earlier = [torch.zeros_like(v) for v in earlier]
+            planes += earlier
         h = self._shared_body(torch.cat(planes, dim=1), emb, cond)
         eta, local = nn.functional.pixel_shuffle(self.out(h), 2).tensor_split([x_ti.shape[1]], dim=1)
         coeffs = self.linear_coeffs(torch.cat([sin_i, sin_s], dim=1)).reshape(n, 3, -1, 1, 1)

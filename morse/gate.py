@@ -25,24 +25,24 @@ from types import SimpleNamespace
 
 import torch
 
-from baselines.checkpoint import load_keyed, save_atomic, sha256
+from baselines.checkpoint import sha256
 from baselines.training.cards import publish
 from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
 from morse.dot import Dot
 from morse.interleave import Interleave
-from morse.train import _cond_of, _prev_of, residual_error, sampling_pairs, setup
+from morse.train import _cached_pairs, _cond_of, _prev_of, heldout_seeds, residual_error, sampling_pairs, setup
 from morse.train import parser as train_parser
 
 T_EDGES = [100.0 * k for k in range(1, 10)]  # ten noise-level rows
 LEARNED = ("everywhere", "first-group")
 SLOPE_EDGES = [0.35, 0.75]  # first group | near the last Dash step | mid-group | far past it (one step per Dash
 # step of three Dots falls in each of the last three columns on every plan of the embedded default)
+SHAPE = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)  # the table's rows and columns
 
 
-def ungated(gate_shape: tuple[int, int]) -> dict:
+def ungated() -> dict:
     """A gate of ones: the Dot as trained, but its pairs record the earlier anchor (the gate's slope needs it)."""
-    rows, cols = gate_shape
-    return dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[1.0] * cols for _ in range(rows)])
+    return dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[1.0] * SHAPE[1] for _ in range(SHAPE[0])])
 
 
 @torch.inference_mode()
@@ -51,9 +51,8 @@ def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256) 
     with fewer than `min_pairs` pairs takes its column's pooled factor (1 where the column is empty too)."""
     if dot.config.residual != "eps":
         raise ValueError("morse.gate: the gate scales an epsilon residual; this Dot's residual lives in x0")
-    shape = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)
-    rd, rr, count = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
-    dot.config.gate = ungated(shape)
+    rd, rr, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(3))
+    dot.config.gate = ungated()
     for k in range(0, len(pairs["target"]), batch_size):
         b = {n: v[k:k + batch_size] for n, v in pairs.items()}
         prev = _prev_of(b)
@@ -68,7 +67,7 @@ def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256) 
     ok = count >= min_pairs
     pooled = (rd * ok).sum(0) / (rr * ok).sum(0).clamp_min(1e-300)
     pooled = torch.where((rr * ok).sum(0) > 0, pooled, 1.0)
-    scale = torch.where(ok, rd / rr.clamp_min(1e-300), pooled.expand(shape)).clamp(0.0, 1.0)
+    scale = torch.where(ok, rd / rr.clamp_min(1e-300), pooled.expand(SHAPE)).clamp(0.0, 1.0)
     return (dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[round(v, 4) for v in r] for r in scale.tolist()]),
             count.long().tolist())
 
@@ -111,22 +110,18 @@ def gate(args) -> dict:
     make_pairs = lambda seeds, desc: sampling_pairs(  # noqa: E731
         denoiser, dot, solver, Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets, seeds,
         task.image_shape, desc=desc, device=device, conditions=task.conditions)
-    shape = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)
-    dot.config.gate = ungated(shape)  # record the earlier anchor, change nothing
+    dot.config.gate = ungated()  # record the earlier anchor, change nothing
     args.out.mkdir(parents=True, exist_ok=True)
-    pairs_path, key = args.out / "gate-pairs.safetensors", resume_key(sha256(args.dot), str(args.trajectories),
-                                                                      str(args.seed))
-    got = load_keyed(pairs_path, key, "the gate's pairs")
-    pairs = got[0] if got is not None else make_pairs(
-        [args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)], "gate pairs")
-    if got is None:
-        save_atomic(pairs, pairs_path, {"key": key})
+    pairs = _cached_pairs(args.out / "gate-pairs.safetensors", resume_key(sha256(args.dot), str(args.trajectories),
+                                                                          str(args.seed)),
+                          lambda: make_pairs([args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)],
+                                             "gate pairs"))
     fitted, counts = fit_gate(dot, pairs, args.min_pairs)
     if args.learned == "first-group":
         fitted["scale"] = [[row[0]] + [0.0] * (len(row) - 1) for row in fitted["scale"]]
     dot.config.gate = fitted
-    held = [args.seed * 10**6 + 500_000 + i for i in range(card["heldout_runs_per_budget"])]
-    err = residual_error(dot, make_pairs(held, "held-out pairs"), device=device)
+    err = residual_error(dot, make_pairs(heldout_seeds(args.seed, card["heldout_runs_per_budget"]), "held-out pairs"),
+                         device=device)
     command = command_text("morse.gate", {k: v for k, v in vars(args).items() if k not in ("out", "export",
                                                                                           "device")})
     card = {**training_numbers(card), "dot_config": vars(dot.config), "heldout_error": err,

@@ -1,4 +1,4 @@
-"""How a Dot's held-out error scales with training compute (pairs x iterations), fitted as a power law.
+r"""How a Dot's held-out error scales with training compute (pairs x iterations), fitted as a power law.
 
     python -m morse.scaling runs/scale-*/dot.json runs/ablation/reuse-full/dot.json \
         --card runs/ablation/reuse-full/dot.json

@@ -413,10 +413,14 @@ def fit(args, world, net, state: Checkpoint, make_pairs, device) -> tuple[list[d
     return pool, pair_time, train_time
 
 
+def heldout_seeds(seed: int, n: int) -> list[int]:
+    """The held-out sampling runs' seeds of a training run with --seed `seed` (disjoint from its training seeds)."""
+    return [seed * 10**6 + 500_000 + i for i in range(n)]
+
+
 def measure(args, dot, dash, denoiser, task, make_pairs, device) -> tuple[dict, dict, dict]:
     """(held-out error, measured N per latency batch, ms per image of Dash and Dot per latency batch)."""
-    held_seeds = [args.seed * 10**6 + 500_000 + i for i in range(args.heldout)]
-    err = residual_error(dot, make_pairs(dot, held_seeds, "held-out pairs"), device=device)
+    err = residual_error(dot, make_pairs(dot, heldout_seeds(args.seed, args.heldout), "held-out pairs"), device=device)
     timed_dash, timed_dot = dash, dot
     if getattr(denoiser, "uncond", None) is not None:  # a text UNet needs a condition: the unconditional one
         timed_dash = lambda x, t: denoiser.raw(x, t)  # noqa: E731

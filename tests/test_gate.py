@@ -43,7 +43,7 @@ def pairs_of(dot, n=96, factor=0.5):
 
 def test_gate_cells_follow_noise_level_and_extrapolation_slope():
     dot = tiny_dot()
-    dot.config.gate = gate.ungated((len(gate.T_EDGES) + 1, len(gate.SLOPE_EDGES) + 2))
+    dot.config.gate = gate.ungated()
     lam = lambda t: log_snr(AC, t).item()  # noqa: E731
     t_i = torch.tensor([950.0, 450.0, 450.0, 50.0])
     t_s = torch.tensor([999.0, 500.0, 500.0, 100.0])
@@ -64,7 +64,7 @@ def test_a_zero_gate_returns_the_prior_and_a_gate_of_ones_the_dot():
     args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
     with torch.no_grad():
         plain = dot(*args, prev=prev)
-        dot.config.gate = gate.ungated((10, 4))
+        dot.config.gate = gate.ungated()
         assert torch.equal(dot(*args, prev=prev), plain)
         dot.config.gate["scale"] = [[0.0] * 4 for _ in range(10)]
         assert torch.allclose(b["z_s"] + dot(*args, prev=prev), dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev),
@@ -96,7 +96,7 @@ def test_the_fit_never_raises_a_cells_error_and_sparse_cells_take_their_column()
         prev = (b["x_tp"], b["z_p"], b["t_p"])
         cells = gate._cells(dot, b, prev)
         errors = {}
-        for name, table in (("ungated", gate.ungated((10, 4))), ("gated", fitted)):
+        for name, table in (("ungated", gate.ungated()), ("gated", fitted)):
             dot.config.gate = table
             err = (b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], prev=prev) - b["target"])
             errors[name] = torch.zeros(40).index_add_(0, cells, err.square().flatten(1).sum(1))

@@ -158,7 +158,7 @@ def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path
     # ... and one whose config differs (a gate, morse.gate): the same again for the variants.
     from morse.gate import ungated
 
-    dot.config.gate = ungated((10, 4))
+    dot.config.gate = ungated()
     dot.save(tmp_path / "gated.safetensors")
     (tmp_path / "gated.json").write_text(json.dumps({**card, "sha256": sha256(tmp_path / "gated.safetensors")}))
     gated = parse_method_options(f"dot={tmp_path / 'gated.safetensors'}")
