@@ -3,6 +3,7 @@
     python -m morse.ablation --commands            # the train and evaluate commands of every row
     python -m morse.ablation --table reports/fmnist/ablation   # the table, from the rows' cards and reports
     python -m morse.ablation --per-step extrap     # where a row's learned part helps and hurts, per Dot step
+    python -m morse.ablation --final-error extrap  # its samples' distance to the exact Dot's, beside their FD
 
 Every row trains with `morse.train` at a quarter of the reuse-full Dot's compute (128 trajectories per budget and
 round, 3,000 iterations; that recipe's held-out ratio at this compute was 0.824 against 0.760 at full
@@ -87,6 +88,8 @@ ROWS = [
     Row("extrap", "prior: the extrapolation; the Dot sees the earlier anchor and the prior", "--prior extrap", "reuse"),
     Row("extrap-half", "the extrap row's Dot, its learned part halved when sampling", None, dot_of="extrap",
         options="dot_scale=0.5"),
+    Row("extrap-blur2", "the extrap row's Dot, its learned part blurred when sampling (Gaussian, sigma 2 pixels): "
+        "what its fine detail costs", None, dot_of="extrap", options="dot_blur=2"),
     Row("extrap-gate", "the extrap row's Dot, its learned part gated per noise level and extrapolation slope "
         "(morse.gate: least-squares factors in [0, 1] on pairs of seeds of its own)", None, gates="extrap"),
     Row("extrap-first", "the extrap row's Dot gated as extrap-gate, its learned part kept in the first group only "
@@ -110,8 +113,16 @@ ROWS = [
     Row("extrap-relative", "loss: each pair's error relative to its prior's, not the plain MSE that the last steps "
         "dominate; learning rate 2e-4 (at 1e-3 this loss rose above the untrained Dot's)",
         "--prior extrap --loss relative --lr 0.0002"),
+    Row("extrap-amp", "loss: each pair's error weighted by the square of the factor the DDIM step carries it into "
+        "the next state by (about 0.6 on the first steps, 0.17 on the last)", "--prior extrap --loss amplified"),
+    Row("extrap-copy", "no weight sharing: a copy of the Dash's layers, fully fine-tuned (no LoRA)",
+        "--prior extrap --body copy"),
+    Row("extrap-fresh", "an independent network of the same N: the Dash's layers re-initialised, all trained",
+        "--prior extrap --body fresh"),
+    Row("extrap-dpd1", "1 Dot step per Dash step", "--prior extrap --dots-per-dash 1"),
     Row("extrap-dpd2", "2 Dot steps per Dash step", "--prior extrap --dots-per-dash 2"),
     Row("extrap-dpd4", "4 Dot steps per Dash step", "--prior extrap --dots-per-dash 4"),
+    Row("extrap-dpd6", "6 Dot steps per Dash step", "--prior extrap --dots-per-dash 6"),
 ]
 
 
@@ -200,6 +211,53 @@ def per_step(row: str, sample: int = 6000) -> list[str]:
     return lines
 
 
+def final_error(rows: list[str], samples: int = 128) -> list[str]:
+    """Whether a lower epsilon error gives better samples: per budget, the RMS distance of each row's final samples
+    (seeds 0 .. samples - 1, a subset of the sweep's) to those of Morse with an exact Dot on the same plans
+    (morse-oracle), beside the primary metric the row's sweep measured on seeds 0-999. The formula is the first
+    row; every row uses its own card's plans."""
+    import torch
+
+    from baselines.denoisers import Denoiser
+    from baselines.noise import initial_noise
+    from baselines.registry import get_baseline
+    from baselines.tasks import get_task
+    from morse.dot import Dot
+    from morse.interleave import Interleave
+    from morse.sampler import Morse, MorseExtrap, MorseOracle
+
+    task = get_task("fmnist")
+    dash = task.dash().eval()
+    denoiser, ddim = Denoiser(dash, task.schedule_config), get_baseline("ddim")
+    seeds = list(range(samples))
+    noise = initial_noise(seeds, task.image_shape)
+    head = ["| row | " + " | ".join(f"distance to the exact Dot's samples at {b} LSD | FD at {b} LSD"
+                                      for b in BUDGETS) + " |", "|---|" + "---|---|" * len(BUDGETS)]
+    lines = []
+    for row in ["formula", *rows]:
+        owner = next((r.dot_of or r.name for r in ROWS if r.name == row), row)
+        folder = RUNS / ("extrap" if row == "formula" else owner)
+        card = json.loads((folder / "dot.json").read_text())
+        dot = Dot.load(dash, folder / "dot.safetensors")
+        options = next((r.options for r in ROWS if r.name == row), "")
+        for option in filter(None, options.split(",")):  # a sampling-time row (dot_scale, dot_blur)
+            key, value = option.split("=")
+            setattr(dot.config, {"dot_scale": "learned_scale", "dot_blur": "learned_blur"}[key], float(value))
+        args = (ddim, dot, card["dot_ratio_planned"], Interleave(card["dots_per_dash"]))
+        sampler = MorseExtrap(*args) if row == "formula" else Morse(*args)
+        res = _results(RUNS / row / "results.csv", "morse-extrap" if row == "formula" else "morse")
+        cells = []
+        with torch.inference_mode():
+            for b in BUDGETS:
+                exact = MorseOracle(*args)(denoiser, noise, b, seeds=seeds)[0]
+                x = sampler(denoiser, noise, b, seeds=seeds)[0]
+                fd = res.get("fd", {}).get(b)
+                cells.append(f"{(x - exact).square().mean().sqrt():.4f} | {'–' if fd is None else f'{fd:.2f}'}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return head + lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", action="store_true", help="print every row's train and evaluate commands")
@@ -208,6 +266,9 @@ def main(argv=None):
                    "and Dot step (from its last round's pairs under runs/ablation/ROW)")
     p.add_argument("--committed-card", type=Path, default=Path(__file__).parent / "weights" / "fmnist_dot.json",
                    help="the committed Dot's card (the formula's row reads its plans' N from it)")
+    p.add_argument("--final-error", default=None, metavar="ROWS", help="comma-separated rows whose final samples' "
+                   "distance to the exact Dot's to print beside their FD (and the formula's)")
+    p.add_argument("--samples", type=int, default=128, help="seeds of --final-error")
     args = p.parse_args(argv)
     if args.commands:
         for row in ROWS:
@@ -215,6 +276,7 @@ def main(argv=None):
                   + f"{row.eval_command()}\n")
     steps = per_step(args.per_step) if args.per_step is not None else []
     print("\n".join(steps))
+    finals = final_error(args.final_error.split(","), args.samples) if args.final_error else []
     if args.table is not None:
         args.table.mkdir(parents=True, exist_ok=True)
         rows = table(args.committed_card)
@@ -226,6 +288,10 @@ def main(argv=None):
             lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
                       f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",
                       "", *steps]
+        if finals:
+            lines += ["", "## A lower epsilon error is not a better sample", "",
+                      f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "
+                      f"{final_error.__doc__.split(': ', 1)[1]}", "", *finals]
         (args.table / "index.md").write_text("\n".join(lines) + "\n")
         print("\n".join(rows))
 

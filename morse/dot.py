@@ -42,6 +42,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torchvision.transforms.functional as TF
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import load_file
 from torch import nn
@@ -54,6 +55,7 @@ SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks"
           "conv_norm_out", "conv_act")
 # SDXL's added conditioning (pooled text embedding and size/crop ids), shared where the Dash has it.
 ADDED = ("add_time_proj", "add_embedding")
+BODIES = ("shared", "copy", "fresh")
 
 
 @dataclass
@@ -74,6 +76,11 @@ class DotConfig:
     trajectory: bool = True         # False (ablation): the Dot sees x_ti and t_i only, not the anchor's x_ts, z_s
     learned_scale: float = 1.0      # sampling-time factor on the learned part (ablation: is its direction right
                                     # but its size too large?); training always uses 1
+    body: str = "shared"            # the Dash's layers the Dot runs: "shared" (the Dash's own tensors, frozen, LoRA
+                                    # adapters trained); ablations: "copy" (a copy, fully fine-tuned, no LoRA),
+                                    # "fresh" (the same layers re-initialised: an independent network of the same N)
+    learned_blur: float = 0.0       # sampling-time Gaussian blur (sigma in pixels) of the learned part (ablation:
+                                    # how much of the FD its fine detail costs); training always uses 0
     gate: dict | None = None        # a factor on the learned part per noise level and extrapolation slope, fitted
                                     # after training (morse.gate); None: 1 everywhere
 
@@ -106,6 +113,8 @@ def _check(config: DotConfig) -> None:
         raise ValueError(f"DotConfig.residual must be 'eps' or 'x0', got {config.residual!r}")
     if config.prior not in PRIORS:
         raise ValueError(f"DotConfig.prior must be one of {PRIORS}, got {config.prior!r}")
+    if config.body not in BODIES:
+        raise ValueError(f"DotConfig.body must be one of {BODIES}, got {config.body!r}")
     if config.prior != "reuse" and config.residual != "eps":
         raise ValueError("DotConfig.prior: an x0 residual starts from the anchor's x0; use prior='reuse'")
 
@@ -124,8 +133,8 @@ class Dot(nn.Module):
         c, body_ch = dc.in_channels, dc.block_out_channels[0]
         w = config.width
 
-        self.body = self._shared_body_layers(dash, config)
         _check(config)
+        self.body = self._shared_body_layers(dash, config)
         self.inp = _block((8 if config.history else 5) * c * 4, body_ch if config.m == 1 else w)
         self.down = nn.ModuleList([_block(w, body_ch if k == config.m - 2 else w, stride=2)
                                    for k in range(config.m - 1)])
@@ -172,6 +181,12 @@ class Dot(nn.Module):
             body.down_blocks[-1].downsamplers = None  # on the clone only: the Dash keeps its own
             body.mid_block = None
             body.up_blocks = nn.ModuleList(list(body.up_blocks)[config.skip_levels:])
+        if config.body != "shared":  # the ablation of weight sharing: the body's own tensors, all trained
+            body = copy.deepcopy(body).requires_grad_(True)
+            for layer in body.modules() if config.body == "fresh" else ():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+            return body
         body.requires_grad_(False)
         inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
                                            target_modules=config.lora_targets), body)
@@ -225,6 +240,8 @@ class Dot(nn.Module):
                 scaled = scaled * self.config.learned_scale
             if self.config.gate is not None:
                 scaled = scaled * self.gate_factor(t_i, t_s, prev, n, x_ti)
+            if self.config.learned_blur > 0:
+                scaled = _blur(scaled, self.config.learned_blur)
             return scaled if self.config.prior == "reuse" else (base - z_s) + scaled
         # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
         return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
@@ -348,3 +365,8 @@ class Dot(nn.Module):
             raise ValueError(f"{path}: not a Dot checkpoint for this Dash (missing or mismatched {bad[:3]})")
         dot.load_state_dict(saved, strict=False)
         return dot.eval()
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    size = 2 * round(3 * sigma) + 1
+    return TF.gaussian_blur(x, [size, size], [sigma, sigma])

@@ -122,11 +122,13 @@ class MorseLCM(MorseMethod):
 
 def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str) -> tuple[Morse, str]:
     loaded, card, checksum = dot_for(ctx, dot_solver)
-    if "dot_scale" in ctx.options:  # --method-options dot_scale=F: the learned part at F times its size
-        try:
-            loaded.config.learned_scale = float(ctx.options["dot_scale"])
-        except ValueError:
-            raise ValueError(f"--method-options dot_scale must be a number, got {ctx.options['dot_scale']!r}") from None
+    # --method-options dot_scale=F: the learned part at F times its size; dot_blur=S: blurred (sigma S pixels)
+    for option, attr in (("dot_scale", "learned_scale"), ("dot_blur", "learned_blur")):
+        if option in ctx.options:
+            try:
+                setattr(loaded.config, attr, float(ctx.options[option]))
+            except ValueError:
+                raise ValueError(f"--method-options {option} must be a number, got {ctx.options[option]!r}") from None
     dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
     plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
     return variant(solver, loaded, plan_ratio, Interleave(dots)), checksum

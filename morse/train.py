@@ -50,7 +50,7 @@ from baselines.training.cards import loss_curve, publish
 from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
 from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
 from baselines.training.schedule import cosine_spans
-from morse.dot import Dot, DotConfig
+from morse.dot import BODIES, Dot, DotConfig
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
 from morse.prior import PRIORS
@@ -60,7 +60,7 @@ FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 # The anchor before s (x_ts', z_s', t_s'), recorded for Dots that see it or extrapolate from it; in the first group,
 # where there is none, the anchor itself (t_s' = t_s marks it). "budget" tags each pair with the plan it came from.
 PREV = ("x_tp", "z_p", "t_p")
-ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss")
+ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body")
 COND = "cond"  # a conditional task's pairs also hold the condition the Dot saw: "cond" or "cond.<field>"
 
 
@@ -137,7 +137,7 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
             for k in pool[0]}
 
 
-def dot_loss(dot, batch, relative: bool = False):
+def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None):
     """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0).
 
     `relative`: each pair's squared error divided by its prior's plus the batch's median prior error, averaged. Why
@@ -145,17 +145,38 @@ def dot_loss(dot, batch, relative: bool = False):
     image (the prior's error there is 100-1000x that of a mid-trajectory step), so a Dot trained on it spends its
     capacity there and is worse than the prior on the steps the prior already gets right (measured on the extrap
     row's pairs at 12 and 16 LSD). The median floor bounds the weights: dividing by the pair's own error alone
-    diverged at the first updates (loss 1 -> 866), on pairs whose prior error is 1e-6."""
+    diverged at the first updates (loss 1 -> 866), on pairs whose prior error is 1e-6.
+
+    `gains` ({(budget, t_i): g}, from `step_gains`): each pair's squared error weighted by g^2, the factor by which
+    the DDIM step from t_i multiplies an epsilon error into the next state (issue 30's "loss weighted by how much
+    the solver step amplifies the error"): about 0.6 on the first steps, 0.17 on the last."""
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
                               prev=_prev_of(batch))
     space = partial(_unwrap(dot).in_residual_space, x_ti=batch["x_ti"], t_i=batch["t_i"])
     target = space(batch["target"])
+    if gains is not None:
+        w = torch.tensor([gains[(float(b), float(t))] ** 2 for b, t in zip(batch["budget"], batch["t_i"], strict=True)],
+                         device=target.device)
+        return (w * (space(pred) - target).square().flatten(1).mean(1)).sum() / w.sum()
     if not relative:
         return torch.nn.functional.mse_loss(space(pred), target)
     start = _unwrap(dot).prior_estimate(batch["z_s"], batch["t_i"], batch["t_s"], _prev_of(batch))
     per_pair = lambda x: (space(x) - target).square().flatten(1).mean(1)  # noqa: E731
     floor = per_pair(start)
     return (per_pair(pred) / (floor + floor.median())).mean()
+
+
+def step_gains(solver, schedule_config, interleave, dot_ratio, budgets, alphas_cumprod) -> dict:
+    """{(budget, t_i): sigma_next - alpha_next sigma_i / alpha_i} for every step of the budgets' plans: the factor by
+    which a DDIM step from t_i to the plan's next timestep (t = -1: the clean image) carries an epsilon error."""
+    ac = lambda t: alphas_cumprod[t].double() if t >= 0 else torch.tensor(1.0, dtype=torch.float64)  # noqa: E731
+    gains = {}
+    for budget in budgets:
+        steps = solver.make_scheduler(schedule_config, len(interleave.plan(budget, dot_ratio))).timesteps.tolist()
+        for t, nxt in zip(steps, steps[1:] + [-1], strict=True):
+            a_i, a_n = ac(int(t)), ac(int(nxt))
+            gains[(float(budget), float(t))] = ((1 - a_n).sqrt() - (a_n * (1 - a_i) / a_i).sqrt()).item()
+    return gains
 
 
 def _draw(pool: list[dict], starts: torch.Tensor, n: int, gen, balance: bool | None) -> torch.Tensor:
@@ -249,8 +270,11 @@ def parser() -> argparse.ArgumentParser:
                    help="draw training pairs evenly over the budgets' plans (default: as many as they make)")
     p.add_argument("--round-lr", action="store_const", const=True, default=None,
                    help="restart the cosine learning-rate schedule at every DAgger round (default: one schedule)")
-    p.add_argument("--loss", choices=("mse", "relative"), default=None, help="relative: each pair's error divided by "
-                   "its prior's (see dot_loss; default mse)")
+    p.add_argument("--loss", choices=("mse", "relative", "amplified"), default=None, help="relative: each pair's "
+                   "error divided by its prior's; amplified: weighted by the square of the factor the DDIM step to "
+                   "the next timestep multiplies it by (see dot_loss; default mse)")
+    p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
+                   "fresh: the same layers re-initialised (ablations of weight sharing; default shared, with LoRA)")
     p.add_argument("--init", type=Path, default=None, help="start from this Dot's weights instead of zero residual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
@@ -323,7 +347,8 @@ def build_dot(args, dash, task, solver, device) -> Dot:
                               schedule=dict(task.schedule_config), residual=residual,
                               clip_x0=residual == "x0" and solver.overrides.get("clip_sample", False),
                               prior=args.prior or "reuse", trajectory=args.trajectory_inputs != "off",
-                              history=(args.history or ("on" if args.prior == "extrap" else "off")) == "on")).to(device)
+                              history=(args.history or ("on" if args.prior == "extrap" else "off")) == "on",
+                              body=args.body or "shared")).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     return dot
@@ -363,7 +388,7 @@ def loss_log(path: Path, start: int, main: bool):
 
 
 def train_round(args, world, r: int, first: int, end: int, pool: list[dict], stepper: Stepper, state: Checkpoint,
-                net, log, device) -> None:
+                net, log, device, gains: dict | None = None) -> None:
     """Iterations `first` .. `end` - 1 of round r on the pool of all rounds' pairs, through the training wing's
     loop; the checkpoint (the Dot's trainable tensors) is written every --checkpoint-every iterations and at the
     round's end, after the loss log is flushed up to it."""
@@ -372,7 +397,7 @@ def train_round(args, world, r: int, first: int, end: int, pool: list[dict], ste
 
     def loss_at(it):
         idx = _draw(pool, starts, args.batch_size, state.gen, args.balance_budgets)[world.part(args.batch_size)]
-        return dot_loss(net, _rows(pool, starts, idx, device), relative=args.loss == "relative")
+        return dot_loss(net, _rows(pool, starts, idx, device), relative=args.loss == "relative", gains=gains)
 
     def save(step):
         log.flush()
@@ -384,7 +409,8 @@ def train_round(args, world, r: int, first: int, end: int, pool: list[dict], ste
               loss_value=world.mean, total=args.iters, desc=f"round {r + 1}/{args.rounds} train", unit="it")
 
 
-def fit(args, world, net, state: Checkpoint, make_pairs, device) -> tuple[list[dict], float, float]:
+def fit(args, world, net, state: Checkpoint, make_pairs, device, gains: dict | None = None
+        ) -> tuple[list[dict], float, float]:
     """The DAgger rounds, resumed from the checkpoint where it holds this run: each round's pairs (cached) come
     from sampling with the Dot trained so far, then the Dot trains on all rounds' pairs. Returns the pool of pairs,
     and the seconds spent making pairs and training."""
@@ -408,7 +434,7 @@ def fit(args, world, net, state: Checkpoint, make_pairs, device) -> tuple[list[d
             dot.train()
             t1 = time.perf_counter()
             train_round(args, world, r, max(start, ends[r - 1] if r else 0), end, pool, stepper, state, net, log,
-                        device)
+                        device, gains)
             train_time += time.perf_counter() - t1
     return pool, pair_time, train_time
 
@@ -449,7 +475,9 @@ def train(args, world: World) -> None:
     params, opt = optimiser(dot, args)
     command, key = recipe(args, dash_sum, sha256(args.init)[:16] if args.init else None)
     state = Checkpoint(args.out / "checkpoint.safetensors", key, opt, params, gen, "delete it or use another --out")
-    pool, pair_time, train_time = fit(args, world, net, state, make_pairs, device)
+    gains = step_gains(solver, task.schedule_config, interleave, args.dot_ratio, budgets,
+                       dot.alphas_cumprod) if args.loss == "amplified" else None
+    pool, pair_time, train_time = fit(args, world, net, state, make_pairs, device, gains)
     if not world.main:
         return
     dot.eval()

@@ -154,3 +154,25 @@ def test_a_card_from_before_the_training_number_fields_gets_them_from_its_comman
     assert gate.training_numbers(card) == {**card, "iters": 3000, "batch_size": 32, "trajectories": 128}
     full = {**card, "iters": 1, "batch_size": 2, "trajectories": 3}
     assert gate.training_numbers(full) == full
+
+
+def test_a_blurred_learned_part_keeps_the_prior_and_loses_fine_detail():
+    """dot_blur (DotConfig.learned_blur): the ablation of the learned part's fine detail blurs that part alone."""
+    dot = tiny_dot()
+    batch = pairs_of(dot)
+    args = (batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"])
+    prev = (batch["x_tp"], batch["z_p"], batch["t_p"])
+    with torch.no_grad():
+        start = dot.prior_estimate(batch["z_s"], batch["t_i"], batch["t_s"], prev) - batch["z_s"]
+        sharp = dot(*args, prev=prev) - start
+        dot.config.learned_blur = 1.0
+        blurred = dot(*args, prev=prev) - start
+    fine = lambda x: (x[..., 1:, :] - x[..., :-1, :]).abs().mean()  # noqa: E731
+    assert fine(blurred) < 0.7 * fine(sharp)
+    assert blurred.mean().item() == pytest.approx(sharp.mean().item(), abs=0.05 * sharp.abs().mean().item())
+    with torch.no_grad():
+        torch.nn.init.zeros_(dot.out.weight)
+        torch.nn.init.zeros_(dot.out.bias)
+        dot.linear_coeffs[-1].weight.zero_()
+        dot.linear_coeffs[-1].bias.zero_()
+        assert torch.equal(dot(*args, prev=prev), start)  # no learned part: the prior, blurred or not

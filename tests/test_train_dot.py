@@ -137,3 +137,60 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
     assert rows and all(float(r[0]) == 3 for r in rows)  # the one plan it trained on
     assert sum(int(r[2]) for r in rows) == 10 and all(float(r[4]) >= 0 for r in rows)
     assert "not trained" in ablation.row_line(ablation.ROWS[3], tmp_path / "none.json")
+
+
+def test_step_gains_are_the_ddim_steps_factor_on_an_epsilon_error():
+    """--loss amplified weights each pair by the square of the factor a DDIM step carries its error by: checked
+    against diffusers' own step, with the next timestep of a plan whose step count does not divide 1000."""
+    from baselines.registry import get_baseline
+    from baselines.tasks import get_task
+    from morse import Interleave
+
+    task, ddim = get_task("fmnist"), get_baseline("ddim")
+    sched = ddim.make_scheduler(task.schedule_config, len(Interleave(3).plan(3.0, 6.0)))
+    gains = train.step_gains(ddim, task.schedule_config, Interleave(3), 6.0, [3.0], sched.alphas_cumprod)
+    assert sorted(gains) == sorted((3.0, float(t)) for t in sched.timesteps.tolist())
+    x, eps = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)).unbind(0)
+    for t in sched.timesteps.tolist():
+        s = ddim.make_scheduler(task.schedule_config, len(sched.timesteps))
+        moved = s.step(eps + 1e-2, t, x).prev_sample - s.step(eps, t, x).prev_sample
+        torch.testing.assert_close(moved / 1e-2, torch.full_like(x, gains[(3.0, float(t))]), rtol=1e-3, atol=1e-4)
+    assert abs(gains[(3.0, float(sched.timesteps[0]))]) > 3 * abs(gains[(3.0, float(sched.timesteps[-1]))])
+
+
+@pytest.mark.parametrize("body", ["copy", "fresh"])
+def test_unshared_bodies_train_their_own_layers_and_leave_the_dash_alone(tmp_path, body):
+    """--body copy / fresh (the ablation of weight sharing): the Dot's body is its own, trained, saved and loaded;
+    the Dash is untouched; copy starts from the Dash's tensors and fresh does not."""
+    from baselines.tasks import get_task
+    from morse.dot import Dot
+
+    dash = get_task("fmnist").dash()
+    before = {k: v.clone() for k, v in dash.state_dict().items()}
+    train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--loss", "amplified", "--body", body,
+                       "--out", str(tmp_path)])
+    saved = load_file(tmp_path / "dot.safetensors")
+    conv = "body.down_blocks.0.resnets.0.conv1.weight"
+    assert conv in saved and not any("lora" in k for k in saved)
+    dot = Dot.load(dash, tmp_path / "dot.safetensors")
+    torch.testing.assert_close(dot.body.down_blocks[0].resnets[0].conv1.weight, saved[conv])
+    for k, v in dash.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    start = Dot(dash, train.DotConfig(body=body, schedule=dict(get_task("fmnist").schedule_config)))
+    conv1 = start.body.down_blocks[0].resnets[0].conv1.weight
+    assert torch.equal(conv1, before["down_blocks.0.resnets.0.conv1.weight"]) == (body == "copy")
+
+
+def test_final_error_rows_measure_the_distance_to_the_exact_dots_samples(tmp_path, monkeypatch):
+    """--final-error: the formula's row and each named row's, one distance per budget, zero for none of them (their
+    Dots are not exact), and the FD column empty where the row has no sweep."""
+    from morse import ablation
+
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--out", str(tmp_path / "extrap")])
+    lines = ablation.final_error(["extrap"], samples=2)
+    cells = [line.split("|")[1:-1] for line in lines[2:]]
+    assert [c[0].strip() for c in cells] == ["formula", "extrap"]
+    distances = [float(c) for row in cells for c in row[1::2]]
+    assert len(distances) == 2 * len(ablation.BUDGETS) and all(d > 0 for d in distances)
+    assert all(c.strip() == "–" for row in cells for c in row[2::2])
