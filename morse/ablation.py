@@ -214,8 +214,9 @@ def per_step(row: str, sample: int = 6000) -> list[str]:
 def final_error(rows: list[str], samples: int = 128) -> list[str]:
     """Whether a lower epsilon error gives better samples: per budget, the RMS distance of each row's final samples
     (seeds 0 .. samples - 1, a subset of the sweep's) to those of Morse with an exact Dot on the same plans
-    (morse-oracle), beside the primary metric the row's sweep measured on seeds 0-999. The formula is the first
-    row; every row uses its own card's plans."""
+    (morse-oracle); the spread of their features (the FD classifier's, mean over features of the standard deviation
+    over samples) over the exact Dot's samples' spread; and the primary metric the row's sweep measured on seeds
+    0-999. The formula is the first row; every row uses its own card's plans."""
     import torch
 
     from baselines.denoisers import Denoiser
@@ -227,12 +228,14 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
     from morse.sampler import Morse, MorseExtrap, MorseOracle
 
     task = get_task("fmnist")
+    classifier = task.classifier()  # the FD's feature extractor: its penultimate features (evaluate.features)
+    spread = lambda x: classifier.features(x.float()).double().std(0).mean()  # noqa: E731
     dash = task.dash().eval()
     denoiser, ddim = Denoiser(dash, task.schedule_config), get_baseline("ddim")
     seeds = list(range(samples))
     noise = initial_noise(seeds, task.image_shape)
-    head = ["| row | " + " | ".join(f"distance to the exact Dot's samples at {b} LSD | FD at {b} LSD"
-                                      for b in BUDGETS) + " |", "|---|" + "---|---|" * len(BUDGETS)]
+    head = ["| row | " + " | ".join(f"distance to the exact Dot's samples at {b} LSD | feature spread over theirs | "
+                                      f"FD" for b in BUDGETS) + " |", "|---|" + "---|---|---|" * len(BUDGETS)]
     lines = []
     for row in ["formula", *rows]:
         owner = next((r.dot_of or r.name for r in ROWS if r.name == row), row)
@@ -252,7 +255,8 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
                 exact = MorseOracle(*args)(denoiser, noise, b, seeds=seeds)[0]
                 x = sampler(denoiser, noise, b, seeds=seeds)[0]
                 fd = res.get("fd", {}).get(b)
-                cells.append(f"{(x - exact).square().mean().sqrt():.4f} | {'–' if fd is None else f'{fd:.2f}'}")
+                cells.append(f"{(x - exact).square().mean().sqrt():.4f} | {spread(x) / spread(exact):.3f} | "
+                             f"{'–' if fd is None else f'{fd:.2f}'}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     return head + lines

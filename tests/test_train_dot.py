@@ -191,6 +191,7 @@ def test_final_error_rows_measure_the_distance_to_the_exact_dots_samples(tmp_pat
     lines = ablation.final_error(["extrap"], samples=2)
     cells = [line.split("|")[1:-1] for line in lines[2:]]
     assert [c[0].strip() for c in cells] == ["formula", "extrap"]
-    distances = [float(c) for row in cells for c in row[1::2]]
+    distances = [float(c) for row in cells for c in row[1::3]]
     assert len(distances) == 2 * len(ablation.BUDGETS) and all(d > 0 for d in distances)
-    assert all(c.strip() == "–" for row in cells for c in row[2::2])
+    assert all(0.2 < float(c) < 5 for row in cells for c in row[2::3])  # spreads: a ratio of two samples' spreads
+    assert all(c.strip() == "–" for row in cells for c in row[3::3])
