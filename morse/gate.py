@@ -160,7 +160,7 @@ def main(argv=None):
     with one_line_errors():
         card = gate(args)
     before, after = card["gate"]["heldout_error_before"], card["heldout_error"]
-    print(json.dumps(dict(gate=card["dot_config"]["gate"]["scale"], prior_ratio_before=before["prior_ratio"],
+    print(json.dumps(dict(gate=card["dot_config"]["gate"]["scale"], prior_ratio_before=before.get("prior_ratio"),
                           prior_ratio=after["prior_ratio"], ratio_before=before["ratio"], ratio=after["ratio"])))
 
 
