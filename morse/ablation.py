@@ -227,7 +227,7 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
     from morse.interleave import Interleave
     from morse.sampler import Morse, MorseExtrap, MorseOracle
 
-    task = get_task("fmnist")
+    task = get_task(json.loads((RUNS / "extrap" / "dot.json").read_text())["task"])
     classifier = task.classifier()  # the FD's feature extractor: its penultimate features (evaluate.features)
     spread = lambda x: classifier.features(x.float()).double().std(0).mean()  # noqa: E731
     dash = task.dash().eval()
