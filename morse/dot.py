@@ -56,6 +56,8 @@ SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks"
 # SDXL's added conditioning (pooled text embedding and size/crop ids), shared where the Dash has it.
 ADDED = ("add_time_proj", "add_embedding")
 BODIES = ("shared", "copy", "fresh")
+# --method-options that change a trained Dot when sampling (ablations), and the DotConfig field each sets.
+SAMPLING_OPTIONS = {"dot_scale": "learned_scale", "dot_blur": "learned_blur"}
 
 
 @dataclass

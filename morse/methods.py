@@ -21,7 +21,7 @@ from baselines.methods import Context, Method, Network, dash_networks, distilled
 from baselines.registry import BASELINES, get_baseline
 from baselines.solvers import SchedulerMethod
 from baselines.tasks import DEFAULT_TASK
-from morse.dot import Dot, DotConfig
+from morse.dot import SAMPLING_OPTIONS, Dot, DotConfig
 from morse.interleave import Interleave
 from morse.pretrained import dot_path, load_dot
 from morse.sampler import Morse, MorseExtrap, MorseOracle
@@ -123,7 +123,7 @@ class MorseLCM(MorseMethod):
 def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str) -> tuple[Morse, str]:
     loaded, card, checksum = dot_for(ctx, dot_solver)
     # --method-options dot_scale=F: the learned part at F times its size; dot_blur=S: blurred (sigma S pixels)
-    for option, attr in (("dot_scale", "learned_scale"), ("dot_blur", "learned_blur")):
+    for option, attr in SAMPLING_OPTIONS.items():
         if option in ctx.options:
             try:
                 setattr(loaded.config, attr, float(ctx.options[option]))
