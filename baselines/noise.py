@@ -13,4 +13,9 @@ def initial_noise(seeds, shape, device="cpu", dtype=torch.float32) -> torch.Tens
 
 
 def step_generators(seeds) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(int(s) + _STEP_STREAM) for s in seeds]
+    return stream_generators(seeds, _STEP_STREAM)
+
+
+def stream_generators(seeds, offset: int) -> list[torch.Generator]:
+    """One generator per sample on the stream `offset` (a multiple of 2^40 that no other stream uses)."""
+    return [torch.Generator().manual_seed(int(s) + offset) for s in seeds]

@@ -95,6 +95,15 @@ ROWS = [
     Row("extrap-first", "the extrap row's Dot gated as extrap-gate, its learned part kept in the first group only "
         "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it; the committed Dot", None,
         "extrap-gate", gates="extrap", gate_flags="--learned first-group"),
+    Row("formula-ls", "the formula with a factor per cell on its step from z_s, fitted by least squares (morse.gate "
+        "--prior-factors ls, on the extrap-gate row's pairs): one learned number per cell, no network", None,
+        "formula", gates="extrap", gate_flags="--learned nowhere --prior-factors ls"),
+    Row("formula-vp", "as formula-ls, each factor the one that gives the step the target's spread (--prior-factors "
+        "vp)", None, "formula-ls", gates="extrap", gate_flags="--learned nowhere --prior-factors vp"),
+    Row("formula-x1.2", "the formula's step from z_s 1.2 times as long everywhere (--prior-factors 1.2)", None,
+        "formula", gates="extrap", gate_flags="--learned nowhere --prior-factors 1.2"),
+    Row("extrap-first-vp", "extrap-first with formula-vp's factors on the extrapolation", None, "extrap-first",
+        gates="extrap", gate_flags="--learned first-group --prior-factors vp"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),
@@ -119,6 +128,10 @@ ROWS = [
         "--prior extrap --body copy"),
     Row("extrap-fresh", "an independent network of the same N: the Dash's layers re-initialised, all trained",
         "--prior extrap --body fresh"),
+    Row("extrap-midfeat", "the Dash's mid-block output at the anchor as an input (Clockwork-style), added at the "
+        "bottom of the Dot's body", "--prior extrap --dash-features on"),
+    Row("extrap-energy", "a generative residual: noise planes in, trained by the energy score of two draws instead of "
+        "the MSE (which regresses to the mean and narrows the samples)", "--prior extrap --loss energy"),
     Row("extrap-dpd1", "1 Dot step per Dash step", "--prior extrap --dots-per-dash 1"),
     Row("extrap-dpd2", "2 Dot steps per Dash step", "--prior extrap --dots-per-dash 2"),
     Row("extrap-dpd4", "4 Dot steps per Dash step", "--prior extrap --dots-per-dash 4"),
@@ -148,7 +161,9 @@ def _results(path: Path, method: str) -> dict:
         return {}
     df = pd.read_csv(path)
     df = df[df["method"] == method]
-    quality = pd.read_csv(path.with_name("speedup.csv"))["metric"].iloc[0]  # the task's primary metric
+    speedup = path.with_name("speedup.csv")  # its metric is the task's primary one; a run with no baseline has none,
+    # and then the first metric the harness wrote is (it writes the primary metric first)
+    quality = pd.read_csv(speedup)["metric"].iloc[0] if speedup.exists() else df["metric"].iloc[0]
     pick = lambda metric: {int(b): v for b, v in df[df["metric"] == metric][["budget", "value"]].values}  # noqa: E731
     return dict(fd=pick(quality), nfe_dash=pick("nfe_dash"), n=df["N"].dropna().median() if "N" in df else None)
 
@@ -172,9 +187,35 @@ def row_line(row: Row, committed_card: Path) -> str:
     card_n = card["dot_ratio_measured"].get("64", "–")
     n_text = f"{n:.2f}" if n is not None and not math.isnan(n) else f"{card_n} (card)"
     pooled = lambda key: f"{err[key]:.3f}" if key in err else "–"  # noqa: E731
-    return (f"| {row.name} | {row.what} | {n_text} | {card['trainable_parameters']:,} | {pooled('ratio')} "
+    gate = card["dot_config"].get("gate") or {}
+    params = f"{card['trainable_parameters']:,}"
+    if gate and not any(v for r in gate["scale"] for v in r):  # the network gated off: only the fitted factors act
+        params = f"0 (+ {sum(map(len, gate.get('prior_scale', [])))} fitted factors)"
+    return (f"| {row.name} | {row.what} | {n_text} | {params} | {pooled('ratio')} "
             f"({ratios}) | {pooled('prior_ratio')} ({priors}) | {fds} | {nfe} | "
             + " | ".join(_cell(sp.get(b)) for b in BUDGETS) + " |")
+
+
+CEILING = (("formula", "the formula at every Dot step (the formula row)", "formula", "morse-extrap", None, ""),
+           ("exact-first", "the Dash at the first group's Dot steps, the formula after it", "exact-first",
+            "morse-extrap-exact-first", "morse-extrap", "exact_groups=first"),
+           ("exact-later", "the formula in the first group, the Dash at every later Dot step", "exact-later",
+            "morse-extrap-exact-later", "morse-extrap", "exact_groups=later"),
+           ("oracle", "the Dash at every Dot step", "oracle", "morse-oracle", "morse-oracle,ddim", ""))
+
+
+def ceiling() -> list[str]:
+    """Where the formula's distance to the exact Dot lies: the Dash at the Dot steps of the first group only, or of
+    the later groups only, on the committed Dot's plans, priced as Dot calls (seeds 0-999)."""
+    lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
+    for name, what, folder, method, methods, options in CEILING:
+        res = _results(RUNS / folder / "results.csv", method)
+        fds = " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–" for b in BUDGETS)
+        command = "the formula row's" if methods is None else (
+            f"`python -m evaluate.run --methods {methods} --budgets {','.join(map(str, BUDGETS))} --num-samples 1000"
+            f"{f' --method-options {options}' if options else ''} --out {RUNS / folder}`")
+        lines.append(f"| {name}: {what} | {fds} | {command} |")
+    return lines
 
 
 def table(committed_card: Path) -> list[str]:
@@ -294,6 +335,9 @@ def main(argv=None):
             lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
                       f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",
                       "", *steps]
+        if (RUNS / "exact-first" / "results.csv").exists():
+            lines += ["", "## Where the formula's distance to the exact Dot lies", "",
+                      " ".join(ceiling.__doc__.split()), "", *ceiling()]
         if finals:
             lines += ["", "## A lower epsilon error is not a better sample", "",
                       f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "

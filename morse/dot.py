@@ -84,7 +84,12 @@ class DotConfig:
     learned_blur: float = 0.0       # sampling-time Gaussian blur (sigma in pixels) of the learned part (ablation:
                                     # how much of the FD its fine detail costs); training always uses 0
     gate: dict | None = None        # a factor on the learned part per noise level and extrapolation slope, fitted
-                                    # after training (morse.gate); None: 1 everywhere
+                                    # after training (morse.gate), and optionally one on the extrapolation
+                                    # ("prior_scale"); None: 1 everywhere
+    dash_features: bool = False     # the Dot also sees the Dash's mid-block output at the anchor, cached when the
+                                    # Dash ran there (Clockwork-style), added at the bottom of its own body
+    stochastic: bool = False        # the Dot also takes a plane of Gaussian noise per input channel, so it samples
+                                    # its correction instead of regressing it (trained with morse.train --loss energy)
 
 
 def _share(module: nn.Module) -> nn.Module:
@@ -157,7 +162,14 @@ class Dot(nn.Module):
         # Only Dots that see the earlier anchor have this layer, so older checkpoints keep their exact keys.
         self.prev_embedding = nn.Linear(emb_in, emb_dim) if config.history else None
         self.linear_coeffs = nn.Sequential(nn.Linear(2 * emb_in, 4 * w), nn.SiLU(), nn.Linear(4 * w, 3 * c))
-        for zero in (self.out, self.anchor_embedding, self.linear_coeffs[-1], self.prev_embedding):
+        # The Dash's mid-block output (its last level's channels) onto the channels at the bottom of the Dot's body.
+        bottom = dc.block_out_channels[len(dash.down_blocks) - config.skip_levels - 1]
+        self.feature_proj = nn.Conv2d(dc.block_out_channels[-1], bottom, 1) if config.dash_features else None
+        # Noise enters beside the input block (not as its extra channels), so a trained deterministic Dot's weights
+        # load into a stochastic one (--init). Not zero: at zero the energy score's gradient on it vanishes.
+        self.noise_in = (nn.Conv2d(4 * c, body_ch if config.m == 1 else w, 3, padding=1) if config.stochastic
+                         else None)
+        for zero in (self.out, self.anchor_embedding, self.linear_coeffs[-1], self.prev_embedding, self.feature_proj):
             if zero is None:
                 continue
             nn.init.zeros_(zero.weight)
@@ -204,10 +216,13 @@ class Dot(nn.Module):
         t = t.expand(n) if t.ndim == 0 else t
         return self.body.time_proj(t.reshape(-1)).to(dtype)
 
-    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None):
+    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None, features=None, noise=None):
         """`cond`: the conditional branch's condition (a tensor or a `Condition`); with guidance, z_s is the
         guided estimate and one call corrects it. `prev`: the anchor before s as (x_ts', z_s', t_s'), None in the
-        first group; used by Dots with `history` or the "extrap" prior. Returns the residual added to z_s."""
+        first group; used by Dots with `history` or the "extrap" prior. `features`: the Dash's mid-block output at
+        the anchor, for Dots with `dash_features` (None: zeros, as when only timing the Dot). `noise`: a
+        stochastic Dot's Gaussian planes, shaped like x_ti (None: drawn from torch's global generator; the sampler
+        passes per-seed ones). Returns the residual added to z_s."""
         n, dtype = x_ti.shape[0], x_ti.dtype
         sin_i, sin_s = self._embed(t_i, n, dtype).to(x_ti.device), self._embed(t_s, n, dtype).to(x_ti.device)
         cond = Condition(cond) if self.cross_attention and isinstance(cond, torch.Tensor) else cond
@@ -231,7 +246,14 @@ class Dot(nn.Module):
                 # batch (which marks the first group by the anchor itself as s') shows what sampling (no s') hides
                 earlier = [torch.zeros_like(v) for v in earlier]
             planes += earlier
-        h = self._shared_body(torch.cat(planes, dim=1), emb, cond)
+        if self.feature_proj is not None:
+            if features is None or not self.config.trajectory:  # the anchor's features are trajectory inputs too
+                features = x_ti.new_zeros(n, self.feature_proj.in_channels, 1, 1)
+            features = self.feature_proj(features.to(x_ti.dtype))
+        if self.noise_in is not None:
+            noise = torch.randn_like(x_ti) if noise is None else noise.to(x_ti)
+            noise = self.noise_in(nn.functional.pixel_unshuffle(noise, 2))
+        h = self._shared_body(torch.cat(planes, dim=1), emb, cond, features, noise)
         eta, local = nn.functional.pixel_shuffle(self.out(h), 2).tensor_split([x_ti.shape[1]], dim=1)
         coeffs = self.linear_coeffs(torch.cat([sin_i, sin_s], dim=1)).reshape(n, 3, -1, 1, 1)
         a, b, c = (coeffs + local.reshape(n, 3, *x_ti.shape[1:])).unbind(1)
@@ -244,14 +266,21 @@ class Dot(nn.Module):
                 scaled = scaled * self.gate_factor(t_i, t_s, prev, n, x_ti)
             if self.config.learned_blur > 0:
                 scaled = _blur(scaled, self.config.learned_blur)
-            return scaled if self.config.prior == "reuse" else (base - z_s) + scaled
+            if self.config.prior == "reuse":
+                return scaled
+            if self.config.gate is not None and "prior_scale" in self.config.gate:  # fitted factors on the line
+                return self.gate_factor(t_i, t_s, prev, n, x_ti, "prior_scale") * (base - z_s) + scaled
+            return (base - z_s) + scaled
         # x0: raw corrects the anchor's x0 estimate; the solver still receives epsilon, the one that gives it.
         return self._eps_giving(self._x0(x_ts, z_s, t_s) + raw, x_ti, t_i) - z_s
 
-    def _shared_body(self, planes, emb, cond):
-        """The new down blocks, the Dash's own (LoRA-adapted) body on the small map, and the new up blocks."""
+    def _shared_body(self, planes, emb, cond, features=None, noise=None):
+        """The new down blocks, the Dash's own (LoRA-adapted) body on the small map, and the new up blocks;
+        `features` (projected) join at the body's bottom, `noise` (projected) after the input block."""
         extra = {"encoder_hidden_states": getattr(cond, "encoder_hidden_states", None)} if self.cross_attention else {}
         h = self.inp(nn.functional.pixel_unshuffle(planes, 2))
+        if noise is not None:
+            h = h + noise
         skips = [h]
         for blk in self.down:
             h = blk(h)
@@ -266,6 +295,8 @@ class Dot(nn.Module):
         if self.body.mid_block is not None:
             kw = extra if getattr(self.body.mid_block, "has_cross_attention", False) else {}
             h = self.body.mid_block(h, emb, **kw)
+        if features is not None:  # pooled: the Dot's bottom map is 4^m times smaller than the Dash's
+            h = h + nn.functional.adaptive_avg_pool2d(features, h.shape[-2:])
         for blk in self.body.up_blocks:
             r, res = res[-len(blk.resnets):], res[:-len(blk.resnets)]
             kw = extra if getattr(blk, "has_cross_attention", False) else {}
@@ -288,11 +319,12 @@ class Dot(nn.Module):
         col = torch.bucketize(slope, edges("slope_edges")) + 1
         return torch.bucketize(t_i.double(), edges("t_edges")), torch.where(slope.isnan(), 0, col)
 
-    def gate_factor(self, t_i, t_s, prev, n, like):
-        """The gate's factor on the learned part for each sample, shaped to broadcast against `like`. Why a gate
-        (morse.gate): the learned part's error has a floor, so it hurts where the prior is better than that."""
+    def gate_factor(self, t_i, t_s, prev, n, like, table: str = "scale"):
+        """The gate's factor for each sample, shaped to broadcast against `like`: on the learned part ("scale"; why
+        a gate (morse.gate): the learned part's error has a floor, so it hurts where the prior is better than that),
+        or on the extrapolation's step from z_s ("prior_scale", where fitted: morse.gate --prior-factors)."""
         row, col = self.gate_cell(t_i, t_s, prev, n)
-        factor = torch.tensor(self.config.gate["scale"], device=row.device)[row, col]
+        factor = torch.tensor(self.config.gate[table], device=row.device)[row, col]
         return factor.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def prior_estimate(self, z_s, t_i, t_s, prev=None):

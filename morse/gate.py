@@ -30,11 +30,20 @@ from baselines.training.cards import publish
 from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
 from morse.dot import Dot
 from morse.interleave import Interleave
-from morse.train import _cached_pairs, _cond_of, _prev_of, heldout_seeds, residual_error, sampling_pairs, setup
+from morse.train import (
+    FEATURES,
+    _cached_pairs,
+    _cond_of,
+    _prev_of,
+    heldout_seeds,
+    residual_error,
+    sampling_pairs,
+    setup,
+)
 from morse.train import parser as train_parser
 
 T_EDGES = [100.0 * k for k in range(1, 10)]  # ten noise-level rows
-LEARNED = ("everywhere", "first-group")
+LEARNED = ("everywhere", "first-group", "nowhere")
 SLOPE_EDGES = [0.35, 0.75]  # first group | near the last Dash step | mid-group | far past it (one step per Dash
 # step of three Dots falls in each of the last three columns on every plan of the embedded default)
 SHAPE = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)  # the table's rows and columns
@@ -45,31 +54,80 @@ def ungated() -> dict:
     return dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[1.0] * SHAPE[1] for _ in range(SHAPE[0])])
 
 
+PRIOR_FACTORS = ("ls", "vp")
+
+
 @torch.inference_mode()
-def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256) -> tuple[dict, list[list[int]]]:
+def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256, prior_factors: str | None = None
+             ) -> tuple[dict, list[list[int]]]:
     """The least-squares gate of `dot`'s learned part on `pairs` (with "t_p"), and each cell's pair count. A cell
-    with fewer than `min_pairs` pairs takes its column's pooled factor (1 where the column is empty too)."""
+    with fewer than `min_pairs` pairs takes its column's pooled factor (1 where the column is empty too).
+
+    `prior_factors` also fits a factor k per cell on the extrapolation's step from z_s, d = prior - z_s, against
+    w = target - z_s, before the learned part's gate (which then fits what k d leaves): "ls", least squares,
+    k = <d, w> / <d, d>; "vp", the factor that gives k d the spread of w, k = sqrt(<w, w> / <d, d>) where <d, w> > 0
+    (else 0); a number, that factor everywhere. Clipped to [0, 2]. Why both (issue 30): least squares shrinks k
+    where the line is only partly right, which narrows the samples the way a regressed Dot does."""
     if dot.config.residual != "eps":
         raise ValueError("morse.gate: the gate scales an epsilon residual; this Dot's residual lives in x0")
-    rd, rr, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(3))
     dot.config.gate = ungated()
-    for k in range(0, len(pairs["target"]), batch_size):
-        b = {n: v[k:k + batch_size] for n, v in pairs.items()}
-        prev = _prev_of(b)
-        start = dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev)
-        learned = (b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b), prev=prev)
-                   - start).double().flatten(1)
-        wanted = (b["target"] - start).double().flatten(1)
-        cell = _cells(dot, b, prev)
+    prior_scale = None if prior_factors is None else _fit_prior(dot, pairs, min_pairs, batch_size, prior_factors)
+    if prior_scale is not None:
+        dot.config.gate["prior_scale"] = prior_scale.tolist()
+    rd, rr, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(3))
+    for b, prev, start, cell in _batches(dot, pairs, batch_size):
+        line = b["z_s"] + (start - b["z_s"]) * (1.0 if prior_scale is None else prior_scale.view(-1)[cell].reshape(
+            -1, *([1] * (start.ndim - 1))).to(start.dtype))
+        learned = (b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b), prev=prev,
+                                  features=b.get(FEATURES)) - line).double().flatten(1)
+        wanted = (b["target"] - line).double().flatten(1)
         for name, value in ((rd, (learned * wanted).sum(1)), (rr, learned.square().sum(1)),
                             (count, torch.ones(len(cell)))):
             name.view(-1).index_add_(0, cell, value.double())
-    ok = count >= min_pairs
-    pooled = (rd * ok).sum(0) / (rr * ok).sum(0).clamp_min(1e-300)
-    pooled = torch.where((rr * ok).sum(0) > 0, pooled, 1.0)
-    scale = torch.where(ok, rd / rr.clamp_min(1e-300), pooled.expand(SHAPE)).clamp(0.0, 1.0)
-    return (dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[round(v, 4) for v in r] for r in scale.tolist()]),
-            count.long().tolist())
+    scale = _per_cell(rd / rr.clamp_min(1e-300), torch.ones(SHAPE, dtype=torch.bool), count >= min_pairs, rd,
+                      rr).clamp(0.0, 1.0)
+    fitted = dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=_rounded(scale))
+    if prior_scale is not None:
+        fitted["prior_scale"] = _rounded(prior_scale)
+    return fitted, count.long().tolist()
+
+
+def _batches(dot: Dot, pairs: dict, batch_size: int):
+    """(batch, earlier anchor, prior, each pair's cell) over `pairs` in batches."""
+    for k in range(0, len(pairs["target"]), batch_size):
+        b = {n: v[k:k + batch_size] for n, v in pairs.items()}
+        prev = _prev_of(b)
+        yield b, prev, dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev), _cells(dot, b, prev)
+
+
+def _fit_prior(dot: Dot, pairs: dict, min_pairs: int, batch_size: int, how: str) -> torch.Tensor:
+    """The factor per cell on the extrapolation's step from z_s (see fit_gate)."""
+    if how not in PRIOR_FACTORS:
+        return torch.full(SHAPE, float(how), dtype=torch.float64).clamp(0.0, 2.0)
+    if dot.config.prior != "extrap":
+        raise ValueError(f"morse.gate --prior-factors: this Dot's prior is {dot.config.prior!r}, with no line to scale")
+    dw, dd, ww, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(4))
+    for b, _, start, cell in _batches(dot, pairs, batch_size):
+        d, w = (start - b["z_s"]).double().flatten(1), (b["target"] - b["z_s"]).double().flatten(1)
+        for name, value in ((dw, (d * w).sum(1)), (dd, d.square().sum(1)), (ww, w.square().sum(1)),
+                            (count, torch.ones(len(cell)))):
+            name.view(-1).index_add_(0, cell, value.double())
+    own = dw / dd.clamp_min(1e-300) if how == "ls" else (ww / dd.clamp_min(1e-300)).sqrt() * (dw > 0)
+    return _per_cell(own, dd > 0, count >= min_pairs, dw, dd, ww if how == "vp" else None).clamp(0.0, 2.0)
+
+
+def _per_cell(own, fitted, ok, num, den, ww=None) -> torch.Tensor:
+    """Each cell's own factor where it has enough pairs, else its column's pooled one (1 where there is none)."""
+    cells = ok & fitted
+    num_c, den_c = (num * cells).sum(0), (den * cells).sum(0)
+    pooled = num_c / den_c.clamp_min(1e-300) if ww is None else (
+        ((ww * cells).sum(0) / den_c.clamp_min(1e-300)).sqrt() * (num_c > 0))
+    pooled = torch.where(den_c > 0, pooled, 1.0)
+    return torch.where(cells, own, pooled.expand(SHAPE))
+
+
+def _rounded(table: torch.Tensor) -> list[list[float]]:
+    return [[round(v, 4) for v in r] for r in table.tolist()]
 
 
 def _cells(dot: Dot, batch: dict, prev) -> torch.Tensor:
@@ -86,7 +144,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-pairs", type=int, default=32, help="a cell with fewer pairs takes its column's factor")
     p.add_argument("--learned", choices=LEARNED, default="everywhere", help="first-group: keep the fitted factors in "
                    "the first group only, and give the prior alone wherever there is an earlier anchor (issue 30: "
-                   "there the learned part worsened FD at every budget)")
+                   "there the learned part worsened FD at every budget); nowhere: the prior alone (with "
+                   "--prior-factors: the formula with fitted factors)")
+    p.add_argument("--prior-factors", default=None, metavar="ls|vp|F", help="also fit a factor per cell on the "
+                   "extrapolation's step from z_s: ls (least squares), vp (the target's spread), or F everywhere "
+                   "(see fit_gate)")
     p.add_argument("--seed", type=int, default=0, help="the training run's --seed (its held-out seeds follow it)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--export", type=Path, default=None, help="also write the gated Dot here with its card")
@@ -103,8 +165,13 @@ def gate(args) -> dict:
     task, dash, _, solver, denoiser = setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None,
                                                             prompts=None, solver=card["solver"]), device)
     dot = Dot.load(dash, args.dot).to(device)
-    if args.learned == "first-group" and dot.config.prior != "extrap":
-        raise TrainingError(f"morse.gate --learned first-group leaves the prior alone after the first group; this "
+    if args.prior_factors not in (None, *PRIOR_FACTORS):
+        try:
+            float(args.prior_factors)
+        except ValueError:
+            raise TrainingError(f"morse.gate --prior-factors: ls, vp or a number, got {args.prior_factors!r}") from None
+    if (args.learned == "first-group" or args.prior_factors is not None) and dot.config.prior != "extrap":
+        raise TrainingError(f"morse.gate --learned first-group and --prior-factors act on the extrapolation; this "
                             f"Dot's prior is {dot.config.prior!r}: gate a Dot trained with --prior extrap")
     budgets = [float(b) for b in card["budgets"]]
     make_pairs = lambda seeds, desc: sampling_pairs(  # noqa: E731
@@ -116,9 +183,11 @@ def gate(args) -> dict:
                                                                           str(args.seed)),
                           lambda: make_pairs([args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)],
                                              "gate pairs"))
-    fitted, counts = fit_gate(dot, pairs, args.min_pairs)
+    fitted, counts = fit_gate(dot, pairs, args.min_pairs, prior_factors=args.prior_factors)
     if args.learned == "first-group":
         fitted["scale"] = [[row[0]] + [0.0] * (len(row) - 1) for row in fitted["scale"]]
+    if args.learned == "nowhere":
+        fitted["scale"] = [[0.0] * len(row) for row in fitted["scale"]]
     dot.config.gate = fitted
     err = residual_error(dot, make_pairs(heldout_seeds(args.seed, card["heldout_runs_per_budget"]), "held-out pairs"),
                          device=device)
@@ -150,8 +219,12 @@ def _section(fitted: dict, command: str) -> dict:
     lines = [f"These weights are the trained Dot above, gated: `{command}` (with `--dot` the trained Dot's path). "
              "The factor on the learned part per noise level (rows) and extrapolation slope (columns):", "",
              "| t_i | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {lo:g}-{hi:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
-              for lo, hi, row in zip(bounds[:-1], bounds[1:], fitted["scale"], strict=True)]
+    table = lambda key: [f"| {lo:g}-{hi:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |"  # noqa: E731
+                         for lo, hi, row in zip(bounds[:-1], bounds[1:], fitted[key], strict=True)]
+    lines += table("scale")
+    if "prior_scale" in fitted:
+        lines += ["", "The factor on the extrapolation's step from z_s (`--prior-factors`):", "",
+                  *lines[2:4], *table("prior_scale")]
     return dict(title="Gate (morse.gate)", lines=lines)
 
 

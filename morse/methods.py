@@ -131,7 +131,13 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
                 raise ValueError(f"--method-options {option} must be a number, got {ctx.options[option]!r}") from None
     dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
     plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
-    return variant(solver, loaded, plan_ratio, Interleave(dots)), checksum
+    # --method-options exact_groups=first|later (morse-extrap only): the Dash at those groups' Dot steps
+    extra = {}
+    if "exact_groups" in ctx.options:
+        if variant is not MorseExtrap:
+            raise ValueError("--method-options exact_groups applies to morse-extrap only")
+        extra["exact_groups"] = ctx.options["exact_groups"]
+    return variant(solver, loaded, plan_ratio, Interleave(dots), **extra), checksum
 
 
 def morse(solver_name: str, variant: type = Morse, dot_solver: str | None = None) -> Callable[[Context], Method]:

@@ -10,6 +10,9 @@ conditional branch's condition (as the Denoiser hands it to the network: SDXL's 
 LCM's guidance embedding included) passes through to the shared body.
 """
 
+import torch
+
+from baselines.noise import stream_generators
 from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, traced_solve
 from morse.interleave import Interleave
 from morse.prior import prior
@@ -20,6 +23,10 @@ def dot_condition(denoiser, cond, x):
     structured conditions, such as tests' exact ones, pass `cond` as it is)."""
     prepare = getattr(denoiser, "condition", None)
     return prepare(cond, x) if prepare is not None else cond
+
+
+# A stochastic Dot's noise: a stream of each sample's own, apart from the initial noise and the solver's steps.
+DOT_STREAM = 2 << 40
 
 
 class Morse:
@@ -50,9 +57,14 @@ class Morse:
 
     def between(self, denoiser, x_ti, t_i, anchor, cond):
         """z_i at a Dot step: the Dash's last estimate plus the Dot's residual (which starts from the Dot's prior;
-        `anchor["prev"]` is the anchor before, for Dots that see it)."""
+        `anchor["prev"]` is the anchor before, for Dots that see it; `anchor["features"]` the Dash's mid-block
+        output there, for Dots that see it; a stochastic Dot draws its noise from each sample's own stream)."""
+        noise = None
+        if anchor.get("generators") is not None:
+            noise = torch.stack([torch.randn(x_ti.shape[1:], generator=g) for g in anchor["generators"]]).to(x_ti)
         return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"],
-                                         dot_condition(denoiser, cond, x_ti), prev=anchor.get("prev"))
+                                         dot_condition(denoiser, cond, x_ti), prev=anchor.get("prev"),
+                                         features=anchor.get("features"), noise=noise)
 
     def __call__(self, denoiser, noise, budget, cond=None, seeds=None, callback=None,
                  spacing=DEFAULT_SPACING, network="dash"):
@@ -60,19 +72,33 @@ class Morse:
         distilled model), as for the baselines."""
         jump = self.plan(budget)
         scheduler = self.solver.make_scheduler(denoiser.schedule_config, len(jump), noise.device, spacing)
-        anchor = {}
+        config = getattr(self.dot, "config", None)
+        anchor, mid = {}, []
+        if getattr(config, "stochastic", False) and seeds is not None:
+            anchor["generators"] = stream_generators(seeds, DOT_STREAM)
 
         def estimate(x_ti, t_i, i):
             if jump[i]:
+                mid.clear()  # a Dot with the mid block (skip_levels 0) shares the Dash's hooks: drop its calls
                 z = denoiser(x_ti, t_i, cond)
-                if anchor:
+                if "z_s" in anchor:
                     anchor["prev"] = (anchor["x_ts"], anchor["z_s"], anchor["t_s"])
-                anchor.update(x_ts=x_ti, z_s=z, t_s=t_i)
+                anchor.update(x_ts=x_ti, z_s=z, t_s=t_i, **({"features": mid[-1]} if mid else {}))
                 return z
             return self.between(denoiser, x_ti, t_i, anchor, cond)
 
-        return traced_solve(scheduler, estimate, noise, {network: denoiser.net, "dot": self.dot}, seeds,
-                            self.solver.step_kwargs, callback, labels=[network if j else "dot" for j in jump])
+        hook = None
+        if getattr(config, "dash_features", False):
+            if getattr(denoiser, "guidance_scale", None) not in (None, 1, 1.0):
+                raise ValueError("morse: a Dot that sees the Dash's mid-block features needs an unguided task (one "
+                                 "Dash forward per step); train one without --dash-features")
+            hook = denoiser.net.mid_block.register_forward_hook(lambda m, a, out: mid.append(out))
+        try:
+            return traced_solve(scheduler, estimate, noise, {network: denoiser.net, "dot": self.dot}, seeds,
+                                self.solver.step_kwargs, callback, labels=[network if j else "dot" for j in jump])
+        finally:
+            if hook is not None:
+                hook.remove()
 
 
 class MorseOracle(Morse):
@@ -110,16 +136,34 @@ class MorseExtrap(Morse):
     """
 
     calls_dot = False
+    EXACT_GROUPS = ("first", "later")
 
-    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
+    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None,
+                 exact_groups: str | None = None):
+        """`exact_groups` (ablation): "first" or "later", the Dash instead of the formula at the Dot steps of the
+        first group (no earlier anchor) or of the later ones, charged as Dot calls as the oracle's are: where
+        the formula's distance to its ceiling lies."""
         super().__init__(solver, dot, dot_ratio, interleave)
-        self.name += "-extrap"
+        if exact_groups not in (None, *self.EXACT_GROUPS):
+            raise ValueError(f"morse-extrap exact_groups must be one of {self.EXACT_GROUPS}, got {exact_groups!r}")
+        self.exact_groups = exact_groups
+        self.name += "-extrap" + (f"-exact-{exact_groups}" if exact_groups else "")
 
-    def __call__(self, denoiser, noise, budget, **kwargs):
-        self._alphas_cumprod = denoiser.alphas_cumprod
-        x, trace = super().__call__(denoiser, noise, budget, **kwargs)
+    def config(self) -> dict:
+        return {**super().config(), **({"exact_groups": self.exact_groups} if self.exact_groups else {})}
+
+    def __call__(self, denoiser, noise, budget, network="dash", **kwargs):
+        self._alphas_cumprod, self._exact_steps = denoiser.alphas_cumprod, 0
+        x, trace = super().__call__(denoiser, noise, budget, network=network, **kwargs)
         trace.nfe["dot"] = float(trace.networks_per_step.count("dot"))  # charged, as for the oracle
+        if self._exact_steps:  # the Dash's hook counted the exact Dot steps too (with guidance, two calls each)
+            dash_steps = trace.networks_per_step.count(network) + self._exact_steps
+            trace.nfe[network] -= trace.nfe[network] * self._exact_steps / dash_steps
         return x, trace
 
     def between(self, denoiser, x_ti, t_i, anchor, cond):
+        first = anchor.get("prev") is None
+        if self.exact_groups == ("first" if first else "later"):
+            self._exact_steps += 1
+            return denoiser(x_ti, t_i, cond)
         return prior("extrap", anchor["z_s"], t_i, anchor["t_s"], anchor.get("prev"), self._alphas_cumprod)

@@ -60,7 +60,8 @@ FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 # The anchor before s (x_ts', z_s', t_s'), recorded for Dots that see it or extrapolate from it; in the first group,
 # where there is none, the anchor itself (t_s' = t_s marks it). "budget" tags each pair with the plan it came from.
 PREV = ("x_tp", "z_p", "t_p")
-ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body")
+ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body", "dash_features")
+FEATURES = "features"  # the Dash's mid-block output at the anchor, recorded for Dots with dash_features
 COND = "cond"  # a conditional task's pairs also hold the condition the Dot saw: "cond" or "cond.<field>"
 
 
@@ -88,7 +89,11 @@ class _Recorder(nn.Module):
         self.dot, self.rows = dot, {k: [] for k in FIELDS}
         self._denoiser = [denoiser]  # not a submodule: the sampler's own NFE hooks stay on the Dash
 
-    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None):
+    @property
+    def config(self):
+        return self.dot.config
+
+    def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None, features=None, noise=None):
         n = x_ti.shape[0]
         values = (x_ti, x_ts, z_s, torch.full((n,), float(t_i)), torch.full((n,), float(t_s)),
                   self._denoiser[0](x_ti, t_i, cond))
@@ -96,9 +101,11 @@ class _Recorder(nn.Module):
         if _sees_prev(self.dot):
             x_tp, z_p, t_p = prev if prev is not None else (x_ts, z_s, t_s)
             rows += [("x_tp", x_tp), ("z_p", z_p), ("t_p", torch.full((n,), float(t_p)))]
+        if features is not None and self.config.dash_features:
+            rows.append((FEATURES, features))
         for name, v in rows:
             self.rows.setdefault(name, []).append(v.cpu())  # the pool of all rounds lives in host memory
-        return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond, prev=prev)
+        return self.dot(x_ti, x_ts, z_s, t_i, t_s, cond, prev=prev, features=features, noise=noise)
 
 
 def _sees_prev(dot) -> bool:
@@ -137,7 +144,19 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
             for k in pool[0]}
 
 
-def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None):
+def _energy(dot, batch, args, space, target, gen) -> torch.Tensor:
+    """The energy score of two draws of a stochastic Dot, per pair over the whole image, averaged:
+    (|y1 - y| + |y2 - y|) / 2 - |y1 - y2| / 2. A proper scoring rule for a distribution of estimates (its expectation
+    is least for the distribution of the target given the Dot's inputs): where the Dot cannot tell what the target
+    is, it learns to spread its draws over it instead of regressing to their mean (issue 30: the MSE's mean narrows
+    the samples). The norms get a tiny floor: the first draws coincide (zero output), and |0|'s gradient is 0 / 0."""
+    noise = torch.randn((2, *batch["x_ti"].shape), generator=gen).to(batch["x_ti"])
+    y1, y2 = (space(batch["z_s"] + dot(*args, noise=n)) for n in noise)
+    dist = lambda a, b: ((a - b).square().flatten(1).sum(1) + 1e-12).sqrt()  # noqa: E731
+    return (0.5 * (dist(y1, target) + dist(y2, target)) - 0.5 * dist(y1, y2)).mean()
+
+
+def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, energy_gen: torch.Generator | None = None):
     """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0).
 
     `relative`: each pair's squared error divided by its prior's plus the batch's median prior error, averaged. Why
@@ -149,11 +168,16 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None):
 
     `gains` ({(budget, t_i): g}, from `step_gains`): each pair's squared error weighted by g^2, the factor by which
     the DDIM step from t_i multiplies an epsilon error into the next state (issue 30's "loss weighted by how much
-    the solver step amplifies the error"): about 0.6 on the first steps, 0.17 on the last."""
-    pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
-                              prev=_prev_of(batch))
+    the solver step amplifies the error"): about 0.6 on the first steps, 0.17 on the last.
+
+    `energy_gen`: a stochastic Dot's energy score instead (`_energy`), its noise drawn from this generator."""
+    args = (batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch))
+    kw = dict(prev=_prev_of(batch), features=batch.get(FEATURES))
     space = partial(_unwrap(dot).in_residual_space, x_ti=batch["x_ti"], t_i=batch["t_i"])
     target = space(batch["target"])
+    if energy_gen is not None:
+        return _energy(partial(dot, **kw), batch, args, space, target, energy_gen)
+    pred = batch["z_s"] + dot(*args, **kw)
     if gains is not None:
         w = torch.tensor([gains[(float(b), float(t))] ** 2 for b, t in zip(batch["budget"], batch["t_i"], strict=True)],
                          device=target.device)
@@ -206,7 +230,8 @@ def residual_error(dot, pairs, batch_size=256, device="cpu") -> dict:
         target = space(b["target"])
         start = dot.reuse(*args) if dot.config.residual != "eps" else dot.prior_estimate(
             b["z_s"], b["t_i"], b["t_s"], _prev_of(b))
-        guesses = dict(dot=b["z_s"] + dot(*args, _cond_of(b), prev=_prev_of(b)), reuse=dot.reuse(*args), prior=start)
+        guesses = dict(dot=b["z_s"] + dot(*args, _cond_of(b), prev=_prev_of(b), features=b.get(FEATURES)),
+                       reuse=dot.reuse(*args), prior=start)
         budgets = b["budget"] if "budget" in b else torch.zeros(len(target))
         for name, guess in guesses.items():
             err = (space(guess) - target).double().square().flatten(1).sum(1).cpu()
@@ -270,9 +295,12 @@ def parser() -> argparse.ArgumentParser:
                    help="draw training pairs evenly over the budgets' plans (default: as many as they make)")
     p.add_argument("--round-lr", action="store_const", const=True, default=None,
                    help="restart the cosine learning-rate schedule at every DAgger round (default: one schedule)")
-    p.add_argument("--loss", choices=("mse", "relative", "amplified"), default=None, help="relative: each pair's "
-                   "error divided by its prior's; amplified: weighted by the square of the factor the DDIM step to "
-                   "the next timestep multiplies it by (see dot_loss; default mse)")
+    p.add_argument("--loss", choices=("mse", "relative", "amplified", "energy"), default=None, help="relative: each "
+                   "pair's error divided by its prior's; amplified: weighted by the square of the factor the DDIM step "
+                   "to the next timestep multiplies it by; energy: a stochastic Dot (noise planes in) trained by the "
+                   "energy score of two draws (see dot_loss; default mse)")
+    p.add_argument("--dash-features", choices=("on", "off"), default=None, help="on: the Dot also sees the Dash's "
+                   "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
                    "fresh: the same layers re-initialised (ablations of weight sharing; default shared, with LoRA)")
     p.add_argument("--init", type=Path, default=None, help="start from this Dot's weights instead of zero residual")
@@ -348,7 +376,8 @@ def build_dot(args, dash, task, solver, device) -> Dot:
                               clip_x0=residual == "x0" and solver.overrides.get("clip_sample", False),
                               prior=args.prior or "reuse", trajectory=args.trajectory_inputs != "off",
                               history=(args.history or ("on" if args.prior == "extrap" else "off")) == "on",
-                              body=args.body or "shared")).to(device)
+                              body=args.body or "shared", dash_features=args.dash_features == "on",
+                              stochastic=args.loss == "energy")).to(device)
     if args.init is not None:
         dot.load_state_dict(Dot.load(dash, args.init).trainable_state_dict(), strict=False)
     return dot
@@ -397,7 +426,8 @@ def train_round(args, world, r: int, first: int, end: int, pool: list[dict], ste
 
     def loss_at(it):
         idx = _draw(pool, starts, args.batch_size, state.gen, args.balance_budgets)[world.part(args.batch_size)]
-        return dot_loss(net, _rows(pool, starts, idx, device), relative=args.loss == "relative", gains=gains)
+        return dot_loss(net, _rows(pool, starts, idx, device), relative=args.loss == "relative", gains=gains,
+                        energy_gen=state.gen if args.loss == "energy" else None)
 
     def save(step):
         log.flush()

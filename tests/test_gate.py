@@ -176,3 +176,28 @@ def test_a_blurred_learned_part_keeps_the_prior_and_loses_fine_detail():
         dot.linear_coeffs[-1].weight.zero_()
         dot.linear_coeffs[-1].bias.zero_()
         assert torch.equal(dot(*args, prev=prev), start)  # no learned part: the prior, blurred or not
+
+
+def test_prior_factors_recover_a_planted_line_and_vp_keeps_the_targets_spread():
+    """--prior-factors: with the target z_s + 0.6 (prior - z_s) plus noise unrelated to the line, least squares
+    finds 0.6 and the spread-matching factor more (it counts the noise as spread the line must carry); a number
+    is that factor everywhere; the Dot then steps k times the line from z_s."""
+    dot = tiny_dot()
+    b = pairs_of(dot, factor=0.0)
+    prev = (b["x_tp"], b["z_p"], b["t_p"])
+    line = b["target"] - b["z_s"]  # the prior's step from z_s (the learned part planted at factor 0)
+    noise = 0.5 * line.std() * torch.randn(line.shape, generator=torch.Generator().manual_seed(2))
+    b["target"] = b["z_s"] + 0.6 * line + noise
+    first = torch.tensor(gate.fit_gate(dot, b, min_pairs=8)[1]).sum(0) > 0
+    tables = {how: torch.tensor(gate.fit_gate(dot, b, min_pairs=8, prior_factors=how)[0]["prior_scale"])
+              for how in ("ls", "vp", "1.5")}
+    extrapolated = first.clone()
+    extrapolated[0] = False  # the first group has no line: its factor stays 1
+    assert torch.allclose(tables["ls"][:, extrapolated], torch.tensor(0.6), atol=0.1)
+    assert (tables["vp"][:, extrapolated] > tables["ls"][:, extrapolated] + 0.03).all()
+    assert (tables["1.5"] == 1.5).all() and (tables["ls"][:, 0] == 1).all()
+    with torch.no_grad():
+        dot.config.gate = {**gate.ungated(), "scale": [[0.0] * 4 for _ in range(10)],
+                           "prior_scale": [[0.6] * 4 for _ in range(10)]}
+        out = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], prev=prev)
+    torch.testing.assert_close(out, b["z_s"] + 0.6 * line, atol=1e-5, rtol=1e-5)

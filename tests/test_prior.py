@@ -100,6 +100,32 @@ def test_morse_extrap_is_morse_with_the_formula_at_dot_steps_charged_as_dots(exa
     assert not torch.allclose(x, z, atol=1e-3)
 
 
+def test_morse_extrap_exact_groups_put_the_dash_in_one_groups_dot_steps_at_the_dots_price(exact8):
+    """exact_groups (where the formula's distance to its ceiling lies): on a plan of one group (a Dash step, three
+    Dot steps), "first" is the oracle and "later" the formula; on a longer plan each differs from both; every
+    variant is priced as morse-extrap."""
+    from morse.sampler import MorseOracle
+
+    seeds = list(range(4))
+    noise = initial_noise(seeds, SHAPE)
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    ddim = get_baseline("ddim")
+    run = lambda m, b: m(exact8, noise, b, seeds=seeds)  # noqa: E731
+    variants = {g: MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_groups=g) for g in (None, "first", "later")}
+    assert variants["first"].name == "morse-extrap-exact-first"
+    assert variants["later"].config()["exact_groups"] == "later" and "exact_groups" not in variants[None].config()
+    oracle, _ = run(MorseOracle(ddim, dot, 6.0, Interleave(3)), 1.5)
+    one = {g: run(m, 1.5) for g, m in variants.items()}
+    assert torch.allclose(one["first"][0], oracle, atol=1e-5) and torch.equal(one["later"][0], one[None][0])
+    eight = {g: run(m, 8.0) for g, m in variants.items()}
+    assert not torch.allclose(eight["first"][0], eight[None][0], atol=1e-3)
+    assert not torch.allclose(eight["later"][0], eight[None][0], atol=1e-3)
+    for g in ("first", "later"):
+        assert eight[g][1].nfe == eight[None][1].nfe == {"dash": 5.0, "dot": 15.0}
+    with pytest.raises(ValueError, match="exact_groups"):
+        MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_groups="all")
+
+
 def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
     dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
     pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [4.0, 8.0], list(range(4)), SHAPE)

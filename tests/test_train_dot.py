@@ -129,6 +129,8 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
             parsed[row.name] = vars(train.parser().parse_args(argv))
     changed = {k for k, v in parsed["extrap-relative"].items() if v != parsed["extrap"][k]}
     assert changed == {"loss", "lr", "out"}
+    for row, want in (("extrap-midfeat", {"dash_features", "out"}), ("extrap-energy", {"loss", "out"})):
+        assert {k for k, v in parsed[row].items() if v != parsed["extrap"][k]} == want
 
     monkeypatch.setattr(ablation, "RUNS", tmp_path)
     train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--out", str(tmp_path / "tiny")])
@@ -195,3 +197,94 @@ def test_final_error_rows_measure_the_distance_to_the_exact_dots_samples(tmp_pat
     assert len(distances) == 2 * len(ablation.BUDGETS) and all(d > 0 for d in distances)
     assert all(0.2 < float(c) < 5 for row in cells for c in row[2::3])  # spreads: a ratio of two samples' spreads
     assert all(c.strip() == "–" for row in cells for c in row[3::3])
+
+
+def test_dash_features_are_the_anchors_mid_block_output_and_train(tmp_path):
+    """--dash-features on (Clockwork-style): each pair records the Dash's mid-block output at its anchor, the sampler
+    hands the Dot the same, and the untrained Dot still returns its prior exactly."""
+    from baselines.denoisers import Denoiser
+    from baselines.registry import get_baseline
+    from baselines.tasks import get_task
+    from morse import Interleave
+    from morse.dot import Dot
+
+    task = get_task("fmnist")
+    dash = task.dash().eval()
+    den = Denoiser(dash, task.schedule_config)
+    dot = Dot(dash, train.DotConfig(schedule=dict(task.schedule_config), prior="extrap", history=True,
+                                    skip_levels=1, dash_features=True)).eval()
+    pairs = train.sampling_pairs(den, dot, get_baseline("ddim"), Interleave(3), 6.0, [3.0], [0, 1], task.image_shape)
+    seen = []
+    hook = dash.mid_block.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.inference_mode():
+        den(pairs["x_ts"][:2], pairs["t_s"][:2])
+    hook.remove()
+    assert pairs["features"].shape == (len(pairs["target"]), 64, 8, 8)
+    torch.testing.assert_close(pairs["features"][:2], seen[0])
+    with torch.inference_mode():
+        out = dot(pairs["x_ti"], pairs["x_ts"], pairs["z_s"], pairs["t_i"], pairs["t_s"],
+                  features=pairs["features"])
+    assert torch.equal(out, torch.zeros_like(out))  # prior "extrap" in the first group is reuse: zero residual
+    train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--dash-features", "on", "--out", str(tmp_path)])
+    saved = load_file(tmp_path / "dot.safetensors")
+    assert saved["feature_proj.weight"].abs().sum() > 0  # it trained
+    assert Dot.load(dash, tmp_path / "dot.safetensors").config.dash_features
+
+
+def test_stochastic_dot_draws_per_seed_noise_and_trains_by_the_energy_score(tmp_path):
+    """--loss energy: the Dot takes noise planes; an untrained one still returns its prior; sampling draws each
+    sample's noise from its own seed (a sample does not depend on its batch); the score of one repeated draw is
+    its distance to the target."""
+    from baselines.denoisers import Denoiser
+    from baselines.noise import initial_noise
+    from baselines.registry import get_baseline
+    from baselines.tasks import get_task
+    from morse import Interleave
+    from morse.dot import Dot
+    from morse.sampler import Morse
+
+    task = get_task("fmnist")
+    dash = task.dash().eval()
+    den = Denoiser(dash, task.schedule_config)
+    dot = Dot(dash, train.DotConfig(schedule=dict(task.schedule_config), stochastic=True)).eval()
+    x, z = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(dot(x, x, z, 500, 600), torch.zeros_like(x))
+        torch.nn.init.normal_(dot.out.weight, std=0.05)
+        assert (dot(x, x, z, 500, 600) - dot(x, x, z, 500, 600)).abs().max() > 1e-4  # the noise reaches the output
+        morse = Morse(get_baseline("ddim"), dot, 6.0, Interleave(3))
+        both = morse(den, initial_noise([3, 4], task.image_shape), 3.0, seeds=[3, 4])[0]
+        alone = morse(den, initial_noise([4], task.image_shape), 3.0, seeds=[4])[0]
+        torch.testing.assert_close(both[1:], alone, atol=1e-3, rtol=0)  # batched convolutions round differently
+        assert (both[0] - alone[0]).abs().max() > 0.1
+        again = morse(den, initial_noise([3, 4], task.image_shape), 3.0, seeds=[3, 4])[0]
+        assert torch.equal(both, again)
+
+    target, y = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    score = train._energy(lambda *a, noise: y, {"x_ti": y, "z_s": torch.zeros_like(y)}, (), lambda v: v, target,
+                          torch.Generator().manual_seed(0))
+    torch.testing.assert_close(score, (y - target).flatten(1).norm(dim=1).mean(), atol=1e-5, rtol=1e-5)
+
+    train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--loss", "energy", "--out", str(tmp_path)])
+    trained = Dot.load(dash, tmp_path / "dot.safetensors")
+    assert trained.config.stochastic and trained.noise_in is not None
+
+
+def test_the_ceiling_table_reads_each_variants_own_method_and_prints_its_command(tmp_path, monkeypatch):
+    """The ablation's "where the formula's distance lies" table: each line the FD its own run wrote for its own
+    method (a run without a baseline has no speedup.csv), and the command that makes it."""
+    import pandas as pd
+
+    from morse import ablation
+
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    for _, _, folder, method, _, _ in ablation.CEILING:
+        (tmp_path / folder).mkdir()
+        rows = [dict(method=m, budget=float(b), metric=metric, value=v + b / 100, N=None)
+                for m, v in ((method, 1.0), ("ddim", 50.0)) for b in ablation.BUDGETS
+                for metric in ("fd_fmnist", "nfe_dash")]
+        pd.DataFrame(rows).to_csv(tmp_path / folder / "results.csv", index=False)
+    lines = ablation.ceiling()
+    assert len(lines) == 2 + len(ablation.CEILING)
+    assert all("1.04 / 1.08 / 1.16" in line for line in lines[2:])
+    assert "--method-options exact_groups=later" in lines[4] and f"--out {tmp_path / 'exact-later'}" in lines[4]
