@@ -232,3 +232,50 @@ def speedup_table(q: pd.DataFrame, methods, boot=None, boot_fd=None, saturation=
         oracle = curves.get(f"{name}-oracle")
         records += _records(c, oracle if oracle is not None and oracle.baseline == c.baseline else None)
     return pd.DataFrame(records).assign(rule=rule) if records else pd.DataFrame()
+
+
+def at_dot_ratio(results: pd.DataFrame, speedup_rows: pd.DataFrame, dot_ratio: float,
+                 meaningful_max: float | None = None, saturation: float = 0.05) -> dict[str, str]:
+    """Each method's speedups (per budget and mean) over the solver it wraps, read from a finished run's
+    results.csv and speedup.csv with its Dot calls priced at `dot_ratio` instead of the N the run measured:
+    LSD + nfe_dot (1/dot_ratio - 1/N). Why: N moves with the machine's load, so speedups of runs made at
+    different times compare only at one N; FDs and call counts do not depend on it."""
+    metric = speedup_rows["metric"].iloc[0]
+    cell = lambda m, name: results[(results.method == m) & (results.metric == name)].set_index("budget")  # noqa: E731
+    out = {}
+    for method, baseline in speedup_rows[["method", "baseline"]].drop_duplicates().values:
+        q, base = cell(method, metric).sort_index(), cell(baseline, metric).sort_index()
+        lsd = q["lsd"].copy()
+        dots, measured = cell(method, "nfe_dot"), cell(method, "lsd")["N"]  # the run's N sits on its "lsd" rows
+        if not dots.empty:
+            lsd += dots["value"].reindex(q.index).fillna(0) * (1 / dot_ratio - 1 / measured.reindex(q.index))
+        rows = speedups(base.index.values, base["value"].values, lsd.values, q["value"].values, saturation,
+                        meaningful_max)
+        mean = mean_speedup(rows)
+        out[method] = (" / ".join(f"{r.bound}{r.speedup:.2f}×" for r in rows)
+                       + f" (mean {mean.bound}{mean.value:.2f}×) over {baseline}")
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="Speedups of finished runs at one Dash/Dot latency ratio N (see "
+                                "at_dot_ratio), so runs swept under different loads compare.")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders, each with results.csv and speedup.csv")
+    p.add_argument("--dot-ratio", type=float, required=True, help="the N to price every Dot call at")
+    p.add_argument("--meaningful-max", type=float, default=50.0, help="the task's meaningful_max (fmnist: 50)")
+    args = p.parse_args(argv)
+    for run in args.runs:
+        if not (run / "results.csv").exists() or not (run / "speedup.csv").exists():
+            print(f"{run}: no results.csv and speedup.csv; run evaluate.run with a baseline first")
+            return 2
+        for method, text in at_dot_ratio(pd.read_csv(run / "results.csv"), pd.read_csv(run / "speedup.csv"),
+                                         args.dot_ratio, args.meaningful_max).items():
+            print(f"{run} {method}: {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,7 +13,8 @@ imports nothing from the harness, so it states the numbers the harness wrote. Th
 results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
-extrap-first row; which use of the extrap row's Dot to commit was decided on seeds 100,000-100,999 (validation.md).
+extrap-first-vp-own row (extrap-first before it); which use of the extrap row's Dot to commit was decided on seeds
+100,000-100,999 (validation.md).
 """
 
 import argparse
@@ -93,7 +94,8 @@ ROWS = [
     Row("extrap-gate", "the extrap row's Dot, its learned part gated per noise level and extrapolation slope "
         "(morse.gate: least-squares factors in [0, 1] on pairs of seeds of its own)", None, gates="extrap"),
     Row("extrap-first", "the extrap row's Dot gated as extrap-gate, its learned part kept in the first group only "
-        "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it; the committed Dot", None,
+        "(no earlier anchor; the prior there is reuse) and the extrapolation alone after it; committed until "
+        "extrap-first-vp-own", None,
         "extrap-gate", gates="extrap", gate_flags="--learned first-group"),
     Row("formula-ls", "the formula with a factor per cell on its step from z_s, fitted by least squares (morse.gate "
         "--prior-factors ls, on the extrap-gate row's pairs): one learned number per cell, no network", None,
@@ -104,6 +106,10 @@ ROWS = [
         "formula", gates="extrap", gate_flags="--learned nowhere --prior-factors 1.2"),
     Row("extrap-first-vp", "extrap-first with formula-vp's factors on the extrapolation", None, "extrap-first",
         gates="extrap", gate_flags="--learned first-group --prior-factors vp"),
+    Row("extrap-first-vp-own", "as extrap-first-vp, its factors fitted on pairs of the path it samples (the learned "
+        "part in the first group, the formula after it; --fit-path gated) instead of the ungated Dot's; the committed "
+        "Dot", None,
+        "extrap-first-vp", gates="extrap", gate_flags="--learned first-group --prior-factors vp --fit-path gated"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),

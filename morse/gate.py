@@ -149,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-factors", default=None, metavar="ls|vp|F", help="also fit a factor per cell on the "
                    "extrapolation's step from z_s: ls (least squares), vp (the target's spread), or F everywhere "
                    "(see fit_gate)")
+    p.add_argument("--fit-path", choices=("trained", "gated"), default="trained", help="the path the fit's pairs are "
+                   "sampled on: the trained Dot's, ungated (default), or the gated Dot's (its learned part where "
+                   "--learned keeps it, the plain prior elsewhere: what the fitted factors will be applied on)")
     p.add_argument("--seed", type=int, default=0, help="the training run's --seed (its held-out seeds follow it)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--export", type=Path, default=None, help="also write the gated Dot here with its card")
@@ -178,21 +181,21 @@ def gate(args) -> dict:
         denoiser, dot, solver, Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets, seeds,
         task.image_shape, desc=desc, device=device, conditions=task.conditions)
     dot.config.gate = ungated()  # record the earlier anchor, change nothing
+    key = [sha256(args.dot), str(args.trajectories), str(args.seed)]
+    if args.fit_path == "gated":  # the path the gated Dot will sample: its learned part where --learned keeps it
+        dot.config.gate["scale"] = _kept(dot.config.gate["scale"], args.learned)
+        key.append(args.learned)
     args.out.mkdir(parents=True, exist_ok=True)
-    pairs = _cached_pairs(args.out / "gate-pairs.safetensors", resume_key(sha256(args.dot), str(args.trajectories),
-                                                                          str(args.seed)),
+    pairs = _cached_pairs(args.out / "gate-pairs.safetensors", resume_key(*key),
                           lambda: make_pairs([args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)],
                                              "gate pairs"))
     fitted, counts = fit_gate(dot, pairs, args.min_pairs, prior_factors=args.prior_factors)
-    if args.learned == "first-group":
-        fitted["scale"] = [[row[0]] + [0.0] * (len(row) - 1) for row in fitted["scale"]]
-    if args.learned == "nowhere":
-        fitted["scale"] = [[0.0] * len(row) for row in fitted["scale"]]
+    fitted["scale"] = _kept(fitted["scale"], args.learned)
     dot.config.gate = fitted
     err = residual_error(dot, make_pairs(heldout_seeds(args.seed, card["heldout_runs_per_budget"]), "held-out pairs"),
                          device=device)
-    command = command_text("morse.gate", {k: v for k, v in vars(args).items() if k not in ("out", "export",
-                                                                                          "device")})
+    command = command_text("morse.gate", {k: v for k, v in vars(args).items() if k not in ("out", "export", "device")
+                                          and not (k == "fit_path" and v == "trained")})
     card = {**training_numbers(card), "dot_config": vars(dot.config), "heldout_error": err,
             "gate": dict(trained_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
                          fit_pairs=len(pairs["target"]), pairs_per_cell=counts, command=command),
@@ -209,6 +212,12 @@ def training_numbers(card: dict) -> dict:
         return card
     trained = train_parser().parse_args(shlex.split(card["command"])[3:])
     return {**card, "iters": trained.iters, "batch_size": trained.batch_size, "trajectories": trained.trajectories}
+
+
+def _kept(scale: list[list[float]], learned: str) -> list[list[float]]:
+    """The gate table with the learned part zeroed where --learned drops it."""
+    keep = {"everywhere": lambda col: True, "first-group": lambda col: col == 0, "nowhere": lambda col: False}[learned]
+    return [[v if keep(col) else 0.0 for col, v in enumerate(row)] for row in scale]
 
 
 def _section(fitted: dict, command: str) -> dict:

@@ -144,14 +144,20 @@ def _rows(pool: list[dict], starts: torch.Tensor, idx: torch.Tensor, device="cpu
             for k in pool[0]}
 
 
-def _energy(dot, batch, args, space, target, gen) -> torch.Tensor:
+def _energy(dot, batch, gen) -> torch.Tensor:
     """The energy score of two draws of a stochastic Dot, per pair over the whole image, averaged:
     (|y1 - y| + |y2 - y|) / 2 - |y1 - y2| / 2. A proper scoring rule for a distribution of estimates (its expectation
     is least for the distribution of the target given the Dot's inputs): where the Dot cannot tell what the target
     is, it learns to spread its draws over it instead of regressing to their mean (issue 30: the MSE's mean narrows
-    the samples). The norms get a tiny floor: the first draws coincide (zero output), and |0|'s gradient is 0 / 0."""
-    noise = torch.randn((2, *batch["x_ti"].shape), generator=gen).to(batch["x_ti"])
-    y1, y2 = (space(batch["z_s"] + dot(*args, noise=n)) for n in noise)
+    the samples). Both draws run as one doubled batch (one forward, as DDP wants). The norms get a tiny floor: the
+    first draws coincide (zero output), and the gradient of |0| is 0 / 0."""
+    both = {k: torch.cat([v, v]) for k, v in batch.items()}
+    noise = torch.randn(both["x_ti"].shape, generator=gen).to(both["x_ti"])
+    pred = both["z_s"] + dot(both["x_ti"], both["x_ts"], both["z_s"], both["t_i"], both["t_s"], _cond_of(both),
+                             prev=_prev_of(both), features=both.get(FEATURES), noise=noise)
+    space = _unwrap(dot).in_residual_space
+    y1, y2 = space(pred, x_ti=both["x_ti"], t_i=both["t_i"]).chunk(2)
+    target = space(batch["target"], x_ti=batch["x_ti"], t_i=batch["t_i"])
     dist = lambda a, b: ((a - b).square().flatten(1).sum(1) + 1e-12).sqrt()  # noqa: E731
     return (0.5 * (dist(y1, target) + dist(y2, target)) - 0.5 * dist(y1, y2)).mean()
 
@@ -171,13 +177,12 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, ener
     the solver step amplifies the error"): about 0.6 on the first steps, 0.17 on the last.
 
     `energy_gen`: a stochastic Dot's energy score instead (`_energy`), its noise drawn from this generator."""
-    args = (batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch))
-    kw = dict(prev=_prev_of(batch), features=batch.get(FEATURES))
+    if energy_gen is not None:
+        return _energy(dot, batch, energy_gen)
+    pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
+                              prev=_prev_of(batch), features=batch.get(FEATURES))
     space = partial(_unwrap(dot).in_residual_space, x_ti=batch["x_ti"], t_i=batch["t_i"])
     target = space(batch["target"])
-    if energy_gen is not None:
-        return _energy(partial(dot, **kw), batch, args, space, target, energy_gen)
-    pred = batch["z_s"] + dot(*args, **kw)
     if gains is not None:
         w = torch.tensor([gains[(float(b), float(t))] ** 2 for b, t in zip(batch["budget"], batch["t_i"], strict=True)],
                          device=target.device)

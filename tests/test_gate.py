@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file
 
+from baselines.registry import get_baseline
 from baselines.tasks.fmnist import SCHEDULE_CONFIG
 from morse import Dot, DotConfig, gate, train
 from morse.prior import log_snr
@@ -126,6 +128,18 @@ def test_the_command_gates_a_trained_dot_and_resumes_from_its_pairs(tmp_path, mo
     monkeypatch.setattr(gate, "sampling_pairs", lambda *a, **k: made.append(k["desc"]) or real(*a, **k))
     gate.main(argv)
     assert made == ["held-out pairs"]  # the fit's pairs came from the cache
+
+    # --fit-path gated --learned nowhere: the fit's pairs come from the path the formula samples (new pairs, not the
+    # cached ones of the trained Dot's path), and the factors act on it
+    gate.main(argv + ["--learned", "nowhere", "--prior-factors", "ls", "--fit-path", "gated"])
+    assert made == ["held-out pairs", "gate pairs", "held-out pairs"]
+    own = load_file(tmp_path / "gated" / "gate-pairs.safetensors")
+    extrap = loaded.prior_estimate(own["z_s"], own["t_i"], own["t_s"], (own["x_tp"], own["z_p"], own["t_p"]))
+    sched = get_baseline("ddim").make_scheduler(SCHEDULE_CONFIG, 8)
+    nxt = [sched.step(extrap[k:k + 1], int(own["t_i"][k]), own["x_ti"][k:k + 1]).prev_sample for k in range(2)]
+    torch.testing.assert_close(torch.cat(nxt), own["x_ti"][4:6], atol=1e-5, rtol=1e-4)  # the formula's steps (4 seeds)
+    card = json.loads((tmp_path / "gated" / "dot.json").read_text())
+    assert "--fit-path gated" in card["gate"]["command"] and "prior_scale" in card["dot_config"]["gate"]
 
 
 def test_missing_dot_is_one_clear_error(tmp_path, capsys):

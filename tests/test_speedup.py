@@ -201,3 +201,33 @@ def test_report_marks_bounds_and_exclusions(tmp_path):
     assert "worse than 50" in t.rule.iloc[0]
     plot_speedup(t, tmp_path / "speedup.png")
     assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+def test_speedups_at_one_dot_ratio_reprice_only_the_dot_calls(tmp_path, capsys):
+    """evaluate.speedup --dot-ratio: at the run's own N the speedups are the run's; at a larger N the Dot's calls
+    cost less, so a Dot method needs fewer LSD (its speedup rises) and a method without a Dot does not move."""
+    from evaluate.speedup import at_dot_ratio, main
+
+    budgets, n = [4.0, 8.0, 16.0], 8.0
+    rows = []
+    for b, fd in zip(budgets, (14.0, 6.0, 3.0), strict=True):
+        rows.append(dict(method="ddim", budget=b, metric="fd_fmnist", value=fd, lsd=b, N=None))
+    for m, dash, dot, fds in (("morse", (2.0, 4.0, 8.0), (6.0, 12.0, 24.0), (13.0, 5.0, 2.5)),
+                              ("other", (3.0, 6.0, 12.0), (0.0, 0.0, 0.0), (13.0, 5.0, 2.5))):
+        for b, d, t, fd in zip(budgets, dash, dot, fds, strict=True):
+            lsd = d + t / n
+            rows += [dict(method=m, budget=b, metric="fd_fmnist", value=fd, lsd=lsd, N=None),
+                     dict(method=m, budget=b, metric="nfe_dot", value=t, lsd=lsd, N=None),
+                     dict(method=m, budget=b, metric="lsd", value=lsd, lsd=lsd, N=n)]
+    results = pd.DataFrame(rows)
+    sp = pd.DataFrame(dict(method=["morse", "other"], baseline=["ddim", "ddim"], metric=["fd_fmnist"] * 2))
+    same, cheaper = at_dot_ratio(results, sp, n), at_dot_ratio(results, sp, 2 * n)
+    own = speedups(budgets, [14.0, 6.0, 3.0], [2.75, 5.5, 11.0], [13.0, 5.0, 2.5])
+    assert same["morse"].startswith(" / ".join(f"{r.bound}{r.speedup:.2f}×" for r in own))
+    assert same["other"] == cheaper["other"] and same["morse"] != cheaper["morse"]
+    first = lambda text: float(text.split("×")[0].lstrip("<>"))  # noqa: E731
+    assert first(cheaper["morse"].split(" / ")[1]) > first(same["morse"].split(" / ")[1])
+    results.to_csv(tmp_path / "results.csv", index=False)
+    sp.to_csv(tmp_path / "speedup.csv", index=False)
+    assert main([str(tmp_path), "--dot-ratio", "8"]) == 0 and "morse:" in capsys.readouterr().out
+    assert main([str(tmp_path / "none"), "--dot-ratio", "8"]) == 2
