@@ -224,6 +224,30 @@ def ceiling() -> list[str]:
     return lines
 
 
+# 5,000 seeds at 8 LSD, where 1,000 do not resolve the rows (folder, method, what, the commit whose Dot it ran).
+NOISE_RUNS = (("n5000", "ddim", "DDIM", None), ("n5000", "morse-extrap", "the formula", None),
+              ("n5000", "morse", "extrap-first", "b7b823d"), ("n5000-own", "morse", "extrap-first-vp-own", "887cd40"),
+              ("n5000", "morse-oracle", "the exact Dot", None))
+
+
+def noise() -> list[str]:
+    """FD at 8 LSD on seeds 0-4,999, with its 95% bootstrap interval: the same sweep at the commit where each Dot
+    was the committed one (`python -m evaluate.run --methods morse,morse-extrap,morse-oracle,ddim --budgets 8
+    --num-samples 5000 --out runs/ablation/<folder>`)."""
+    lines = ["| sampler | FD at 8 LSD [95% interval] | folder (commit) |", "|---|---|---|"]
+    for folder, method, what, commit in NOISE_RUNS:
+        path = RUNS / folder / "results.csv"
+        if not path.exists():
+            continue
+        df = pd.read_csv(path)
+        df = df[(df.method == method) & (df.budget == 8)]
+        fd, lo, hi = (df[df.metric == m]["value"] for m in ("fd_fmnist", "fd_fmnist_ci_low", "fd_fmnist_ci_high"))
+        if len(fd):
+            lines.append(f"| {what} | {fd.iloc[0]:.2f} [{lo.iloc[0]:.2f}, {hi.iloc[0]:.2f}] | {folder}"
+                         f"{f' ({commit})' if commit else ''} |")
+    return lines
+
+
 def table(committed_card: Path) -> list[str]:
     head = ["| row | change | N (batch 64) | trainable parameters | held-out ratio to reuse, pooled (4 / 8 / 16 LSD) "
             "| to the prior, pooled (4 / 8 / 16) | quality (the primary metric) at 4 / 8 / 16 LSD "
@@ -344,6 +368,8 @@ def main(argv=None):
         if (RUNS / "exact-first" / "results.csv").exists():
             lines += ["", "## Where the formula's distance to the exact Dot lies", "",
                       " ".join(ceiling.__doc__.split()), "", *ceiling()]
+        if (RUNS / "n5000" / "results.csv").exists():
+            lines += ["", "## 5,000 seeds at 8 LSD", "", " ".join(noise.__doc__.split()), "", *noise()]
         if finals:
             lines += ["", "## A lower epsilon error is not a better sample", "",
                       f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "

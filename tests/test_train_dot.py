@@ -293,3 +293,11 @@ def test_the_ceiling_table_reads_each_variants_own_method_and_prints_its_command
     assert len(lines) == 2 + len(ablation.CEILING)
     assert all("1.04 / 1.08 / 1.16" in line for line in lines[2:])
     assert "--method-options exact_groups=later" in lines[4] and f"--out {tmp_path / 'exact-later'}" in lines[4]
+    for folder in ("n5000", "n5000-own"):  # the 5,000-seed table: each sampler's FD at 8 LSD with its interval
+        (tmp_path / folder).mkdir()
+        cells = [dict(method=m, budget=8.0, metric=k, value=v)
+                 for m in ("ddim", "morse", "morse-extrap", "morse-oracle")
+                 for k, v in (("fd_fmnist", 3.0), ("fd_fmnist_ci_low", 2.5), ("fd_fmnist_ci_high", 3.5))]
+        pd.DataFrame(cells).to_csv(tmp_path / folder / "results.csv")
+    noise = ablation.noise()
+    assert len(noise) == 2 + len(ablation.NOISE_RUNS) and all("3.00 [2.50, 3.50]" in line for line in noise[2:])
