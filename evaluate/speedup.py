@@ -261,18 +261,24 @@ def main(argv=None) -> int:
     import argparse
     from pathlib import Path
 
+    from baselines.tasks import TASKS
+
     p = argparse.ArgumentParser(description="Speedups of finished runs at one Dash/Dot latency ratio N (see "
                                 "at_dot_ratio), so runs swept under different loads compare.")
     p.add_argument("runs", nargs="+", type=Path, help="run folders, each with results.csv and speedup.csv")
     p.add_argument("--dot-ratio", type=float, required=True, help="the N to price every Dot call at")
-    p.add_argument("--meaningful-max", type=float, default=50.0, help="the task's meaningful_max (fmnist: 50)")
+    p.add_argument("--meaningful-max", type=float, default=None, help="the worst baseline quality a budget counts "
+                   "in the mean at (default: the run's task's meaningful_max, as evaluate.run used it)")
     args = p.parse_args(argv)
     for run in args.runs:
         if not (run / "results.csv").exists() or not (run / "speedup.csv").exists():
             print(f"{run}: no results.csv and speedup.csv; run evaluate.run with a baseline first")
             return 2
-        for method, text in at_dot_ratio(pd.read_csv(run / "results.csv"), pd.read_csv(run / "speedup.csv"),
-                                         args.dot_ratio, args.meaningful_max).items():
+        results = pd.read_csv(run / "results.csv")
+        limit = args.meaningful_max
+        if limit is None and "task" in results.columns and results["task"].iloc[0] in TASKS:
+            limit = TASKS[results["task"].iloc[0]].meaningful_max
+        for method, text in at_dot_ratio(results, pd.read_csv(run / "speedup.csv"), args.dot_ratio, limit).items():
             print(f"{run} {method}: {text}")
     return 0
 

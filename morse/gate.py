@@ -76,8 +76,9 @@ def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256, 
         dot.config.gate["prior_scale"] = prior_scale.tolist()
     rd, rr, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(3))
     for b, prev, start, cell in _batches(dot, pairs, batch_size):
-        line = b["z_s"] + (start - b["z_s"]) * (1.0 if prior_scale is None else prior_scale.view(-1)[cell].reshape(
-            -1, *([1] * (start.ndim - 1))).to(start.dtype))
+        factor = 1.0 if prior_scale is None else dot.gate_factor(b["t_i"], b["t_s"], prev, len(cell), start,
+                                                                 "prior_scale")
+        line = b["z_s"] + (start - b["z_s"]) * factor
         learned = (b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b), prev=prev,
                                   features=b.get(FEATURES)) - line).double().flatten(1)
         wanted = (b["target"] - line).double().flatten(1)
