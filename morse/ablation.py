@@ -4,6 +4,7 @@
     python -m morse.ablation --table reports/fmnist/ablation   # the table, from the rows' cards and reports
     python -m morse.ablation --per-step extrap     # where a row's learned part helps and hurts, per Dot step
     python -m morse.ablation --final-error extrap  # its samples' distance to the exact Dot's, beside their FD
+    python -m morse.ablation --line-length extrap-first-gap  # how well the line predicts the step, by its length
 
 Every row trains with `morse.train` at a quarter of the reuse-full Dot's compute (128 trajectories per budget and
 round, 3,000 iterations; that recipe's held-out ratio at this compute was 0.824 against 0.760 at full
@@ -13,8 +14,8 @@ imports nothing from the harness, so it states the numbers the harness wrote. Th
 results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
-extrap-first-vp-own row (extrap-first before it); which use of the extrap row's Dot to commit was decided on seeds
-100,000-100,999 (validation.md).
+extrap-first-gap row (extrap-first-vp-own and extrap-first before it); which use of the extrap row's Dot to commit
+was decided on seeds 100,000-100,999 (validation.md).
 """
 
 import argparse
@@ -107,9 +108,14 @@ ROWS = [
     Row("extrap-first-vp", "extrap-first with formula-vp's factors on the extrapolation", None, "extrap-first",
         gates="extrap", gate_flags="--learned first-group --prior-factors vp"),
     Row("extrap-first-vp-own", "as extrap-first-vp, its factors fitted on pairs of the path it samples (the learned "
-        "part in the first group, the formula after it; --fit-path gated) instead of the ungated Dot's; the committed "
-        "Dot", None,
+        "part in the first group, the formula after it; --fit-path gated) instead of the ungated Dot's; committed "
+        "until extrap-first-gap", None,
         "extrap-first-vp", gates="extrap", gate_flags="--learned first-group --prior-factors vp --fit-path gated"),
+    Row("extrap-first-gap", "as extrap-first-vp-own, its line factors split by the line's length (--gap-edges 1.5, "
+        "lambda_s - lambda_s'): spread-matching on shorter lines, the plain line (factor 1) on longer ones, which "
+        "correlate with the step at 0.36 or less (pooled per Dash step); the committed Dot", None,
+        "extrap-first-vp-own", gates="extrap",
+        gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),
@@ -283,6 +289,37 @@ def per_step(row: str, sample: int = 6000) -> list[str]:
     return lines
 
 
+def line_length(row: str) -> list[str]:
+    """How far the line through the last two Dash estimates can be trusted: on a gated row's fit pairs (its
+    gate-pairs.safetensors), per plan and Dash step s, the line's length lambda_s - lambda_s' and the correlation of
+    its step from z_s with the target's step, pooled over the group's Dot steps, sorted by length (the long lines
+    correlate weakly, which is why morse.gate --gap-edges gives them factors of their own)."""
+    from safetensors.torch import load_file
+
+    from baselines.tasks import get_task
+    from morse.dot import Dot
+    from morse.prior import log_snr
+
+    folder = RUNS / row
+    card = json.loads((folder / "dot.json").read_text())
+    dot = Dot.load(get_task(card["task"]).dash(), folder / "dot.safetensors")
+    pairs = load_file(folder / "gate-pairs.safetensors")
+    later = pairs["t_p"] != pairs["t_s"]
+    found = []
+    for budget, t_s in sorted({(b, s) for b, s in zip(pairs["budget"][later].tolist(), pairs["t_s"][later].tolist())}):
+        rows = later & (pairs["budget"] == budget) & (pairs["t_s"] == t_s)
+        z_s, t_p = pairs["z_s"][rows], pairs["t_p"][rows]
+        prev = (None, pairs["z_p"][rows], t_p)
+        d = (dot.prior_estimate(z_s, pairs["t_i"][rows], pairs["t_s"][rows], prev) - z_s).double().flatten(1)
+        w = (pairs["target"][rows] - z_s).double().flatten(1)
+        rho = (d * w).sum() / (d.square().sum() * w.square().sum()).sqrt()
+        length = (log_snr(dot.alphas_cumprod, t_s) - log_snr(dot.alphas_cumprod, t_p[0])).item()
+        found.append((length, budget, t_s, t_p[0].item(), int(rows.sum()), rho.item()))
+    return ["| line length (lambda) | plan (LSD) | t_s | t_s' | pairs | correlation with the target's step |",
+            "|---|---|---|---|---|---|"] + [f"| {g:.2f} | {b:g} | {int(s)} | {int(p)} | {n} | {r:.2f} |"
+                                           for g, b, s, p, n, r in sorted(found)]
+
+
 def final_error(rows: list[str], samples: int = 128) -> list[str]:
     """Whether a lower epsilon error gives better samples: per budget, the RMS distance of each row's final samples
     (seeds 0 .. samples - 1, a subset of the sweep's) to those of Morse with an exact Dot on the same plans
@@ -342,6 +379,8 @@ def main(argv=None):
     p.add_argument("--table", type=Path, default=None, help="write the table (index.md) into this folder")
     p.add_argument("--per-step", default=None, metavar="ROW", help="print a trained row's Dot / prior error per plan "
                    "and Dot step (from its last round's pairs under runs/ablation/ROW)")
+    p.add_argument("--line-length", default=None, metavar="ROW", help="print, per plan and Dash step, the line's "
+                   "length and its correlation with the target's step (from a gated row's gate pairs)")
     p.add_argument("--committed-card", type=Path, default=Path(__file__).parent / "weights" / "fmnist_dot.json",
                    help="the committed Dot's card (the formula's row reads its plans' N from it)")
     p.add_argument("--final-error", default=None, metavar="ROWS", help="comma-separated rows whose final samples' "
@@ -354,6 +393,8 @@ def main(argv=None):
                   + f"{row.eval_command()}\n")
     steps = per_step(args.per_step) if args.per_step is not None else []
     print("\n".join(steps))
+    lengths = line_length(args.line_length) if args.line_length is not None else []
+    print("\n".join(lengths))
     finals = final_error(args.final_error.split(","), args.samples) if args.final_error else []
     if args.table is not None:
         args.table.mkdir(parents=True, exist_ok=True)
@@ -366,6 +407,10 @@ def main(argv=None):
             lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
                       f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",
                       "", *steps]
+        if lengths:
+            lines += ["", "## How far the line can be trusted", "",
+                      f"`python -m morse.ablation --line-length {args.line_length}`: "
+                      f"{' '.join(line_length.__doc__.split(': ', 1)[1].split())}", "", *lengths]
         if (RUNS / "exact-first" / "results.csv").exists():
             lines += ["", "## Where the formula's distance to the exact Dot lies", "",
                       " ".join(ceiling.__doc__.split()), "", *ceiling()]

@@ -49,7 +49,7 @@ from torch import nn
 
 from baselines.checkpoint import save_atomic
 from baselines.denoisers import Condition
-from morse.prior import PRIORS, extrapolation_slope, prior
+from morse.prior import PRIORS, extrapolation_slope, log_snr, prior
 
 SHARED = ("time_proj", "time_embedding", "down_blocks", "mid_block", "up_blocks",
           "conv_norm_out", "conv_act")
@@ -310,13 +310,18 @@ class Dot(nn.Module):
 
     def gate_cell(self, t_i, t_s, prev, n) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sample's (row, column) in the gate's table: the row of t_i, the column of the extrapolation slope
-        to t_i (column 0: the first group, with no earlier anchor)."""
+        to t_i (column 0: the first group, with no earlier anchor). A gate with "gap_edges" repeats the slope
+        columns once per bin of the line's own length, lambda_s - lambda_s' (issue 30: a line through anchors far
+        apart hardly predicts the step, so its factor cannot be the one a short line wants at the same t_i)."""
         gate = self.config.gate
         t_i, t_s = (torch.as_tensor(t, device=self.alphas_cumprod.device).expand(n) for t in (t_i, t_s))
         t_p = t_s if prev is None else torch.as_tensor(prev[2], device=t_s.device).expand(n)
         slope = extrapolation_slope(self.alphas_cumprod, t_i, t_s, t_p)
-        edges = lambda key: torch.tensor(gate[key], dtype=torch.float64, device=t_i.device)  # noqa: E731
+        edges = lambda key: torch.tensor(gate.get(key, []), dtype=torch.float64, device=t_i.device)  # noqa: E731
         col = torch.bucketize(slope, edges("slope_edges")) + 1
+        if gate.get("gap_edges"):
+            gap = log_snr(self.alphas_cumprod, t_s) - log_snr(self.alphas_cumprod, t_p)
+            col = col + (len(gate["slope_edges"]) + 1) * torch.bucketize(gap.to(t_i.device), edges("gap_edges"))
         return torch.bucketize(t_i.double(), edges("t_edges")), torch.where(slope.isnan(), 0, col)
 
     def gate_factor(self, t_i, t_s, prev, n, like, table: str = "scale"):

@@ -46,20 +46,28 @@ T_EDGES = [100.0 * k for k in range(1, 10)]  # ten noise-level rows
 LEARNED = ("everywhere", "first-group", "nowhere")
 SLOPE_EDGES = [0.35, 0.75]  # first group | near the last Dash step | mid-group | far past it (one step per Dash
 # step of three Dots falls in each of the last three columns on every plan of the embedded default)
-SHAPE = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)  # the table's rows and columns
+SHAPE = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)  # the table's rows and columns, without gap bins
 
 
-def ungated() -> dict:
+def shape(gap_edges=()) -> tuple[int, int]:
+    """The table's rows and columns: the first group's column, then the slope columns once per bin of the line's
+    length (Dot.gate_cell)."""
+    return SHAPE[0], 1 + (SHAPE[1] - 1) * (len(gap_edges) + 1)
+
+
+def ungated(gap_edges=()) -> dict:
     """A gate of ones: the Dot as trained, but its pairs record the earlier anchor (the gate's slope needs it)."""
-    return dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[1.0] * SHAPE[1] for _ in range(SHAPE[0])])
+    rows, cols = shape(gap_edges)
+    return dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=[[1.0] * cols for _ in range(rows)],
+                **({"gap_edges": list(gap_edges)} if gap_edges else {}))
 
 
 PRIOR_FACTORS = ("ls", "vp")
 
 
 @torch.inference_mode()
-def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256, prior_factors: str | None = None
-             ) -> tuple[dict, list[list[int]]]:
+def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256,
+             prior_factors: str | list[str] | None = None, gap_edges=()) -> tuple[dict, list[list[int]]]:
     """The least-squares gate of `dot`'s learned part on `pairs` (with "t_p"), and each cell's pair count. A cell
     with fewer than `min_pairs` pairs takes its column's pooled factor (1 where the column is empty too).
 
@@ -67,14 +75,18 @@ def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256, 
     w = target - z_s, before the learned part's gate (which then fits what k d leaves): "ls", least squares,
     k = <d, w> / <d, d>; "vp", the factor that gives k d the spread of w, k = sqrt(<w, w> / <d, d>) where <d, w> > 0
     (else 0); a number, that factor everywhere. Clipped to [0, 2]. Why both (issue 30): least squares shrinks k
-    where the line is only partly right, which narrows the samples the way a regressed Dot does."""
+    where the line is only partly right, which narrows the samples the way a regressed Dot does. With `gap_edges`
+    (lambda_s - lambda_s', the line's own length) the table has columns per length bin, and `prior_factors` may
+    be a list with one rule per bin, shortest first (issue 30: on the embedded default spread-matching suits
+    lines shorter than 1.5 in lambda, which explain most of the step, and the plain line, factor 1, the longer
+    ones, which explain a fifth of it)."""
     if dot.config.residual != "eps":
         raise ValueError("morse.gate: the gate scales an epsilon residual; this Dot's residual lives in x0")
-    dot.config.gate = ungated()
+    dot.config.gate = ungated(gap_edges)
     prior_scale = None if prior_factors is None else _fit_prior(dot, pairs, min_pairs, batch_size, prior_factors)
     if prior_scale is not None:
         dot.config.gate["prior_scale"] = prior_scale.tolist()
-    rd, rr, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(3))
+    rd, rr, count = (torch.zeros(shape(gap_edges), dtype=torch.float64) for _ in range(3))
     for b, prev, start, cell in _batches(dot, pairs, batch_size):
         factor = 1.0 if prior_scale is None else dot.gate_factor(b["t_i"], b["t_s"], prev, len(cell), start,
                                                                  "prior_scale")
@@ -85,9 +97,9 @@ def fit_gate(dot: Dot, pairs: dict, min_pairs: int = 32, batch_size: int = 256, 
         for name, value in ((rd, (learned * wanted).sum(1)), (rr, learned.square().sum(1)),
                             (count, torch.ones(len(cell)))):
             name.view(-1).index_add_(0, cell, value.double())
-    scale = _per_cell(rd / rr.clamp_min(1e-300), torch.ones(SHAPE, dtype=torch.bool), count >= min_pairs, rd,
+    scale = _per_cell(rd / rr.clamp_min(1e-300), torch.ones_like(rd, dtype=torch.bool), count >= min_pairs, rd,
                       rr).clamp(0.0, 1.0)
-    fitted = dict(t_edges=T_EDGES, slope_edges=SLOPE_EDGES, scale=_rounded(scale))
+    fitted = {**ungated(gap_edges), "scale": _rounded(scale)}
     if prior_scale is not None:
         fitted["prior_scale"] = _rounded(prior_scale)
     return fitted, count.long().tolist()
@@ -101,20 +113,30 @@ def _batches(dot: Dot, pairs: dict, batch_size: int):
         yield b, prev, dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev), _cells(dot, b, prev)
 
 
-def _fit_prior(dot: Dot, pairs: dict, min_pairs: int, batch_size: int, how: str) -> torch.Tensor:
-    """The factor per cell on the extrapolation's step from z_s (see fit_gate)."""
-    if how not in PRIOR_FACTORS:
-        return torch.full(SHAPE, float(how), dtype=torch.float64).clamp(0.0, 2.0)
-    if dot.config.prior != "extrap":
+def _fit_prior(dot: Dot, pairs: dict, min_pairs: int, batch_size: int, how: str | list[str]) -> torch.Tensor:
+    """The factor per cell on the extrapolation's step from z_s (see fit_gate): one rule, or one per length bin."""
+    rules = [how] if isinstance(how, str) else list(how)
+    per_bin = SHAPE[1] - 1
+    if len(rules) not in (1, (len(dot.config.gate["scale"][0]) - 1) // per_bin):
+        raise ValueError(f"morse.gate --prior-factors: one rule, or one per line-length bin, got {rules}")
+    if any(r in PRIOR_FACTORS for r in rules) and dot.config.prior != "extrap":
         raise ValueError(f"morse.gate --prior-factors: this Dot's prior is {dot.config.prior!r}, with no line to scale")
-    dw, dd, ww, count = (torch.zeros(SHAPE, dtype=torch.float64) for _ in range(4))
+    dw, dd, ww, count = (torch.zeros(shape(dot.config.gate.get("gap_edges", ())), dtype=torch.float64)
+                         for _ in range(4))
     for b, _, start, cell in _batches(dot, pairs, batch_size):
         d, w = (start - b["z_s"]).double().flatten(1), (b["target"] - b["z_s"]).double().flatten(1)
         for name, value in ((dw, (d * w).sum(1)), (dd, d.square().sum(1)), (ww, w.square().sum(1)),
                             (count, torch.ones(len(cell)))):
             name.view(-1).index_add_(0, cell, value.double())
-    own = dw / dd.clamp_min(1e-300) if how == "ls" else (ww / dd.clamp_min(1e-300)).sqrt() * (dw > 0)
-    return _per_cell(own, dd > 0, count >= min_pairs, dw, dd, ww if how == "vp" else None).clamp(0.0, 2.0)
+    table = torch.full_like(dw, float(rules[0]) if rules[0] not in PRIOR_FACTORS and len(rules) == 1 else 1.0)
+    for k, rule in enumerate(rules * (dw.shape[1] // per_bin if len(rules) == 1 else 1)):
+        cols = slice(1 + k * per_bin, 1 + (k + 1) * per_bin)
+        if rule not in PRIOR_FACTORS:
+            table[:, cols] = float(rule)
+            continue
+        own = dw / dd.clamp_min(1e-300) if rule == "ls" else (ww / dd.clamp_min(1e-300)).sqrt() * (dw > 0)
+        table[:, cols] = _per_cell(own, dd > 0, count >= min_pairs, dw, dd, ww if rule == "vp" else None)[:, cols]
+    return table.clamp(0.0, 2.0)
 
 
 def _per_cell(own, fitted, ok, num, den, ww=None) -> torch.Tensor:
@@ -124,7 +146,7 @@ def _per_cell(own, fitted, ok, num, den, ww=None) -> torch.Tensor:
     pooled = num_c / den_c.clamp_min(1e-300) if ww is None else (
         ((ww * cells).sum(0) / den_c.clamp_min(1e-300)).sqrt() * (num_c > 0))
     pooled = torch.where(den_c > 0, pooled, 1.0)
-    return torch.where(cells, own, pooled.expand(SHAPE))
+    return torch.where(cells, own, pooled.expand_as(own))
 
 
 def _rounded(table: torch.Tensor) -> list[list[float]]:
@@ -147,9 +169,11 @@ def parser() -> argparse.ArgumentParser:
                    "the first group only, and give the prior alone wherever there is an earlier anchor (issue 30: "
                    "there the learned part worsened FD at every budget); nowhere: the prior alone (with "
                    "--prior-factors: the formula with fitted factors)")
-    p.add_argument("--prior-factors", default=None, metavar="ls|vp|F", help="also fit a factor per cell on the "
-                   "extrapolation's step from z_s: ls (least squares), vp (the target's spread), or F everywhere "
-                   "(see fit_gate)")
+    p.add_argument("--prior-factors", default=None, metavar="ls|vp|F[,...]", help="also fit a factor per cell on "
+                   "the extrapolation's step from z_s: ls (least squares), vp (the target's spread), or F everywhere; "
+                   "with --gap-edges, one rule per line-length bin, shortest first (see fit_gate)")
+    p.add_argument("--gap-edges", default=None, metavar="G[,...]", help="split the gate's columns by the line's "
+                   "length, lambda_s - lambda_s' (the gap between the last two Dash steps), at these edges")
     p.add_argument("--fit-path", choices=("trained", "gated"), default="trained", help="the path the fit's pairs are "
                    "sampled on: the trained Dot's, ungated (default), or the gated Dot's (its learned part where "
                    "--learned keeps it, the plain prior elsewhere: what the fitted factors will be applied on)")
@@ -169,11 +193,7 @@ def gate(args) -> dict:
     task, dash, _, solver, denoiser = setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None,
                                                             prompts=None, solver=card["solver"]), device)
     dot = Dot.load(dash, args.dot).to(device)
-    if args.prior_factors not in (None, *PRIOR_FACTORS):
-        try:
-            float(args.prior_factors)
-        except ValueError:
-            raise TrainingError(f"morse.gate --prior-factors: ls, vp or a number, got {args.prior_factors!r}") from None
+    rules, gap_edges = _rules(args.prior_factors, args.gap_edges)
     if (args.learned == "first-group" or args.prior_factors is not None) and dot.config.prior != "extrap":
         raise TrainingError(f"morse.gate --learned first-group and --prior-factors act on the extrapolation; this "
                             f"Dot's prior is {dot.config.prior!r}: gate a Dot trained with --prior extrap")
@@ -190,7 +210,7 @@ def gate(args) -> dict:
     pairs = _cached_pairs(args.out / "gate-pairs.safetensors", resume_key(*key),
                           lambda: make_pairs([args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)],
                                              "gate pairs"))
-    fitted, counts = fit_gate(dot, pairs, args.min_pairs, prior_factors=args.prior_factors)
+    fitted, counts = fit_gate(dot, pairs, args.min_pairs, prior_factors=rules, gap_edges=gap_edges)
     fitted["scale"] = _kept(fitted["scale"], args.learned)
     dot.config.gate = fitted
     err = residual_error(dot, make_pairs(heldout_seeds(args.seed, card["heldout_runs_per_budget"]), "held-out pairs"),
@@ -204,6 +224,29 @@ def gate(args) -> dict:
     publish([args.out / "dot.safetensors"] + ([args.export] if args.export else []),
             lambda path: dot.save(path, {"card": json.dumps(card)}), card)
     return card
+
+
+def _rules(prior_factors: str | None, gap_edges: str | None) -> tuple[list[str] | None, list[float]]:
+    """--prior-factors and --gap-edges, checked: the rules (one, or one per length bin) and the edges."""
+    try:
+        edges = [float(e) for e in gap_edges.split(",")] if gap_edges else []
+    except ValueError:
+        raise TrainingError(f"morse.gate --gap-edges: numbers separated by commas, got {gap_edges!r}") from None
+    if edges != sorted(edges):
+        raise TrainingError(f"morse.gate --gap-edges: increasing edges, got {gap_edges!r}")
+    if prior_factors is None:
+        return None, edges
+    rules = prior_factors.split(",")
+    for rule in rules:
+        if rule not in PRIOR_FACTORS:
+            try:
+                float(rule)
+            except ValueError:
+                raise TrainingError(f"morse.gate --prior-factors: ls, vp or a number, got {rule!r}") from None
+    if len(rules) not in (1, len(edges) + 1):
+        raise TrainingError(f"morse.gate --prior-factors: one rule, or one per line-length bin ({len(edges) + 1} "
+                            f"with --gap-edges {gap_edges}), got {len(rules)}")
+    return rules, edges
 
 
 def training_numbers(card: dict) -> dict:
@@ -223,11 +266,14 @@ def _kept(scale: list[list[float]], learned: str) -> list[list[float]]:
 
 def _section(fitted: dict, command: str) -> dict:
     """The card's account of the gate: how to make it from the trained Dot, and its table."""
-    cols = ["first group"] + [f"slope <= {e:g}" for e in fitted["slope_edges"]] + [
-        f"slope > {fitted['slope_edges'][-1]:g}"]
+    slopes = [f"slope <= {e:g}" for e in fitted["slope_edges"]] + [f"slope > {fitted['slope_edges'][-1]:g}"]
+    gaps = fitted.get("gap_edges", [])
+    gaps = [""] if not gaps else [f"gap <= {e:g}, " for e in gaps] + [f"gap > {gaps[-1]:g}, "]
+    cols = ["first group"] + [g + c for g in gaps for c in slopes]
     bounds = [0.0, *fitted["t_edges"], 999.0]
     lines = [f"These weights are the trained Dot above, gated: `{command}` (with `--dot` the trained Dot's path). "
-             "The factor on the learned part per noise level (rows) and extrapolation slope (columns):", "",
+             "The factor on the learned part per noise level (rows) and extrapolation slope (columns; with the line's "
+             "length in lambda, its gap, where --gap-edges splits them):", "",
              "| t_i | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     table = lambda key: [f"| {lo:g}-{hi:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |"  # noqa: E731
                          for lo, hi, row in zip(bounds[:-1], bounds[1:], fitted[key], strict=True)]

@@ -215,3 +215,42 @@ def test_prior_factors_recover_a_planted_line_and_vp_keeps_the_targets_spread():
                            "prior_scale": [[0.6] * 4 for _ in range(10)]}
         out = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], prev=prev)
     torch.testing.assert_close(out, b["z_s"] + 0.6 * line, atol=1e-5, rtol=1e-5)
+
+
+def test_gap_edges_split_the_columns_by_the_lines_length_with_a_rule_per_bin():
+    """--gap-edges: a pair's column moves past the first group's and the slope columns by one block per bin of
+    lambda_s - lambda_s'; --prior-factors ls,1 fits least squares on the short lines and leaves the long ones'
+    step as the line draws it, and the Dot then steps each pair by its own bin's factor."""
+    dot = tiny_dot()
+    b = pairs_of(dot, factor=0.0)
+    n = len(b["t_i"])
+    # Of the pairs with an earlier anchor (the even ones) below t_s = 500, every other has a long line.
+    long = (torch.arange(n) % 4 == 0) & (b["t_s"] < 500)
+    b["t_p"] = torch.where(long, b["t_s"] + 400, b["t_p"])
+    gap = log_snr(AC, b["t_s"]) - log_snr(AC, b["t_p"])
+    later = b["t_p"] != b["t_s"]
+    short_max, long_min = gap[later & ~long].max().item(), gap[long].min().item()
+    assert short_max < long_min  # the bins this test means
+    edge = (short_max + long_min) / 2
+    prev = (b["x_tp"], b["z_p"], b["t_p"])
+    with torch.no_grad():
+        line = dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], prev) - b["z_s"]
+    noise = 0.3 * line.std() * torch.randn(line.shape, generator=torch.Generator().manual_seed(3))
+    b["target"] = b["z_s"] + 0.6 * line + noise
+    fitted, counts = gate.fit_gate(dot, b, min_pairs=8, prior_factors=["ls", "1"], gap_edges=[edge])
+    table, counts = torch.tensor(fitted["prior_scale"]), torch.tensor(counts)
+    assert table.shape == counts.shape == (10, 7) and fitted["gap_edges"] == [edge]
+    assert counts[:, 4:].sum() == long.sum() and counts[:, 1:4].sum() == (later & ~long).sum()
+    assert torch.allclose(table[:, 1:4][counts[:, 1:4] > 0], torch.tensor(0.6, dtype=table.dtype), atol=0.1)
+    assert (table[:, 4:] == 1).all()
+    dot.config.gate = {**fitted, "scale": [[0.0] * 7 for _ in range(10)]}
+    with torch.no_grad():
+        out = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], prev=prev)
+    row, col = dot.gate_cell(b["t_i"], b["t_s"], prev, n)
+    expected = b["z_s"] + table[row, col].float().reshape(-1, 1, 1, 1) * line
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert (col[long] >= 4).all() and (col[later & ~long] < 4).all()
+    with pytest.raises(train.TrainingError, match="one per line-length bin"):
+        gate._rules("vp,1,ls", "1.5")
+    with pytest.raises(train.TrainingError, match="increasing"):
+        gate._rules("vp", "2,1")
