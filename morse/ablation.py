@@ -233,6 +233,7 @@ def ceiling() -> list[str]:
 # 5,000 seeds at 8 LSD, where 1,000 do not resolve the rows (folder, method, what, the commit whose Dot it ran).
 NOISE_RUNS = (("n5000", "ddim", "DDIM", None), ("n5000", "morse-extrap", "the formula", None),
               ("n5000", "morse", "extrap-first", "b7b823d"), ("n5000-own", "morse", "extrap-first-vp-own", "887cd40"),
+              ("n5000-gap", "morse", "extrap-first-gap", "0e8ae0a"),
               ("n5000", "morse-oracle", "the exact Dot", None))
 
 
