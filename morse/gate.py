@@ -49,13 +49,13 @@ T_EDGES = [100.0 * k for k in range(1, 10)]  # ten noise-level rows
 LEARNED = ("everywhere", "first-group", "nowhere")
 SLOPE_EDGES = [0.35, 0.75]  # first group | near the last Dash step | mid-group | far past it (one step per Dash
 # step of three Dots falls in each of the last three columns on every plan of the embedded default)
-SHAPE = (len(T_EDGES) + 1, len(SLOPE_EDGES) + 2)  # the table's rows and columns, without gap bins
+SLOPE_COLS = len(SLOPE_EDGES) + 1  # the slope columns of one line-length bin
 
 
 def shape(gap_edges=()) -> tuple[int, int]:
     """The table's rows and columns: the first group's column, then the slope columns once per bin of the line's
     length (Dot.gate_cell)."""
-    return SHAPE[0], 1 + (SHAPE[1] - 1) * (len(gap_edges) + 1)
+    return len(T_EDGES) + 1, 1 + SLOPE_COLS * (len(gap_edges) + 1)
 
 
 def ungated(gap_edges=()) -> dict:
@@ -119,21 +119,23 @@ def _batches(dot: Dot, pairs: dict, batch_size: int):
 def _fit_prior(dot: Dot, pairs: dict, min_pairs: int, batch_size: int, how: str | list[str]) -> torch.Tensor:
     """The factor per cell on the extrapolation's step from z_s (see fit_gate): one rule, or one per length bin."""
     rules = [how] if isinstance(how, str) else list(how)
-    per_bin = SHAPE[1] - 1
-    if len(rules) not in (1, (len(dot.config.gate["scale"][0]) - 1) // per_bin):
+    gap_edges = dot.config.gate.get("gap_edges", ())
+    bins = len(gap_edges) + 1
+    if len(rules) not in (1, bins):
         raise ValueError(f"morse.gate --prior-factors: one rule, or one per line-length bin, got {rules}")
     if any(r in PRIOR_FACTORS for r in rules) and dot.config.prior != "extrap":
         raise ValueError(f"morse.gate --prior-factors: this Dot's prior is {dot.config.prior!r}, with no line to scale")
-    dw, dd, ww, count = (torch.zeros(shape(dot.config.gate.get("gap_edges", ())), dtype=torch.float64)
-                         for _ in range(4))
+    dw, dd, ww, count = (torch.zeros(shape(gap_edges), dtype=torch.float64) for _ in range(4))
     for b, _, start, cell in _batches(dot, pairs, batch_size):
         d, w = (start - b["z_s"]).double().flatten(1), (b["target"] - b["z_s"]).double().flatten(1)
         for name, value in ((dw, (d * w).sum(1)), (dd, d.square().sum(1)), (ww, w.square().sum(1)),
                             (count, torch.ones(len(cell)))):
             name.view(-1).index_add_(0, cell, value.double())
+    # The first group's column has no line to scale; one number everywhere fills it too (as cards before the
+    # length bins recorded it), else it stays 1.
     table = torch.full_like(dw, float(rules[0]) if rules[0] not in PRIOR_FACTORS and len(rules) == 1 else 1.0)
-    for k, rule in enumerate(rules * (dw.shape[1] // per_bin if len(rules) == 1 else 1)):
-        cols = slice(1 + k * per_bin, 1 + (k + 1) * per_bin)
+    for k, rule in enumerate(rules * bins if len(rules) == 1 else rules):
+        cols = slice(1 + k * SLOPE_COLS, 1 + (k + 1) * SLOPE_COLS)
         if rule not in PRIOR_FACTORS:
             table[:, cols] = float(rule)
             continue
