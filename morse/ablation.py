@@ -116,6 +116,19 @@ ROWS = [
         "correlate with the step at 0.36 or less (pooled per Dash step); the committed Dot", None,
         "extrap-first-vp-own", gates="extrap",
         gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+    Row("extrap-firstonly", "a first-group specialist: trained on the first group's pairs alone (before the second "
+        "Dash step; 512 trajectories per budget and round, about as many pairs as extrap's 128 make), its held-out "
+        "error measured there too; its learned part after the first group is untrained", "--prior extrap "
+        "--pairs-from first-group --trajectories 512"),
+    Row("extrap-firstonly-gap", "the extrap-firstonly row's Dot gated as extrap-first-gap: does a specialist's first "
+        "group lift the low budgets", None, "extrap-first-gap", gates="extrap-firstonly",
+        gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+    Row("extrap-firstonly-copy", "the first-group specialist as a fully fine-tuned copy of the Dash's layers (--body "
+        "copy): capacity where the Dot works alone", "--prior extrap --pairs-from first-group --trajectories 512 "
+        "--body copy", "extrap-firstonly"),
+    Row("extrap-firstonly-copy-gap", "the extrap-firstonly-copy row's Dot gated as extrap-first-gap", None,
+        "extrap-firstonly-gap", gates="extrap-firstonly-copy",
+        gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),
@@ -253,6 +266,32 @@ def noise() -> list[str]:
         if len(fd):
             lines.append(f"| {what} | {fd.iloc[0]:.2f} [{lo.iloc[0]:.2f}, {hi.iloc[0]:.2f}] | {folder}"
                          f"{f' ({commit})' if commit else ''} |")
+    return lines
+
+
+# The low budgets, where the first group works alone (2 LSD: one Dash step, three Dot steps): rows whose first groups
+# differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
+LOW_ROWS = ("extrap-first-gap", "extrap-firstonly-gap", "extrap-firstonly-copy-gap")
+LOW_BUDGETS = (2, 3, 4)
+
+
+def low_budgets() -> list[str]:
+    """The primary metric at 2, 3 and 4 LSD on seeds 0-999, where the first group, with no earlier anchor, is most of
+    the plan: `python -m evaluate.run --methods morse,morse-extrap,morse-oracle,ddim --budgets 2,3,4 --num-samples 1000
+    --method-options dot=runs/ablation/<row>/dot.safetensors --out runs/ablation/low`, its tables copied to
+    runs/ablation/low-<row>. Morse's 4-LSD speedup is read on its curve between 2 and 4 LSD, so the 2-LSD point
+    bounds it."""
+    budgets = " / ".join(map(str, LOW_BUDGETS))
+    lines = [f"| sampler | quality (the primary metric) at {budgets} LSD |", "|---|---|"]
+    fds = lambda res: " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–"  # noqa: E731
+                                 for b in LOW_BUDGETS)
+    found = [r for r in LOW_ROWS if (RUNS / f"low-{r}" / "results.csv").exists()]
+    for row in found:
+        lines.append(f"| Morse, the {row} row's Dot | {fds(_results(RUNS / f'low-{row}' / 'results.csv', 'morse'))} |")
+    if found:
+        path = RUNS / f"low-{found[0]}" / "results.csv"
+        lines += [f"| {what} | {fds(_results(path, method))} |" for method, what in (
+            ("morse-extrap", "the formula"), ("morse-oracle", "the exact Dot"), ("ddim", "DDIM"))]
     return lines
 
 
@@ -415,6 +454,8 @@ def main(argv=None):
         if (RUNS / "exact-first" / "results.csv").exists():
             lines += ["", "## Where the formula's distance to the exact Dot lies", "",
                       " ".join(ceiling.__doc__.split()), "", *ceiling()]
+        if any((RUNS / f"low-{r}" / "results.csv").exists() for r in LOW_ROWS):
+            lines += ["", "## The low budgets", "", " ".join(low_budgets.__doc__.split()), "", *low_budgets()]
         if (RUNS / "n5000" / "results.csv").exists():
             lines += ["", "## 5,000 seeds at 8 LSD", "", " ".join(noise.__doc__.split()), "", *noise()]
         if finals:

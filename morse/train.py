@@ -60,7 +60,8 @@ FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 # The anchor before s (x_ts', z_s', t_s'), recorded for Dots that see it or extrapolate from it; in the first group,
 # where there is none, the anchor itself (t_s' = t_s marks it). "budget" tags each pair with the plan it came from.
 PREV = ("x_tp", "z_p", "t_p")
-ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body", "dash_features")
+ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body", "dash_features",
+             "pairs_from")
 FEATURES = "features"  # the Dash's mid-block output at the anchor, recorded for Dots with dash_features
 COND = "cond"  # a conditional task's pairs also hold the condition the Dot saw: "cond" or "cond.<field>"
 
@@ -81,12 +82,16 @@ def _cond_of(batch: dict):
     return Condition(**fields) if fields else None
 
 
+class _FirstGroupDone(Exception):
+    """A first-group recorder's stop at the first Dot step with an earlier anchor: the rest of the run makes no pair."""
+
+
 class _Recorder(nn.Module):
     """Stands in for the Dot inside the Morse sampler: returns its residual, records the pair."""
 
-    def __init__(self, dot, denoiser):
+    def __init__(self, dot, denoiser, first_group_only: bool = False):
         super().__init__()
-        self.dot, self.rows = dot, {k: [] for k in FIELDS}
+        self.dot, self.rows, self.first_group_only = dot, {k: [] for k in FIELDS}, first_group_only
         self._denoiser = [denoiser]  # not a submodule: the sampler's own NFE hooks stay on the Dash
 
     @property
@@ -94,6 +99,8 @@ class _Recorder(nn.Module):
         return self.dot.config
 
     def forward(self, x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None, features=None, noise=None):
+        if self.first_group_only and prev is not None:
+            raise _FirstGroupDone
         n = x_ti.shape[0]
         values = (x_ti, x_ts, z_s, torch.full((n,), float(t_i)), torch.full((n,), float(t_s)),
                   self._denoiser[0](x_ti, t_i, cond))
@@ -119,10 +126,11 @@ def _prev_of(batch: dict):
 
 @torch.inference_mode()
 def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds, shape, batch_size=64,
-                   desc="pairs", device="cpu", conditions=None):
+                   desc="pairs", device="cpu", conditions=None, first_group_only=False):
     """Dot training pairs from Morse sampling runs with `dot`, one per Dot step; `conditions(seeds)` gives a
-    conditional task's conditions (the task's own)."""
-    recorder = _Recorder(dot, denoiser).eval()
+    conditional task's conditions (the task's own). `first_group_only`: the pairs of the Dot steps before the second
+    Dash step alone, each run stopped there (the rest of it would make none)."""
+    recorder = _Recorder(dot, denoiser, first_group_only).eval()
     sampler = Morse(solver, recorder, dot_ratio, interleave)
     chunks = [seeds[k:k + batch_size] for k in range(0, len(seeds), batch_size)]
     with tqdm(total=len(budgets) * len(chunks), desc=desc, unit="batch") as bar:
@@ -130,7 +138,10 @@ def sampling_pairs(denoiser, dot, solver, interleave, dot_ratio, budgets, seeds,
             recorder.budget = float(budget)
             for chunk in chunks:
                 cond = conditions(chunk) if conditions is not None else None
-                sampler(denoiser, initial_noise(chunk, shape, device=device), budget, cond=cond, seeds=chunk)
+                try:
+                    sampler(denoiser, initial_noise(chunk, shape, device=device), budget, cond=cond, seeds=chunk)
+                except _FirstGroupDone:
+                    pass
                 bar.update()
     if not recorder.rows["target"]:
         raise ValueError(f"morse.train: no budget in {budgets} leaves room for a Dot step at N={dot_ratio}")
@@ -308,6 +319,10 @@ def parser() -> argparse.ArgumentParser:
                    "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
                    "fresh: the same layers re-initialised (ablations of weight sharing; default shared, with LoRA)")
+    p.add_argument("--pairs-from", choices=("all", "first-group"), default=None, help="first-group: train on the "
+                   "Dot steps before the second Dash step alone, where the Dot has no earlier anchor and the prior is "
+                   "reuse (a specialist for morse.gate --learned first-group; the held-out error is measured there "
+                   "too; default all)")
     p.add_argument("--init", type=Path, default=None, help="start from this Dot's weights instead of zero residual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
@@ -504,7 +519,7 @@ def train(args, world: World) -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     make_pairs = lambda dot, seeds, desc: sampling_pairs(  # noqa: E731
         denoiser, dot, solver, interleave, args.dot_ratio, budgets, seeds, task.image_shape, desc=desc,
-        device=device, conditions=task.conditions)
+        device=device, conditions=task.conditions, first_group_only=args.pairs_from == "first-group")
     dot = build_dot(args, dash, task, solver, device)
     net = ddp(dot, world, device)
     params, opt = optimiser(dot, args)

@@ -136,6 +136,19 @@ def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
     assert err["ratio"] != pytest.approx(1.0)  # ...which is not reuse of z_s
 
 
+def test_first_group_pairs_are_the_full_runs_pairs_before_the_second_dash_step(exact8):
+    """`--pairs-from first-group`: the pairs with no earlier anchor (t_p = t_s marks them), exactly as the full runs
+    make them, and no others. At N 6, 4 LSD plans 3 Dash steps with 2 Dots after each, 8 LSD 5 with 3."""
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    args = (exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [4.0, 8.0], list(range(3)), SHAPE)
+    full, first = sampling_pairs(*args), sampling_pairs(*args, first_group_only=True)
+    keep = full["t_p"] == full["t_s"]
+    assert 0 < int(keep.sum()) < len(keep)
+    assert len(first["target"]) == int(keep.sum()) == 3 * (2 + 3)  # runs x the first groups' Dots
+    for name, value in first.items():
+        torch.testing.assert_close(value, full[name][keep])
+
+
 def test_relative_loss_weighs_each_pair_by_its_prior_error_with_a_median_floor(exact8):
     """An untrained Dot scores sum(p / (p + median p)) / n (p: the prior's error per pair), which no weighting of
     the plain MSE gives; a Dot whose residual moves away from the prior scores higher."""
