@@ -15,7 +15,9 @@ results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is m
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
 extrap-first-gap row (extrap-first-vp-own and extrap-first before it); which use of the extrap row's Dot to commit
-was decided on seeds 100,000-100,999 (validation.md).
+was decided on seeds 100,000-100,999 (validation.md). The first-group specialists (extrap-firstonly rows) train on
+the first group's pairs alone; the low-budget section shows them at 2, 3 and 4 LSD, and validation.md why none
+replaced the committed Dot.
 """
 
 import argparse

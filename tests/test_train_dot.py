@@ -302,3 +302,26 @@ def test_the_ceiling_table_reads_each_variants_own_method_and_prints_its_command
         pd.DataFrame(cells).to_csv(tmp_path / folder / "results.csv")
     noise = ablation.noise()
     assert len(noise) == 2 + len(ablation.NOISE_RUNS) and all("3.00 [2.50, 3.50]" in line for line in noise[2:])
+
+
+def test_the_low_budget_table_reads_each_rows_own_run_and_the_shared_cells_once(tmp_path, monkeypatch):
+    """The ablation's low-budget table: Morse's FD at 2 / 3 / 4 LSD from each row's own copied run, then the
+    formula's, the exact Dot's and DDIM's from the first one (they share one sweep folder); rows not run are left
+    out."""
+    import pandas as pd
+
+    from morse import ablation
+
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    assert ablation.low_budgets()[2:] == []
+    for k, row in enumerate(ablation.LOW_ROWS[:2]):
+        (tmp_path / f"low-{row}").mkdir()
+        cells = [dict(method=m, budget=float(b), metric="fd_fmnist", value=v + k + b / 100, N=None)
+                 for m, v in (("morse", 10.0), ("morse-extrap", 20.0), ("morse-oracle", 1.0), ("ddim", 30.0))
+                 for b in ablation.LOW_BUDGETS]
+        pd.DataFrame(cells).to_csv(tmp_path / f"low-{row}" / "results.csv", index=False)
+    lines = ablation.low_budgets()
+    assert len(lines) == 2 + 2 + 3
+    assert ablation.LOW_ROWS[0] in lines[2] and "10.02 / 10.03 / 10.04" in lines[2]
+    assert ablation.LOW_ROWS[1] in lines[3] and "11.02 / 11.03 / 11.04" in lines[3]
+    assert "20.02 / 20.03 / 20.04" in lines[4] and "1.02 / 1.03 / 1.04" in lines[5] and "30.02" in lines[6]
