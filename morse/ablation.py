@@ -118,6 +118,10 @@ ROWS = [
         "correlate with the step at 0.36 or less (pooled per Dash step); the committed Dot", None,
         "extrap-first-vp-own", gates="extrap",
         gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+    Row("extrap-first-gap-below900", "as extrap-first-gap, its learned part off at t_i >= 900 (--learned-below 900): "
+        "there the first groups of plans of 6 LSD and more take short steps from t = 999, where reusing z_s is nearly "
+        "exact and the learned part narrowed the samples (validation.md)", None, "extrap-first-gap", gates="extrap",
+        gate_flags="--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
     Row("extrap-firstonly", "a first-group specialist: trained on the first group's pairs alone (before the second "
         "Dash step; 512 trajectories per budget and round, about as many pairs as extrap's 128 make), its held-out "
         "error measured there too; its learned part after the first group is untrained", "--prior extrap "

@@ -174,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
                    "the first group only, and give the prior alone wherever there is an earlier anchor (issue 30: "
                    "there the learned part worsened FD at every budget); nowhere: the prior alone (with "
                    "--prior-factors: the formula with fitted factors)")
+    p.add_argument("--learned-below", type=float, default=None, metavar="T", help="keep the learned part only at Dot "
+                   "steps with t_i below T, one of the gate's row edges (100, ..., 900): issue 30, in the first "
+                   "groups of long plans, short steps from t = 999 where reusing z_s is nearly exact, the learned "
+                   "part lowers the epsilon error and narrows the samples")
     p.add_argument("--prior-factors", default=None, metavar="ls|vp|F[,...]", help="also fit a factor per cell on "
                    "the extrapolation's step from z_s: ls (least squares), vp (the target's spread), or F everywhere; "
                    "with --gap-edges, one rule per line-length bin, shortest first (see fit_gate)")
@@ -189,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def gate(args) -> dict:
+    if args.learned_below is not None and args.learned_below not in T_EDGES:
+        raise TrainingError(f"morse.gate --learned-below: one of the gate's row edges {[int(e) for e in T_EDGES]}, "
+                            f"got {args.learned_below:g}")
     card_path = args.dot.with_suffix(".json")
     if not args.dot.exists() or not card_path.exists():
         raise TrainingError(f"morse.gate: need a trained Dot and its card, {args.dot} and {card_path}; train one "
@@ -199,6 +206,7 @@ def gate(args) -> dict:
                                                             prompts=None, solver=card["solver"]), device)
     dot = Dot.load(dash, args.dot).to(device)
     rules, gap_edges = _rules(args.prior_factors, args.gap_edges)
+    keep = lambda scale: _kept(scale, args.learned, args.learned_below)  # noqa: E731
     if (args.learned == "first-group" or args.prior_factors is not None) and dot.config.prior != "extrap":
         raise TrainingError(f"morse.gate --learned first-group and --prior-factors act on the extrapolation; this "
                             f"Dot's prior is {dot.config.prior!r}: gate a Dot trained with --prior extrap")
@@ -209,14 +217,14 @@ def gate(args) -> dict:
     dot.config.gate = ungated()  # record the earlier anchor, change nothing
     key = [sha256(args.dot), str(args.trajectories), str(args.seed)]
     if args.fit_path == "gated":  # the path the gated Dot will sample: its learned part where --learned keeps it
-        dot.config.gate["scale"] = _kept(dot.config.gate["scale"], args.learned)
-        key.append(args.learned)
+        dot.config.gate["scale"] = keep(dot.config.gate["scale"])
+        key += [args.learned] + ([f"{args.learned_below:g}"] if args.learned_below is not None else [])
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = _cached_pairs(args.out / "gate-pairs.safetensors", resume_key(*key),
                           lambda: make_pairs([args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)],
                                              "gate pairs"))
     fitted, counts = fit_gate(dot, pairs, args.min_pairs, prior_factors=rules, gap_edges=gap_edges)
-    fitted["scale"] = _kept(fitted["scale"], args.learned)
+    fitted["scale"] = keep(fitted["scale"])
     dot.config.gate = fitted
     err = residual_error(dot, make_pairs(heldout_seeds(args.seed, card["heldout_runs_per_budget"]), "held-out pairs"),
                          device=device)
@@ -263,10 +271,12 @@ def training_numbers(card: dict) -> dict:
     return {**card, "iters": trained.iters, "batch_size": trained.batch_size, "trajectories": trained.trajectories}
 
 
-def _kept(scale: list[list[float]], learned: str) -> list[list[float]]:
-    """The gate table with the learned part zeroed where --learned drops it."""
+def _kept(scale: list[list[float]], learned: str, below: float | None = None) -> list[list[float]]:
+    """The gate table with the learned part zeroed where --learned drops it, and in the rows of t_i >= `below`."""
     keep = {"everywhere": lambda col: True, "first-group": lambda col: col == 0, "nowhere": lambda col: False}[learned]
-    return [[v if keep(col) else 0.0 for col, v in enumerate(row)] for row in scale]
+    lows = [0.0, *T_EDGES]  # each row's lowest t_i
+    return [[v if keep(col) and (below is None or low < below) else 0.0 for col, v in enumerate(row)]
+            for low, row in zip(lows, scale, strict=True)]
 
 
 def _section(fitted: dict, command: str) -> dict:

@@ -254,3 +254,22 @@ def test_gap_edges_split_the_columns_by_the_lines_length_with_a_rule_per_bin():
         gate._rules("vp,1,ls", "1.5")
     with pytest.raises(train.TrainingError, match="increasing"):
         gate._rules("vp", "2,1")
+
+
+def test_learned_below_keeps_the_learned_part_only_under_its_row_edge(tmp_path, capsys):
+    """--learned-below T zeroes the learned part's factors in the rows of t_i >= T, on top of what --learned drops
+    (first-group: the later columns), and the gated Dot then returns its prior there; T must be a row edge."""
+    scale = [[1.0] * 7 for _ in range(10)]
+    kept = torch.tensor(gate._kept(scale, "first-group", 900.0))
+    assert (kept[:9, 0] == 1).all() and (kept[9] == 0).all() and (kept[:, 1:] == 0).all()
+    assert torch.tensor(gate._kept(scale, "everywhere", 300.0))[3:].sum() == 0
+    assert gate._kept(scale, "everywhere") == scale
+    dot = tiny_dot()
+    dot.config.gate = {**gate.ungated(), "scale": gate._kept(scale, "everywhere", 900.0)}
+    x, z = torch.randn(2, 1, *SHAPE[1:]), torch.randn(2, 1, *SHAPE[1:])
+    with torch.no_grad():
+        high, low = (dot(x, x, z, torch.tensor([t, t]), torch.tensor([999.0, 999.0])) for t in (950.0, 850.0))
+    assert high.abs().max() == 0 and low.abs().max() > 0  # first group, prior reuse: the residual is the learned part
+    with pytest.raises(SystemExit):
+        gate.main(["--dot", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "g"), "--learned-below", "850"])
+    assert "--learned-below: one of the gate's row edges" in capsys.readouterr().err
