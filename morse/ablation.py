@@ -14,10 +14,10 @@ imports nothing from the harness, so it states the numbers the harness wrote. Th
 results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
-extrap-first-gap row (extrap-first-vp-own and extrap-first before it); which use of the extrap row's Dot to commit
-was decided on seeds 100,000-100,999 (validation.md). The first-group specialists (extrap-firstonly rows) train on
-the first group's pairs alone; the low-budget section shows them at 2, 3 and 4 LSD, and validation.md why none
-replaced the committed Dot.
+extrap-first-gap-below900 row (extrap-first-gap, extrap-first-vp-own and extrap-first before it); which use of the
+extrap row's Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group specialists
+(extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3 and 4 LSD,
+and validation.md why none replaced the committed Dot.
 """
 
 import argparse
@@ -115,12 +115,14 @@ ROWS = [
         "extrap-first-vp", gates="extrap", gate_flags="--learned first-group --prior-factors vp --fit-path gated"),
     Row("extrap-first-gap", "as extrap-first-vp-own, its line factors split by the line's length (--gap-edges 1.5, "
         "lambda_s - lambda_s'): spread-matching on shorter lines, the plain line (factor 1) on longer ones, which "
-        "correlate with the step at 0.36 or less (pooled per Dash step); the committed Dot", None,
+        "correlate with the step at 0.36 or less (pooled per Dash step); committed until extrap-first-gap-below900",
+        None,
         "extrap-first-vp-own", gates="extrap",
         gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
     Row("extrap-first-gap-below900", "as extrap-first-gap, its learned part off at t_i >= 900 (--learned-below 900): "
         "there the first groups of plans of 6 LSD and more take short steps from t = 999, where reusing z_s is nearly "
-        "exact and the learned part narrowed the samples (validation.md)", None, "extrap-first-gap", gates="extrap",
+        "exact and the learned part narrowed the samples (validation.md); the committed Dot", None, "extrap-first-gap",
+        gates="extrap",
         gate_flags="--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
     Row("extrap-firstonly", "a first-group specialist: trained on the first group's pairs alone (before the second "
         "Dash step; 512 trajectories per budget and round, about as many pairs as extrap's 128 make), its held-out "
@@ -277,7 +279,7 @@ def noise() -> list[str]:
 
 # The low budgets, where the first group works alone (2 LSD: one Dash step, three Dot steps): rows whose first groups
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
-LOW_ROWS = ("extrap-first-gap", "extrap-firstonly-gap", "extrap-firstonly-copy-gap")
+LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap")
 LOW_BUDGETS = (2, 3, 4)
 
 

@@ -11,8 +11,8 @@ extrapolation to t_i; the first group, with no earlier anchor, has a column of i
 least-squares factor: with r the learned part and d = target - prior over the cell's pairs, c = <r, d> / <r, r>.
 The cells depend only on times, so a gate fitted on one set of plans applies to any plan. `--prior-factors` also
 fits factors on the extrapolation's step (see fit_gate), and `--gap-edges` splits the columns by the line's length,
-lambda_s - lambda_s', a time too (the committed DDIM Dot: `--learned first-group --prior-factors vp,1 --gap-edges
-1.5 --fit-path gated`).
+lambda_s - lambda_s', a time too; `--learned-below` drops the learned part at high noise levels (the committed DDIM
+Dot: `--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated`).
 
 The pairs come from sampling with the ungated Dot from seeds of their own (seed * 10^6 + 700,000 + i: neither the
 training nor the held-out seeds), and are cached in --out (rerun to resume). The held-out error is then measured
