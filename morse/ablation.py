@@ -137,6 +137,10 @@ ROWS = [
     Row("extrap-firstonly-copy-gap", "the extrap-firstonly-copy row's Dot gated as extrap-first-gap", None,
         "extrap-firstonly-gap", gates="extrap-firstonly-copy",
         gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+    Row("extrap-firstonly-copy-below900", "the extrap-firstonly-copy row's Dot gated as extrap-first-gap-below900: "
+        "the specialist's long first-group steps without its short ones", None, "extrap-firstonly-copy-gap",
+        gates="extrap-firstonly-copy",
+        gate_flags="--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),
