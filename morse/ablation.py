@@ -34,6 +34,8 @@ RECIPE = ("--task fmnist --solver ddim --dot-ratio 6.0 --budgets 2,3,4,6,8,12,16
           "--latency-batches 64")
 DEFAULTS = dict(dots_per_dash=3, m=2, skip_levels=1, lora_rank=4)
 RUNS, BUDGETS = Path("runs/ablation"), (4, 8, 16)
+GAP_GATE = "--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"  # extrap-first-gap's gate
+BELOW900_GATE = GAP_GATE.replace("first-group", "first-group --learned-below 900")  # extrap-first-gap-below900's
 
 
 @dataclass(frozen=True)
@@ -118,29 +120,29 @@ ROWS = [
         "correlate with the step at 0.36 or less (pooled per Dash step); committed until extrap-first-gap-below900",
         None,
         "extrap-first-vp-own", gates="extrap",
-        gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+        gate_flags=GAP_GATE),
     Row("extrap-first-gap-below900", "as extrap-first-gap, its learned part off at t_i >= 900 (--learned-below 900): "
         "there the first groups of plans of 6 LSD and more take short steps from t = 999, where reusing z_s is nearly "
         "exact and the learned part narrowed the samples (validation.md); the committed Dot", None, "extrap-first-gap",
         gates="extrap",
-        gate_flags="--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+        gate_flags=BELOW900_GATE),
     Row("extrap-firstonly", "a first-group specialist: trained on the first group's pairs alone (before the second "
         "Dash step; 512 trajectories per budget and round, about as many pairs as extrap's 128 make), its held-out "
         "error measured there too; its learned part after the first group is untrained", "--prior extrap "
         "--pairs-from first-group --trajectories 512"),
     Row("extrap-firstonly-gap", "the extrap-firstonly row's Dot gated as extrap-first-gap: does a specialist's first "
         "group lift the low budgets", None, "extrap-first-gap", gates="extrap-firstonly",
-        gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+        gate_flags=GAP_GATE),
     Row("extrap-firstonly-copy", "the first-group specialist as a fully fine-tuned copy of the Dash's layers (--body "
         "copy): capacity where the Dot works alone", "--prior extrap --pairs-from first-group --trajectories 512 "
         "--body copy", "extrap-firstonly"),
     Row("extrap-firstonly-copy-gap", "the extrap-firstonly-copy row's Dot gated as extrap-first-gap", None,
         "extrap-firstonly-gap", gates="extrap-firstonly-copy",
-        gate_flags="--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+        gate_flags=GAP_GATE),
     Row("extrap-firstonly-copy-below900", "the extrap-firstonly-copy row's Dot gated as extrap-first-gap-below900: "
         "the specialist's long first-group steps without its short ones", None, "extrap-firstonly-copy-gap",
         gates="extrap-firstonly-copy",
-        gate_flags="--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"),
+        gate_flags=BELOW900_GATE),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),
@@ -205,6 +207,11 @@ def _results(path: Path, method: str) -> dict:
     return dict(fd=pick(quality), nfe_dash=pick("nfe_dash"), n=df["N"].dropna().median() if "N" in df else None)
 
 
+def _fds(res: dict, budgets=BUDGETS) -> str:
+    """A run's primary metric at `budgets`, "a / b / c" ("–" where it has none)."""
+    return " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–" for b in budgets)
+
+
 def row_line(row: Row, committed_card: Path) -> str:
     card_path = {"formula": committed_card}.get(
         row.name, RUNS / (row.dot_of or row.name) / "dot.json")
@@ -218,7 +225,7 @@ def row_line(row: Row, committed_card: Path) -> str:
     priors = " / ".join(f"{per[str(b)]['prior_ratio']:.3f}" if str(b) in per else "–" for b in BUDGETS)
     sp, res = (_speedups(RUNS / row.name / "speedup.csv", row.method),
                _results(RUNS / row.name / "results.csv", row.method))
-    fds = " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–" for b in BUDGETS)
+    fds = _fds(res)
     nfe = " / ".join(f"{res['nfe_dash'][b]:g}" if b in res.get("nfe_dash", {}) else "–" for b in BUDGETS)
     n = res.get("n")
     card_n = card["dot_ratio_measured"].get("64", "–")
@@ -247,7 +254,7 @@ def ceiling() -> list[str]:
     lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
     for name, what, folder, method, methods, options in CEILING:
         res = _results(RUNS / folder / "results.csv", method)
-        fds = " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–" for b in BUDGETS)
+        fds = _fds(res)
         command = "the formula row's" if methods is None else (
             f"`python -m evaluate.run --methods {methods} --budgets {','.join(map(str, BUDGETS))} --num-samples 1000"
             f"{f' --method-options {options}' if options else ''} --out {RUNS / folder}`")
@@ -296,14 +303,13 @@ def low_budgets() -> list[str]:
     bounds it."""
     budgets = " / ".join(map(str, LOW_BUDGETS))
     lines = [f"| sampler | quality (the primary metric) at {budgets} LSD |", "|---|---|"]
-    fds = lambda res: " / ".join(f"{res['fd'][b]:.2f}" if b in res.get("fd", {}) else "–"  # noqa: E731
-                                 for b in LOW_BUDGETS)
     found = [r for r in LOW_ROWS if (RUNS / f"low-{r}" / "results.csv").exists()]
     for row in found:
-        lines.append(f"| Morse, the {row} row's Dot | {fds(_results(RUNS / f'low-{row}' / 'results.csv', 'morse'))} |")
+        morse = _results(RUNS / f"low-{row}" / "results.csv", "morse")
+        lines.append(f"| Morse, the {row} row's Dot | {_fds(morse, LOW_BUDGETS)} |")
     if found:
         path = RUNS / f"low-{found[0]}" / "results.csv"
-        lines += [f"| {what} | {fds(_results(path, method))} |" for method, what in (
+        lines += [f"| {what} | {_fds(_results(path, method), LOW_BUDGETS)} |" for method, what in (
             ("morse-extrap", "the formula"), ("morse-oracle", "the exact Dot"), ("ddim", "DDIM"))]
     return lines
 
@@ -467,8 +473,9 @@ def main(argv=None):
         if (RUNS / "exact-first" / "results.csv").exists():
             lines += ["", "## Where the formula's distance to the exact Dot lies", "",
                       " ".join(ceiling.__doc__.split()), "", *ceiling()]
-        if any((RUNS / f"low-{r}" / "results.csv").exists() for r in LOW_ROWS):
-            lines += ["", "## The low budgets", "", " ".join(low_budgets.__doc__.split()), "", *low_budgets()]
+        low = low_budgets()
+        if low[2:]:
+            lines += ["", "## The low budgets", "", " ".join(low_budgets.__doc__.split()), "", *low]
         if (RUNS / "n5000" / "results.csv").exists():
             lines += ["", "## 5,000 seeds at 8 LSD", "", " ".join(noise.__doc__.split()), "", *noise()]
         if finals:
