@@ -12,7 +12,10 @@ least-squares factor: with r the learned part and d = target - prior over the ce
 The cells depend only on times, so a gate fitted on one set of plans applies to any plan. `--prior-factors` also
 fits factors on the extrapolation's step (see fit_gate), and `--gap-edges` splits the columns by the line's length,
 lambda_s - lambda_s', a time too; `--learned-below` drops the learned part at high noise levels (the committed DDIM
-Dot: `--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated`).
+Dot: `--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated`). `--prior
+extrap` puts a reuse Dot's first-group learned part on the line (the committed DPM-Solver++ Dot: `--prior extrap
+--learned first-group --prior-factors F,0 --gap-edges 1.5 --fit-path gated`, the line at factor F on lines up to
+1.5 in lambda, reuse on longer ones).
 
 The pairs come from sampling with the ungated Dot from seeds of their own (seed * 10^6 + 700,000 + i: neither the
 training nor the held-out seeds), and are cached in --out (rerun to resume). The held-out error is then measured
@@ -178,6 +181,10 @@ def parser() -> argparse.ArgumentParser:
                    "steps with t_i below T, one of the gate's row edges (100, ..., 900): issue 30, in the first "
                    "groups of long plans, short steps from t = 999 where reusing z_s is nearly exact, the learned "
                    "part lowers the epsilon error and narrows the samples")
+    p.add_argument("--prior", choices=("extrap",), default=None, help="gate a reuse Dot on the extrapolation: with "
+                   "--learned first-group or nowhere its learned part acts only in the first group, where the line "
+                   "has no earlier anchor and is reuse, the prior it was trained on, and the line takes the later "
+                   "groups (issue 30: Morse-DPM-Solver++'s reuse Dot)")
     p.add_argument("--prior-factors", default=None, metavar="ls|vp|F[,...]", help="also fit a factor per cell on "
                    "the extrapolation's step from z_s: ls (least squares), vp (the target's spread), or F everywhere; "
                    "with --gap-edges, one rule per line-length bin, shortest first (see fit_gate)")
@@ -205,6 +212,11 @@ def gate(args) -> dict:
     task, dash, _, solver, denoiser = setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None,
                                                             prompts=None, solver=card["solver"]), device)
     dot = Dot.load(dash, args.dot).to(device)
+    if args.prior is not None and args.prior != dot.config.prior:
+        if args.learned == "everywhere":
+            raise TrainingError(f"morse.gate --prior {args.prior}: this Dot learnt on {dot.config.prior!r} after the "
+                                "first group too; add --learned first-group (or nowhere)")
+        dot.config.prior = args.prior
     rules, gap_edges = _rules(args.prior_factors, args.gap_edges)
     keep = lambda scale: _kept(scale, args.learned, args.learned_below)  # noqa: E731
     if (args.learned == "first-group" or args.prior_factors is not None) and dot.config.prior != "extrap":
@@ -215,7 +227,7 @@ def gate(args) -> dict:
         denoiser, dot, solver, Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets, seeds,
         task.image_shape, desc=desc, device=device, conditions=task.conditions)
     dot.config.gate = ungated()  # record the earlier anchor, change nothing
-    key = [sha256(args.dot), str(args.trajectories), str(args.seed)]
+    key = [sha256(args.dot), str(args.trajectories), str(args.seed)] + ([args.prior] if args.prior else [])
     if args.fit_path == "gated":  # the path the gated Dot will sample: its learned part where --learned keeps it
         dot.config.gate["scale"] = keep(dot.config.gate["scale"])
         key += [args.learned] + ([f"{args.learned_below:g}"] if args.learned_below is not None else [])

@@ -273,3 +273,34 @@ def test_learned_below_keeps_the_learned_part_only_under_its_row_edge(tmp_path, 
     with pytest.raises(SystemExit):
         gate.main(["--dot", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "g"), "--learned-below", "850"])
     assert "--learned-below: one of the gate's row edges" in capsys.readouterr().err
+
+
+def test_a_reuse_dot_gated_on_the_line_keeps_its_first_group_and_takes_the_line_after_it(tmp_path, capsys):
+    """--prior extrap on a reuse Dot (Morse-DPM-Solver++'s): its learned part stays where it was trained on what the
+    line is there, reuse (the first group), and the scaled line replaces it after; learned everywhere on a prior it
+    never saw is refused in one line."""
+    train.main(["--trajectories", "4", "--heldout", "2", "--budgets", "3", "--iters", "10", "--rounds", "1",
+                "--batch-size", "8", "--latency-batches", "1", "--out", str(tmp_path / "dot")])
+    argv = ["--dot", str(tmp_path / "dot" / "dot.safetensors"), "--out", str(tmp_path / "gated"), "--trajectories",
+            "4", "--min-pairs", "4", "--prior", "extrap"]
+    with pytest.raises(SystemExit):
+        gate.main(argv)
+    assert "add --learned first-group" in capsys.readouterr().err
+    gate.main(argv + ["--learned", "first-group", "--prior-factors", "0.5", "--fit-path", "gated"])
+    card = json.loads((tmp_path / "gated" / "dot.json").read_text())
+    assert card["dot_config"]["prior"] == "extrap" and "--prior extrap" in card["gate"]["command"]
+    from baselines.tasks import get_task
+
+    dash = get_task("fmnist").dash()
+    reuse, gated = (Dot.load(dash, tmp_path / f / "dot.safetensors") for f in ("dot", "gated"))
+    with torch.no_grad():
+        torch.nn.init.normal_(reuse.out.weight, std=0.05)  # a learned part that is not zero, in both
+        gated.out.weight.copy_(reuse.out.weight)
+        x, z, z_p = torch.randn(3, 2, 1, 32, 32).unbind(0)
+        t_i, t_s = torch.tensor([650.0, 650.0]), torch.tensor([800.0, 800.0])  # row 6
+        first = [d(x, x, z, t_i, t_s) for d in (reuse, gated)]
+        prev = (x, z_p, torch.tensor([900.0, 900.0]))
+        later = gated(x, x, z, t_i, t_s, prev=prev)
+    assert first[0].abs().max() > 0
+    torch.testing.assert_close(first[1], first[0] * gated.config.gate["scale"][6][0])
+    torch.testing.assert_close(later, 0.5 * (gated.prior_estimate(z, t_i, t_s, prev) - z))
