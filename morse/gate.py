@@ -14,8 +14,8 @@ fits factors on the extrapolation's step (see fit_gate), and `--gap-edges` split
 lambda_s - lambda_s', a time too; `--learned-below` drops the learned part at high noise levels (the committed DDIM
 Dot: `--learned first-group --learned-below 900 --prior-factors vp,1 --gap-edges 1.5 --fit-path gated`). `--prior
 extrap` puts a reuse Dot's first-group learned part on the line (the committed DPM-Solver++ Dot: `--prior extrap
---learned first-group --prior-factors F,0 --gap-edges 1.5 --fit-path gated`, the line at factor F on lines up to
-1.5 in lambda, reuse on longer ones).
+--learned first-group --learned-below 900 --prior-factors 0.75,0 --gap-edges 1.5 --fit-path gated`, three quarters
+of the line on lines up to 1.5 in lambda, reuse on longer ones).
 
 The pairs come from sampling with the ungated Dot from seeds of their own (seed * 10^6 + 700,000 + i: neither the
 training nor the held-out seeds), and are cached in --out (rerun to resume). The held-out error is then measured
