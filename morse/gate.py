@@ -212,29 +212,31 @@ def gate(args) -> dict:
     task, dash, _, solver, denoiser = setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None,
                                                             prompts=None, solver=card["solver"]), device)
     dot = Dot.load(dash, args.dot).to(device)
-    if args.prior is not None and args.prior != dot.config.prior:
-        if args.learned == "everywhere":
-            raise TrainingError(f"morse.gate --prior {args.prior}: this Dot learnt on {dot.config.prior!r} after the "
-                                "first group too; add --learned first-group (or nowhere)")
-        dot.config.prior = args.prior
+    prior = args.prior or dot.config.prior  # the gated Dot's
+    if prior != dot.config.prior and args.learned == "everywhere":
+        raise TrainingError(f"morse.gate --prior {prior}: this Dot learnt on {dot.config.prior!r} after the first "
+                            "group too; add --learned first-group (or nowhere)")
     rules, gap_edges = _rules(args.prior_factors, args.gap_edges)
     keep = lambda scale: _kept(scale, args.learned, args.learned_below)  # noqa: E731
-    if (args.learned == "first-group" or args.prior_factors is not None) and dot.config.prior != "extrap":
+    if (args.learned == "first-group" or args.prior_factors is not None) and prior != "extrap":
         raise TrainingError(f"morse.gate --learned first-group and --prior-factors act on the extrapolation; this "
-                            f"Dot's prior is {dot.config.prior!r}: gate a Dot trained with --prior extrap")
+                            f"Dot's prior is {prior!r}: gate a Dot trained with --prior extrap, or add --prior extrap")
     budgets = [float(b) for b in card["budgets"]]
     make_pairs = lambda seeds, desc: sampling_pairs(  # noqa: E731
         denoiser, dot, solver, Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets, seeds,
         task.image_shape, desc=desc, device=device, conditions=task.conditions)
     dot.config.gate = ungated()  # record the earlier anchor, change nothing
-    key = [sha256(args.dot), str(args.trajectories), str(args.seed)] + ([args.prior] if args.prior else [])
-    if args.fit_path == "gated":  # the path the gated Dot will sample: its learned part where --learned keeps it
+    key = [sha256(args.dot), str(args.trajectories), str(args.seed)]
+    if args.fit_path == "gated":  # the gated Dot's own path: its prior, its learned part where --learned keeps it
+        dot.config.prior = prior
         dot.config.gate["scale"] = keep(dot.config.gate["scale"])
-        key += [args.learned] + ([f"{args.learned_below:g}"] if args.learned_below is not None else [])
+        key += ([args.prior] if args.prior else []) + [args.learned] + (
+            [f"{args.learned_below:g}"] if args.learned_below is not None else [])
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = _cached_pairs(args.out / "gate-pairs.safetensors", resume_key(*key),
                           lambda: make_pairs([args.seed * 10**6 + 700_000 + i for i in range(args.trajectories)],
                                              "gate pairs"))
+    dot.config.prior = prior  # on the trained path the pairs were sampled with the Dot's own prior
     fitted, counts = fit_gate(dot, pairs, args.min_pairs, prior_factors=rules, gap_edges=gap_edges)
     fitted["scale"] = keep(fitted["scale"])
     dot.config.gate = fitted

@@ -275,10 +275,12 @@ def test_learned_below_keeps_the_learned_part_only_under_its_row_edge(tmp_path, 
     assert "--learned-below: one of the gate's row edges" in capsys.readouterr().err
 
 
-def test_a_reuse_dot_gated_on_the_line_keeps_its_first_group_and_takes_the_line_after_it(tmp_path, capsys):
+def test_a_reuse_dot_gated_on_the_line_keeps_its_first_group_and_takes_the_line_after_it(tmp_path, capsys,
+                                                                                         monkeypatch):
     """--prior extrap on a reuse Dot (Morse-DPM-Solver++'s): its learned part stays where it was trained on what the
     line is there, reuse (the first group), and the scaled line replaces it after; learned everywhere on a prior it
-    never saw is refused in one line."""
+    never saw is refused in one line. On the trained path (--fit-path trained) the fit's pairs are the trained Dot's,
+    sampled with its own prior: the ones its plain gate made."""
     train.main(["--trajectories", "4", "--heldout", "2", "--budgets", "3", "--iters", "10", "--rounds", "1",
                 "--batch-size", "8", "--latency-batches", "1", "--out", str(tmp_path / "dot")])
     argv = ["--dot", str(tmp_path / "dot" / "dot.safetensors"), "--out", str(tmp_path / "gated"), "--trajectories",
@@ -286,7 +288,14 @@ def test_a_reuse_dot_gated_on_the_line_keeps_its_first_group_and_takes_the_line_
     with pytest.raises(SystemExit):
         gate.main(argv)
     assert "add --learned first-group" in capsys.readouterr().err
+    gate.main(argv[:-2])  # the plain gate, on the trained Dot's path
+    made = []
+    real = gate.sampling_pairs
+    monkeypatch.setattr(gate, "sampling_pairs", lambda *a, **k: made.append(k["desc"]) or real(*a, **k))
+    gate.main(argv + ["--learned", "first-group", "--prior-factors", "0.5"])
+    assert made == ["held-out pairs"]  # the trained path's pairs, from the plain gate's cache
     gate.main(argv + ["--learned", "first-group", "--prior-factors", "0.5", "--fit-path", "gated"])
+    assert made == ["held-out pairs", "gate pairs", "held-out pairs"]  # the gated path's own
     card = json.loads((tmp_path / "gated" / "dot.json").read_text())
     assert card["dot_config"]["prior"] == "extrap" and "--prior extrap" in card["gate"]["command"]
     from baselines.tasks import get_task
