@@ -11,7 +11,9 @@ round, 3,000 iterations; that recipe's held-out ratio at this compute was 0.824 
 compute), changing one thing against the row it names, then is swept by `evaluate.run` against DDIM on seeds 0-999
 at 4, 8 and 16 LSD. The table reads each row's Dot card (held-out error, parameters, N) and its speedup.csv; it
 imports nothing from the harness, so it states the numbers the harness wrote. The committed table keeps each row's
-results.csv and speedup.csv (and a trained row's card) under rows/<row>/. N is measured in every row's own run, so
+results.csv and speedup.csv (and a trained row's card) under rows/<row>/ (and each low-budget run under low/<row>/):
+`--table` copies them there from runs/ablation/ and reads them from there where this machine has no run of its own,
+so the table regenerates on any machine. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
 extrap-first-gap-below900 row (extrap-first-gap, extrap-first-vp-own and extrap-first before it); which use of the
@@ -34,6 +36,35 @@ RECIPE = ("--task fmnist --solver ddim --dot-ratio 6.0 --budgets 2,3,4,6,8,12,16
           "--latency-batches 64")
 DEFAULTS = dict(dots_per_dash=3, m=2, skip_levels=1, lora_rank=4)
 RUNS, BUDGETS = Path("runs/ablation"), (4, 8, 16)
+COMMITTED = Path("reports/fmnist/ablation")  # --table's folder: its rows/ and low/ hold each run's tables and card
+KEPT = ("results.csv", "speedup.csv", "dot.json", "dot.md")  # what a run leaves there
+
+
+def _run(name: str) -> Path:
+    """runs/ablation/<name> where this machine made it, else its committed copy (rows/<name>, or low/<row> for
+    low-<row>): the tables and card a run left, so a report regenerates without the runs' Dots and pairs."""
+    if (RUNS / name).exists():
+        return RUNS / name
+    return COMMITTED / "low" / name[4:] if name.startswith("low-") else COMMITTED / "rows" / name
+
+
+def keep_runs(names) -> list[str]:
+    """Copy each named run's tables and card from runs/ablation/ into the committed folder (see _run); the names
+    copied."""
+    import shutil
+
+    copied = []
+    for name in names:
+        if not (RUNS / name).exists():
+            continue
+        dest = COMMITTED / "low" / name[4:] if name.startswith("low-") else COMMITTED / "rows" / name
+        files = [RUNS / name / f for f in KEPT if (RUNS / name / f).exists()]
+        if files:
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copyfile(f, dest / f.name)
+            copied.append(name)
+    return copied
 GAP_GATE = "--learned first-group --prior-factors vp,1 --gap-edges 1.5 --fit-path gated"  # extrap-first-gap's gate
 BELOW900_GATE = GAP_GATE.replace("first-group", "first-group --learned-below 900")  # extrap-first-gap-below900's
 
@@ -214,7 +245,7 @@ def _fds(res: dict, budgets=BUDGETS) -> str:
 
 def row_line(row: Row, committed_card: Path) -> str:
     card_path = {"formula": committed_card}.get(
-        row.name, RUNS / (row.dot_of or row.name) / "dot.json")
+        row.name, _run(row.dot_of or row.name) / "dot.json")
     if not card_path.exists():
         return f"| {row.name} | {row.what} | not trained |" + " |" * 8
     card = json.loads(card_path.read_text())
@@ -223,8 +254,8 @@ def row_line(row: Row, committed_card: Path) -> str:
     err, per = card["heldout_error"], card["heldout_error"].get("per_budget", {})
     ratios = " / ".join(f"{per[str(b)]['ratio']:.3f}" if str(b) in per else "–" for b in BUDGETS)
     priors = " / ".join(f"{per[str(b)]['prior_ratio']:.3f}" if str(b) in per else "–" for b in BUDGETS)
-    sp, res = (_speedups(RUNS / row.name / "speedup.csv", row.method),
-               _results(RUNS / row.name / "results.csv", row.method))
+    sp, res = (_speedups(_run(row.name) / "speedup.csv", row.method),
+               _results(_run(row.name) / "results.csv", row.method))
     fds = _fds(res)
     nfe = " / ".join(f"{res['nfe_dash'][b]:g}" if b in res.get("nfe_dash", {}) else "–" for b in BUDGETS)
     n = res.get("n")
@@ -253,7 +284,7 @@ def ceiling() -> list[str]:
     the later groups only, on the committed Dot's plans, priced as Dot calls (seeds 0-999)."""
     lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
     for name, what, folder, method, methods, options in CEILING:
-        res = _results(RUNS / folder / "results.csv", method)
+        res = _results(_run(folder) / "results.csv", method)
         fds = _fds(res)
         command = "the formula row's" if methods is None else (
             f"`python -m evaluate.run --methods {methods} --budgets {','.join(map(str, BUDGETS))} --num-samples 1000"
@@ -276,7 +307,7 @@ def noise() -> list[str]:
     --budgets 8 --num-samples 5000 --out runs/ablation/<folder>`)."""
     lines = ["| sampler | quality (the primary metric) at 8 LSD [95% interval] | folder (commit) |", "|---|---|---|"]
     for folder, method, what, commit in NOISE_RUNS:
-        path = RUNS / folder / "results.csv"
+        path = _run(folder) / "results.csv"
         if not path.exists():
             continue
         df = pd.read_csv(path)
@@ -303,12 +334,12 @@ def low_budgets() -> list[str]:
     bounds it."""
     budgets = " / ".join(map(str, LOW_BUDGETS))
     lines = [f"| sampler | quality (the primary metric) at {budgets} LSD |", "|---|---|"]
-    found = [r for r in LOW_ROWS if (RUNS / f"low-{r}" / "results.csv").exists()]
+    found = [r for r in LOW_ROWS if (_run(f"low-{r}") / "results.csv").exists()]
     for row in found:
-        morse = _results(RUNS / f"low-{row}" / "results.csv", "morse")
+        morse = _results(_run(f"low-{row}") / "results.csv", "morse")
         lines.append(f"| Morse, the {row} row's Dot | {_fds(morse, LOW_BUDGETS)} |")
     if found:
-        path = RUNS / f"low-{found[0]}" / "results.csv"
+        path = _run(f"low-{found[0]}") / "results.csv"
         lines += [f"| {what} | {_fds(_results(path, method), LOW_BUDGETS)} |" for method, what in (
             ("morse-extrap", "the formula"), ("morse-oracle", "the exact Dot"), ("ddim", "DDIM"))]
     return lines
@@ -416,7 +447,7 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
             setattr(dot.config, SAMPLING_OPTIONS[key], float(value))
         args = (ddim, dot, card["dot_ratio_planned"], Interleave(card["dots_per_dash"]))
         sampler = MorseExtrap(*args) if row == "formula" else Morse(*args)
-        res = _results(RUNS / row / "results.csv", "morse-extrap" if row == "formula" else "morse")
+        res = _results(_run(row) / "results.csv", "morse-extrap" if row == "formula" else "morse")
         cells = []
         with torch.inference_mode():
             for b in BUDGETS:
@@ -456,34 +487,66 @@ def main(argv=None):
     print("\n".join(lengths))
     finals = final_error(args.final_error.split(","), args.samples) if args.final_error else []
     if args.table is not None:
-        args.table.mkdir(parents=True, exist_ok=True)
-        rows = table(args.committed_card)
-        lines = ["# What limits the Dot: one change at a time", "", __doc__.split("\n\n", 2)[2].strip(), "", *rows,
-                 "", "## Commands", ""]
-        made = lambda r: f"`{r.train_command()}`, then " if r.train_command() else ""  # noqa: E731
-        lines += [f"* **{r.name}** (against {r.against or '—'}): {made(r)}`{r.eval_command()}`" for r in ROWS]
-        if steps:
-            lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
-                      f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",
-                      "", *steps]
-        if lengths:
-            lines += ["", "## How far the line can be trusted", "",
-                      f"`python -m morse.ablation --line-length {args.line_length}`: "
-                      f"{' '.join(line_length.__doc__.split(': ', 1)[1].split())}", "", *lengths]
-        if (RUNS / "exact-first" / "results.csv").exists():
-            lines += ["", "## Where the formula's distance to the exact Dot lies", "",
-                      " ".join(ceiling.__doc__.split()), "", *ceiling()]
-        low = low_budgets()
-        if low[2:]:
-            lines += ["", "## The low budgets", "", " ".join(low_budgets.__doc__.split()), "", *low]
-        if (RUNS / "n5000" / "results.csv").exists():
-            lines += ["", "## 5,000 seeds at 8 LSD", "", " ".join(noise.__doc__.split()), "", *noise()]
-        if finals:
-            lines += ["", "## A lower epsilon error is not a better sample", "",
-                      f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "
-                      f"{final_error.__doc__.split(': ', 1)[1]}", "", *finals]
-        (args.table / "index.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(rows))
+        write_table(args, steps, lengths, finals)
+
+
+# Sections made from a row's Dot and pairs (runs/ablation only): a --table run that does not make one keeps the
+# committed report's, so a machine without the runs regenerates the rest without losing them.
+CARRIED = ("row's learned part helps and hurts", "## How far the line can be trusted",
+           "## A lower epsilon error is not a better sample")
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    found, head = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            head = line
+            found[head] = []
+        elif head is not None:
+            found[head].append(line)
+    return {h: [h, *body[:len(body) - next((i for i, x in enumerate(reversed(body)) if x), len(body))]]
+            for h, body in found.items()}
+
+
+def write_table(args, steps, lengths, finals) -> None:
+    global COMMITTED
+    COMMITTED = args.table
+    args.table.mkdir(parents=True, exist_ok=True)
+    copied = keep_runs([r.name for r in ROWS] + [c[2] for c in CEILING] + [n[0] for n in NOISE_RUNS]
+                       + [f"low-{r}" for r in LOW_ROWS])
+    old = args.table / "index.md"
+    kept = {h: body for h, body in _sections(old.read_text() if old.exists() else "").items()
+            if any(h.startswith(c) or h.endswith(c) for c in CARRIED)}
+    keep = lambda tag: next(([""] + b for h, b in kept.items() if tag in h), [])  # noqa: E731
+    rows = table(args.committed_card)
+    lines = ["# What limits the Dot: one change at a time", "", __doc__.split("\n\n", 2)[2].strip(), "", *rows,
+             "", "## Commands", ""]
+    made = lambda r: f"`{r.train_command()}`, then " if r.train_command() else ""  # noqa: E731
+    lines += [f"* **{r.name}** (against {r.against or '—'}): {made(r)}`{r.eval_command()}`" for r in ROWS]
+    lines += ["", f"## Where the {args.per_step} row's learned part helps and hurts", "",
+              f"`python -m morse.ablation --per-step {args.per_step}`: {per_step.__doc__.split(': ', 1)[1]}",
+              "", *steps] if steps else keep(CARRIED[0])
+    lines += ["", "## How far the line can be trusted", "",
+              f"`python -m morse.ablation --line-length {args.line_length}`: "
+              f"{' '.join(line_length.__doc__.split(': ', 1)[1].split())}", "", *lengths
+              ] if lengths else keep(CARRIED[1])
+    if (_run("exact-first") / "results.csv").exists():
+        lines += ["", "## Where the formula's distance to the exact Dot lies", "",
+                  " ".join(ceiling.__doc__.split()), "", *ceiling()]
+    low = low_budgets()
+    if low[2:]:
+        lines += ["", "## The low budgets", "", " ".join(low_budgets.__doc__.split()), "", *low]
+    if (_run("n5000") / "results.csv").exists():
+        lines += ["", "## 5,000 seeds at 8 LSD", "", " ".join(noise.__doc__.split()), "", *noise()]
+    lines += ["", "## A lower epsilon error is not a better sample", "",
+              f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "
+              f"{final_error.__doc__.split(': ', 1)[1]}", "", *finals] if finals else keep(CARRIED[2])
+    tmp = old.with_suffix(".md.tmp")  # a killed run leaves the last complete report, not half of a new one
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(old)
+    print("\n".join(rows))
+    if copied:
+        print(f"kept the tables and cards of {len(copied)} runs under {args.table}/rows and low")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
         assert {k for k, v in parsed[row].items() if v != parsed["extrap"][k]} == want
 
     monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    monkeypatch.setattr(ablation, "COMMITTED", tmp_path / "committed")  # no committed copy of the rows either
     train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--out", str(tmp_path / "tiny")])
     lines = ablation.per_step("tiny", sample=10)  # of its 4 runs x 6 Dot steps
     rows = [line.split("|")[1:-1] for line in lines[2:]]
@@ -313,6 +314,7 @@ def test_the_low_budget_table_reads_each_rows_own_run_and_the_shared_cells_once(
     from morse import ablation
 
     monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    monkeypatch.setattr(ablation, "COMMITTED", tmp_path / "committed")
     assert ablation.low_budgets()[2:] == []
     for k, row in enumerate(ablation.LOW_ROWS[:2]):
         (tmp_path / f"low-{row}").mkdir()
@@ -325,3 +327,37 @@ def test_the_low_budget_table_reads_each_rows_own_run_and_the_shared_cells_once(
     assert ablation.LOW_ROWS[0] in lines[2] and "10.02 / 10.03 / 10.04" in lines[2]
     assert ablation.LOW_ROWS[1] in lines[3] and "11.02 / 11.03 / 11.04" in lines[3]
     assert "20.02 / 20.03 / 20.04" in lines[4] and "1.02 / 1.03 / 1.04" in lines[5] and "30.02" in lines[6]
+
+
+def test_the_ablation_report_regenerates_from_its_committed_rows_and_keeps_a_new_runs_tables(tmp_path, monkeypatch):
+    """`morse.ablation --table` on a machine without runs/ablation: every row, the ceiling, low-budget and 5,000-seed
+    tables are read from the report's own rows/ and low/, and the sections made from a row's Dot and pairs are kept,
+    so the committed report comes back unchanged; a run made here is copied into rows/ and its row read from it."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+
+    from morse import ablation
+
+    committed = Path(ablation.__file__).parents[1] / "reports" / "fmnist" / "ablation"
+    folder = tmp_path / "ablation"
+    shutil.copytree(committed, folder)
+    monkeypatch.chdir(tmp_path)  # runs/ablation is relative: none here, and the commands print as committed
+    monkeypatch.setattr(ablation, "COMMITTED", ablation.COMMITTED)  # --table points it at its folder; restored after
+    ablation.main(["--table", str(folder)])
+    assert (folder / "index.md").read_text() == (committed / "index.md").read_text()
+
+    row = next(r for r in ablation.ROWS if r.name == "extrap-skip0")
+    run = tmp_path / ablation.RUNS / row.name
+    run.mkdir(parents=True)
+    json_card = (committed / "rows" / "extrap" / "dot.json").read_text()
+    (run / "dot.json").write_text(json_card.replace('"skip_levels": 1', '"skip_levels": 0'))
+    results = pd.read_csv(committed / "rows" / "extrap" / "results.csv")
+    results.loc[results.method == "morse", "value"] += 100.0
+    results.to_csv(run / "results.csv", index=False)
+    shutil.copyfile(committed / "rows" / "extrap" / "speedup.csv", run / "speedup.csv")
+    ablation.main(["--table", str(folder)])
+    assert sorted(p.name for p in (folder / "rows" / row.name).iterdir()) == ["dot.json", "results.csv", "speedup.csv"]
+    line = next(x for x in (folder / "index.md").read_text().splitlines() if x.startswith(f"| {row.name} |"))
+    assert "not trained" not in line and "115.06 / 105.95 / 103.22" in line
