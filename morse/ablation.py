@@ -181,6 +181,14 @@ ROWS = [
         gates="extrap-notraj", gate_flags="--learned first-group"),
     Row("extrap-skip0", "skip_levels 0: the deepest level, its attention and the mid block back",
         "--prior extrap --skip-levels 0"),
+    Row("extrap-skip0-first", "the extrap-skip0 row's Dot gated as extrap-first", None, "extrap-first",
+        gates="extrap-skip0", gate_flags="--learned first-group"),
+    Row("extrap-skip0-below900", "the extrap-skip0 row's Dot gated as the committed Dot (extrap-first-gap-below900)",
+        None, "extrap-first-gap-below900", gates="extrap-skip0", gate_flags=BELOW900_GATE),
+    Row("extrap-full", "the extrap row at reuse-full's compute (256 trajectories per budget and round, 6,000 "
+        "iterations): is compute the limit with the new prior", "--prior extrap --trajectories 256 --iters 6000"),
+    Row("extrap-full-below900", "the extrap-full row's Dot gated as the committed Dot (extrap-first-gap-below900)",
+        None, "extrap-first-gap-below900", gates="extrap-full", gate_flags=BELOW900_GATE),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -322,7 +330,8 @@ def noise() -> list[str]:
 
 # The low budgets, where the first group works alone (2 LSD: one Dash step, three Dot steps): rows whose first groups
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
-LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap")
+LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
+            "extrap-skip0-below900")
 LOW_BUDGETS = (2, 3, 4)
 
 
