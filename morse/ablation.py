@@ -36,7 +36,8 @@ RECIPE = ("--task fmnist --solver ddim --dot-ratio 6.0 --budgets 2,3,4,6,8,12,16
           "--latency-batches 64")
 DEFAULTS = dict(dots_per_dash=3, m=2, skip_levels=1, lora_rank=4)
 RUNS, BUDGETS = Path("runs/ablation"), (4, 8, 16)
-COMMITTED = Path("reports/fmnist/ablation")  # --table's folder: its rows/ and low/ hold each run's tables and card
+TASK = dict(zip(shlex.split(RECIPE)[::2], shlex.split(RECIPE)[1::2]))["--task"]
+COMMITTED = Path("reports") / TASK / "ablation"  # --table's folder: its rows/ and low/ hold each run's tables and card
 KEPT = ("results.csv", "speedup.csv", "dot.json", "dot.md")  # what a run leaves there
 
 
