@@ -175,6 +175,11 @@ ROWS = [
         "the specialist's long first-group steps without its short ones", None, "extrap-firstonly-copy-gap",
         gates="extrap-firstonly-copy",
         gate_flags=BELOW900_GATE),
+    Row("extrap-firstonly-m1", "the first-group specialist with its body on 16x16 instead of 8x8 (--m 1): is the "
+        "map's resolution the limit where the Dot works alone", "--prior extrap --pairs-from first-group "
+        "--trajectories 512 --m 1", "extrap-firstonly"),
+    Row("extrap-firstonly-m1-below900", "the extrap-firstonly-m1 row's Dot gated as extrap-first-gap-below900", None,
+        "extrap-firstonly-copy-below900", gates="extrap-firstonly-m1", gate_flags=BELOW900_GATE),
     Row("reuse-history", "sees the earlier anchor, prior reuse", "--history on", "reuse"),
     Row("extrap-notraj", "trajectory inputs off (x_ts, z_s, the earlier anchor and the prior not shown)",
         "--prior extrap --trajectory-inputs off"),
@@ -332,7 +337,7 @@ def noise() -> list[str]:
 # The low budgets, where the first group works alone (2 LSD: one Dash step, three Dot steps): rows whose first groups
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
-            "extrap-skip0-below900")
+            "extrap-skip0-below900", "extrap-firstonly-m1-below900")
 LOW_BUDGETS = (2, 3, 4)
 
 
