@@ -195,6 +195,10 @@ ROWS = [
         "iterations): is compute the limit with the new prior", "--prior extrap --trajectories 256 --iters 6000"),
     Row("extrap-full-below900", "the extrap-full row's Dot gated as the committed Dot (extrap-first-gap-below900)",
         None, "extrap-first-gap-below900", gates="extrap-full", gate_flags=BELOW900_GATE),
+    Row("extrap-full-balance", "extrap-full with its training pairs drawn evenly over the budgets' plans (as "
+        "extrap-balance, the quarter-compute row with the lowest held-out error): how far the error falls, and what "
+        "that does to the samples", "--prior extrap --trajectories 256 --iters 6000 --balance-budgets",
+        "extrap-full"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
