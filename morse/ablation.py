@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from baselines.checkpoint import write_text_atomic
+
 RECIPE = ("--task fmnist --solver ddim --dot-ratio 6.0 --budgets 2,3,4,6,8,12,16 --trajectories 128 --rounds 3 "
           "--heldout 64 --iters 3000 --batch-size 64 --lr 0.001 --head-lr-mult 10.0 --width 32 --seed 0 "
           "--latency-batches 64")
@@ -41,12 +43,15 @@ COMMITTED = Path("reports") / TASK / "ablation"  # --table's folder: its rows/ a
 KEPT = ("results.csv", "speedup.csv", "dot.json", "dot.md")  # what a run leaves there
 
 
-def _run(name: str) -> Path:
-    """runs/ablation/<name> where this machine made it, else its committed copy (rows/<name>, or low/<row> for
-    low-<row>): the tables and card a run left, so a report regenerates without the runs' Dots and pairs."""
-    if (RUNS / name).exists():
-        return RUNS / name
+def _committed(name: str) -> Path:
+    """Where the report keeps run <name>'s tables and card: rows/<name>, or low/<row> for low-<row>."""
     return COMMITTED / "low" / name[4:] if name.startswith("low-") else COMMITTED / "rows" / name
+
+
+def _run(name: str) -> Path:
+    """runs/ablation/<name> where this machine made it, else its committed copy: the tables and card a run left, so
+    a report regenerates without the runs' Dots and pairs."""
+    return RUNS / name if (RUNS / name).exists() else _committed(name)
 
 
 def keep_runs(names) -> list[str]:
@@ -58,7 +63,7 @@ def keep_runs(names) -> list[str]:
     for name in names:
         if not (RUNS / name).exists():
             continue
-        dest = COMMITTED / "low" / name[4:] if name.startswith("low-") else COMMITTED / "rows" / name
+        dest = _committed(name)
         files = [RUNS / name / f for f in KEPT if (RUNS / name / f).exists()]
         if files:
             dest.mkdir(parents=True, exist_ok=True)
@@ -516,15 +521,17 @@ CARRIED = ("row's learned part helps and hurts", "## How far the line can be tru
 
 
 def _sections(text: str) -> dict[str, list[str]]:
-    found, head = {}, None
+    """A report's "## " sections: heading -> its lines, the heading first, trailing blank lines dropped."""
+    found = {}
     for line in text.splitlines():
         if line.startswith("## "):
-            head = line
-            found[head] = []
-        elif head is not None:
-            found[head].append(line)
-    return {h: [h, *body[:len(body) - next((i for i, x in enumerate(reversed(body)) if x), len(body))]]
-            for h, body in found.items()}
+            found[line] = [line]
+        elif found:
+            found[next(reversed(found))].append(line)
+    for body in found.values():
+        while not body[-1]:
+            body.pop()
+    return found
 
 
 def write_table(args, steps, lengths, finals) -> None:
@@ -534,8 +541,7 @@ def write_table(args, steps, lengths, finals) -> None:
     copied = keep_runs([r.name for r in ROWS] + [c[2] for c in CEILING] + [n[0] for n in NOISE_RUNS]
                        + [f"low-{r}" for r in LOW_ROWS])
     old = args.table / "index.md"
-    kept = {h: body for h, body in _sections(old.read_text() if old.exists() else "").items()
-            if any(h.startswith(c) or h.endswith(c) for c in CARRIED)}
+    kept = _sections(old.read_text() if old.exists() else "")
     keep = lambda tag: next(([""] + b for h, b in kept.items() if tag in h), [])  # noqa: E731
     rows = table(args.committed_card)
     lines = ["# What limits the Dot: one change at a time", "", __doc__.split("\n\n", 2)[2].strip(), "", *rows,
@@ -560,9 +566,7 @@ def write_table(args, steps, lengths, finals) -> None:
     lines += ["", "## A lower epsilon error is not a better sample", "",
               f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "
               f"{final_error.__doc__.split(': ', 1)[1]}", "", *finals] if finals else keep(CARRIED[2])
-    tmp = old.with_suffix(".md.tmp")  # a killed run leaves the last complete report, not half of a new one
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(old)
+    write_text_atomic(old, "\n".join(lines) + "\n")  # a killed run leaves the last complete report
     print("\n".join(rows))
     if copied:
         print(f"kept the tables and cards of {len(copied)} runs under {args.table}/rows and low")
