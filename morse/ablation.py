@@ -87,10 +87,13 @@ class Row:
     gates: str | None = None   # the trained row whose Dot `morse.gate` gates for this row, instead of training
     gate_flags: str = ""
     commit: str | None = None  # a Dot committed before, taken from this commit of the repository
+    distills: str | None = None  # the row whose Dot `morse.distill` starts from, instead of training
+    distill_flags: str = ""
 
     @property
     def dot(self) -> Path | None:
-        owner = self.dot_of or (self.name if self.flags is not None or self.gates or self.commit else None)
+        owner = self.dot_of or (self.name if self.flags is not None or self.gates or self.commit or self.distills
+                                else None)
         return RUNS / owner / "dot.safetensors" if owner else None
 
     def train_command(self) -> str | None:
@@ -98,6 +101,9 @@ class Row:
             return " && ".join([f"mkdir -p {RUNS / self.name}"] + [
                 f"git show {self.commit}:morse/weights/fmnist_dot.{ext} > {RUNS / self.name}/dot.{ext}"
                 for ext in ("safetensors", "json")])
+        if self.distills:
+            return (f"python -m morse.distill --dot {RUNS / self.distills / 'dot.safetensors'} {self.distill_flags} "
+                    f"--out {RUNS / self.name}").replace("  ", " ")
         if self.gates:
             return (f"python -m morse.gate --dot {RUNS / self.gates / 'dot.safetensors'} {self.gate_flags} "
                     f"--out {RUNS / self.name}").replace("  ", " ")
@@ -204,6 +210,18 @@ ROWS = [
         "extrap-balance, the quarter-compute row with the lowest held-out error): how far the error falls, and what "
         "that does to the samples", "--prior extrap --trajectories 256 --iters 6000 --balance-budgets",
         "extrap-full"),
+    Row("distill-first", "the committed Dot's first group distilled (morse.distill): unrolled through the DDIM steps "
+        "and trained on the state it hands to the next Dash step against the exact Dot's, not on each step's "
+        "epsilon; the learned part there with factor 1 below t = 900, the later groups as committed (its card names "
+        "the committed file, morse/weights/fmnist_dot.safetensors, which is that row's Dot)", None,
+        "extrap-first-gap-below900", distills="extrap-first-gap-below900"),
+    Row("distill-first-long", "distill-first at three times the iterations (6,000) and the learning rate (3e-4): its "
+        "group-end error was still falling", None, "distill-first", distills="extrap-first-gap-below900",
+        distill_flags="--iters 6000 --lr 0.0003"),
+    Row("distill-long-lines", "as distill-first-long, and the later groups on lines longer than 1.5 in lambda too "
+        "(--groups long-lines: 3, 4, 6 and 8 LSD's, where the committed Dot gives the plain line), each from the exact "
+        "trajectory's state", None, "distill-first-long", distills="extrap-first-gap-below900",
+        distill_flags="--groups long-lines --iters 6000 --lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -346,7 +364,8 @@ def noise() -> list[str]:
 # The low budgets, where the first group works alone (2 LSD: one Dash step, three Dot steps): rows whose first groups
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
-            "extrap-skip0-below900", "extrap-firstonly-m1-below900")
+            "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
+            "distill-long-lines")
 LOW_BUDGETS = (2, 3, 4)
 
 

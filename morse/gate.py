@@ -199,18 +199,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def gate(args) -> dict:
+def open_dot(tool: str, args, how: str) -> tuple:
+    """For a command that starts from a Dot (`args.dot`, `args.learned_below`, `args.device`): (its card, the device,
+    and morse.train's setup of its task: task, Dash, the Dash's checksum, solver, denoiser), the arguments checked;
+    `how` says how to make the Dot it needs."""
     if args.learned_below is not None and args.learned_below not in T_EDGES:
-        raise TrainingError(f"morse.gate --learned-below: one of the gate's row edges {[int(e) for e in T_EDGES]}, "
+        raise TrainingError(f"{tool} --learned-below: one of the gate's row edges {[int(e) for e in T_EDGES]}, "
                             f"got {args.learned_below:g}")
     card_path = args.dot.with_suffix(".json")
     if not args.dot.exists() or not card_path.exists():
-        raise TrainingError(f"morse.gate: need a trained Dot and its card, {args.dot} and {card_path}; train one "
-                            "with python -m morse.train")
+        raise TrainingError(f"{tool}: need a Dot and its card, {args.dot} and {card_path}; {how}")
     card = json.loads(card_path.read_text())
     device = device_of(args.device)
-    task, dash, _, solver, denoiser = setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None,
-                                                            prompts=None, solver=card["solver"]), device)
+    return card, device, *setup(SimpleNamespace(task=card["task"], data_dir=None, weights=None, prompts=None,
+                                                solver=card["solver"]), device)
+
+
+def gate(args) -> dict:
+    card, device, task, dash, _, solver, denoiser = open_dot("morse.gate", args, "train one with python -m morse.train")
     dot = Dot.load(dash, args.dot).to(device)
     prior = args.prior or dot.config.prior  # the gated Dot's
     if prior != dot.config.prior and args.learned == "everywhere":

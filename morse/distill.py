@@ -1,0 +1,311 @@
+"""Distil a Dot's groups onto the exact Dot's group ends: the objective is the state, not each estimate.
+
+    python -m morse.distill --dot morse/weights/fmnist_dot.safetensors --out runs/ablation/distill-first
+    python -m morse.distill --dot ... --groups long-lines --out runs/ablation/distill-long-lines
+
+Why (issue 30): at 8 and 16 LSD the committed Dot samples at its plans' exact-Dot ceiling; what is left is the 2-4
+LSD plans. There every Dot trained by morse.train, which regresses epsilon step by step on its own sampling path,
+stays at FD 65-117 at 2 LSD against the exact Dot's 12.7, whatever its capacity (reports/fmnist/ablation, low-budget
+section). Per-step errors compound over a group's steps, and a smaller epsilon error does not mean a better sample.
+So here a group (a Dash step and the Dot steps after it) is unrolled through the solver's own DDIM updates
+(differentiably: the Dot calls and the steps between them), and the Dot is trained so that the state the group
+hands on (the next Dash step's input; after the plan's last Dash step, the sample) matches the one the exact Dot
+reaches, the Dash at every step: the oracle's.
+
+Which groups: the first (--groups first, no earlier anchor; its learned part with factor 1 below --learned-below,
+default 900 as the committed Dot's), and with --groups long-lines also the later groups on lines longer than the
+gate's last length edge (1.5 in lambda on the committed Dot), where the committed Dot gives the plain line: each such
+group starts from the exact trajectory's state and anchors. Elsewhere the starting Dot's gate stands, so plans with
+neither (12 and 16 LSD on the embedded default) sample as before. Each group's loss is the mean squared error of its
+end state divided by the starting Dot's on the first 256 training runs, so every group counts alike (the 2-LSD
+group ends in a clean image, the 8-LSD first group at t = 799).
+
+Training runs: seeds seed * 10^6 + 800,000 + i (none that morse.train or morse.gate use); their exact inputs and
+ends are cached in --out. The held-out error is measured on morse.train's held-out seeds twice: each group end's
+RMSE against the exact one (reuse, the starting Dot and this one), and the per-step epsilon error as morse.train
+reports it. Resumable: rerun the same command.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from baselines.checkpoint import sha256
+from baselines.noise import initial_noise
+from baselines.training.cards import loss_curve, publish
+from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
+from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
+from baselines.training.schedule import cosine_spans
+from morse.dot import Dot
+from morse.gate import T_EDGES, open_dot, training_numbers
+from morse.interleave import Interleave
+from morse.sampler import dot_condition
+from morse.train import _cached_pairs, heldout_seeds, loss_log, optimiser, residual_error, sampling_pairs
+
+SEED_OFFSET = 800_000
+NORM_RUNS = 256
+GROUPS = ("first", "long-lines")
+
+
+def unroll(scheduler, first, end, step_kwargs, x, z, estimate):
+    """The solver's updates first .. end - 1 from state x at the plan's Dash step `first`, with the Dash's estimate
+    z there and `estimate(x_ti, t_i)` at the Dot steps after it: the state the group hands on (differentiable where
+    `estimate` is)."""
+    for i in range(first, end):
+        t = scheduler.timesteps[i]
+        eps = z if i == first else estimate(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+    return x
+
+
+class Plans:
+    """The budgets' plans, their groups (a Dash step and the Dot steps after it), and each group unrolled from given
+    inputs with the exact Dot (the Dash) or with a Dot."""
+
+    def __init__(self, denoiser, solver, interleave, dot_ratio, budgets, conditions, device):
+        self.denoiser, self.solver, self.conditions = denoiser, solver, conditions
+        self.jumps = {b: interleave.plan(b, dot_ratio) for b in budgets}
+        self.schedulers = {b: solver.make_scheduler(denoiser.schedule_config, len(p), device)
+                           for b, p in self.jumps.items()}
+
+    def groups(self, budget) -> list[tuple[int, int]]:
+        """(its Dash step, the next Dash step or the plan's end) per group, in order."""
+        starts = [i for i, jump in enumerate(self.jumps[budget]) if jump]
+        return list(zip(starts, starts[1:] + [len(self.jumps[budget])], strict=True))
+
+    def times(self, budget, group) -> list:
+        first, end = self.groups(budget)[group]
+        return self.schedulers[budget].timesteps[first:end]
+
+    def cond(self, seeds):
+        return self.conditions(seeds) if self.conditions is not None else None
+
+    def end(self, budget, group, inputs, seeds, dot=None):
+        """The group's end state from `inputs` (x, z and, after the first group, the earlier anchor xp, zp), with the
+        Dash at every step (dot None) or z + dot(...) at the Dot steps."""
+        scheduler, (first, end) = self.schedulers[budget], self.groups(budget)[group]
+        cond, times, x, z = self.cond(seeds), scheduler.timesteps, inputs["x"], inputs["z"]
+        prev = (inputs["xp"], inputs["zp"], times[self.groups(budget)[group - 1][0]]) if group else None
+        if dot is None:
+            estimate = lambda x_ti, t_i: self.denoiser(x_ti, t_i, cond)  # noqa: E731
+        else:
+            estimate = lambda x_ti, t_i: z + dot(x_ti, x, z, t_i, times[first],  # noqa: E731
+                                                 dot_condition(self.denoiser, cond, x_ti), prev=prev)
+        return unroll(scheduler, first, end, self.solver.step_kwargs, x, z, estimate)
+
+    @torch.inference_mode()
+    def exact(self, units, seeds, shape, device="cpu") -> dict:
+        """For each unit (budget, group): the exact trajectory's inputs to it ("x", "z", "xp", "zp") and its end."""
+        x_T = initial_noise(seeds, shape, device=device)
+        out = {}
+        for budget in dict.fromkeys(b for b, _ in units):
+            x, anchors = x_T, []
+            for group in range(max(g for b, g in units if b == budget) + 1):
+                first = self.groups(budget)[group][0]
+                z = self.denoiser(x, self.schedulers[budget].timesteps[first], self.cond(seeds))
+                inputs = dict(x=x, z=z, **(dict(xp=anchors[-1][0], zp=anchors[-1][1]) if anchors else {}))
+                anchors.append((x, z))
+                x = self.end(budget, group, inputs, seeds)
+                if (budget, group) in units:
+                    out.update({f"{name}/{unit_name(budget, group)}": v for name, v in {**inputs, "end": x}.items()})
+        return out
+
+
+def unit_name(budget, group) -> str:
+    return f"{budget:g}:{group}"
+
+
+def units_of(plans: Plans, dot: Dot, budgets, groups: str) -> list[tuple[float, int]]:
+    """The (budget, group) pairs whose Dot steps the distilled Dot's gate lets its learned part act at: the first
+    groups, and with "long-lines" the later groups on lines longer than the gate's last length edge."""
+    units = []
+    for budget in budgets:
+        for group in range(len(plans.groups(budget)) if groups == "long-lines" else 1):
+            anchor = plans.times(budget, group)[0]
+            earlier = None if group == 0 else (None, None, plans.times(budget, group - 1)[0])
+            factors = [dot.gate_factor(t, anchor, earlier, 1, torch.zeros(1)).item()
+                       for t in plans.times(budget, group)[1:]]
+            if any(factors):
+                units.append((budget, group))
+    return units
+
+
+def open_gate(gate: dict, below: float, groups: str) -> dict:
+    """The gate with the learned part at factor 1 below `below`: in the first group's column, and with
+    "long-lines" in the later groups' columns of lines longer than the last length edge (as long as 12 and 16 LSD
+    have none on the embedded default, their plans sample as before)."""
+    if groups == "long-lines" and not gate.get("gap_edges"):
+        raise TrainingError("morse.distill --groups long-lines: the starting Dot's gate has no line-length columns "
+                            "(gate it with morse.gate --gap-edges)")
+    long_cols = range(len(gate["scale"][0]) - (len(gate["slope_edges"]) + 1), len(gate["scale"][0]))
+    opened = {0, *(long_cols if groups == "long-lines" else ())}
+    return {**gate, "scale": [[(1.0 if low < below else 0.0) if c in opened else v for c, v in enumerate(row)]
+                              for low, row in zip([0.0, *T_EDGES], gate["scale"], strict=True)]}
+
+
+def _batch(pool: dict, name: str, idx, device) -> dict:
+    return {k.split("/")[0]: v[idx].to(device) for k, v in pool.items() if k.endswith("/" + name)}
+
+
+@torch.inference_mode()
+def group_end_error(plans: Plans, units, dots: dict, pool: dict, seeds, batch_size=64, device="cpu") -> dict:
+    """{unit: {name: RMSE of its end state against the exact one}} for each Dot in `dots` (None: reuse), on the
+    exact inputs in `pool` (of `seeds`)."""
+    zero = lambda x_ti, *_, **__: torch.zeros_like(x_ti)  # noqa: E731
+    out = {}
+    for budget, group in units:
+        name, sums = unit_name(budget, group), dict.fromkeys(dots, 0.0)
+        for k in range(0, len(seeds), batch_size):
+            b = _batch(pool, name, torch.arange(k, min(k + batch_size, len(seeds))), device)
+            for dot_name, dot in dots.items():
+                got = plans.end(budget, group, b, seeds[k:k + batch_size], dot or zero)
+                sums[dot_name] += (got - b["end"]).double().square().sum().item()
+        count = pool[f"end/{name}"].numel()
+        out[name] = {dot_name: (v / count) ** 0.5 for dot_name, v in sums.items()}
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dot", type=Path, required=True, help="the gated Dot to start from (its card, .json, beside it)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the distilled Dot, its card and the targets")
+    p.add_argument("--budgets", default="2,3,4,6,8", help="LSD budgets whose groups to distil")
+    p.add_argument("--groups", choices=GROUPS, default="first", help="first: the first groups; long-lines: also the "
+                   "later groups' Dot steps on lines longer than the gate's last length edge, each from the exact "
+                   "trajectory's state at its Dash step")
+    p.add_argument("--runs", type=int, default=4096, help="training runs (noises), each unrolled at every budget")
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
+    p.add_argument("--learned-below", type=float, default=900.0, help="the learned part acts at Dot steps with t_i "
+                   "below this, one of the gate's row edges")
+    p.add_argument("--heldout", type=int, default=64, help="held-out runs per budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--export", type=Path, default=None, help="also write the distilled Dot here with its card")
+    return p
+
+
+def _start(args):
+    """(the starting Dot's card, task, the Dash's checksum, solver, denoiser, the starting Dot, the Dot to train)."""
+    card, device, task, dash, dash_sum, solver, denoiser = open_dot(
+        "morse.distill", args, "train one with python -m morse.train and gate it with python -m morse.gate")
+    card = training_numbers(card)
+    if solver.name != "ddim":
+        raise TrainingError(f"morse.distill unrolls DDIM steps; this Dot wraps {solver.name}")
+    start_dot, dot = (Dot.load(dash, args.dot).to(device) for _ in range(2))
+    if dot.config.gate is None:
+        raise TrainingError("morse.distill: start from a gated Dot (python -m morse.gate --learned first-group ...): "
+                            "its groups are kept as gated where it is not distilled")
+    dot.config.gate = open_gate(dot.config.gate, args.learned_below, args.groups)
+    return card, task, dash_sum, solver, denoiser, start_dot, dot
+
+
+def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
+    """Train `dot` on the units in turn (resumable); returns the seconds spent."""
+    gen = begin(args.seed)
+    params, opt = optimiser(dot, args)
+    state = Checkpoint(args.out / "checkpoint.safetensors", key, opt, params, gen, "delete it or use another --out")
+    first, own, _ = state.load()
+    dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
+    stepper = Stepper(dot, opt, args.lr, cosine_spans([0, args.iters]))
+
+    def loss_at(it):
+        budget, group = units[it % len(units)]
+        idx = torch.randint(len(seeds), (args.batch_size,), generator=state.gen)
+        b = _batch(pool, unit_name(budget, group), idx, device)
+        end = plans.end(budget, group, b, [seeds[i] for i in idx.tolist()], dot)
+        return (end - b["end"]).square().mean() / norm[unit_name(budget, group)]
+
+    def save(step):
+        log.flush()
+        state.save({f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, step)
+
+    t0 = time.perf_counter()
+    dot.train()
+    with loss_log(args.out / "loss.jsonl", first, True) as log:
+        run_steps(stepper, loss_at, first, args.iters,
+                  log=lambda it, value: log.write(json.dumps({"iter": it, "unit": unit_name(*units[it % len(units)]),
+                                                              "loss": value}) + "\n"),
+                  save=save, every=args.checkpoint_every, save_at_end=True, desc="distil", unit="it")
+    dot.eval()
+    return time.perf_counter() - t0
+
+
+def distill(args) -> dict:
+    card, task, dash_sum, solver, denoiser, start_dot, dot = _start(args)
+    interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
+    budgets, device = [float(b) for b in args.budgets.split(",")], device_of(args.device)
+    plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device)
+    if any(len(plans.times(b, 0)) < 2 for b in budgets):
+        raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")
+    units = units_of(plans, dot, budgets, args.groups)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = command_text("morse.distill", {k: v for k, v in vars(args).items()
+                                             if k not in ("out", "export", "device")
+                                             and not (k == "groups" and v == "first")})
+    key = resume_key(command, dash_sum, sha256(args.dot)[:16])
+    seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
+    t0 = time.perf_counter()
+    # The targets depend on the Dash and the units alone: another recipe on the same runs reuses them.
+    pool = _cached_pairs(args.out / "targets.safetensors", resume_key("/".join(map(str, (
+        dash_sum, seeds[0], args.runs, units, ratio, card["dots_per_dash"])))),
+        lambda: _exact(plans, units, seeds, shape, device))
+    target_time = time.perf_counter() - t0
+    # Each unit's loss is relative to the starting Dot's error there, so every group counts alike.
+    few = {k: v[:NORM_RUNS] for k, v in pool.items()}
+    norm = {u: e["start"] ** 2 for u, e in group_end_error(plans, units, {"start": start_dot}, few,
+                                                           seeds[:NORM_RUNS], device=device).items()}
+    train_time = _train(args, dot, plans, units, pool, norm, seeds, key, device)
+    held = heldout_seeds(args.seed, args.heldout)
+    ends = group_end_error(plans, units, {"reuse": None, "start": start_dot, "distilled": dot},
+                           _exact(plans, units, held, shape, device), held, device=device)
+    eps = residual_error(dot, sampling_pairs(denoiser, dot, solver, interleave, ratio,
+                                             [float(b) for b in card["budgets"]], held, shape, desc="held-out pairs",
+                                             device=device, conditions=task.conditions), device=device)
+    out = _card(args, card, dot, ends, eps, command, target_time, train_time, budgets)
+    publish([args.out / "dot.safetensors"] + ([args.export] if args.export else []),
+            lambda path: dot.save(path, {"card": json.dumps(out)}), out)
+    (args.out / "checkpoint.safetensors").unlink(missing_ok=True)
+    return out
+
+
+def _exact(plans, units, seeds, shape, device, batch_size=64) -> dict:
+    parts = [plans.exact(units, seeds[k:k + batch_size], shape, device)
+             for k in tqdm(range(0, len(seeds), batch_size), desc="exact groups", unit="batch")]
+    return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
+
+
+def _card(args, card, dot, ends, eps, command, target_time, train_time, budgets) -> dict:
+    losses = [json.loads(line)["loss"] for line in (args.out / "loss.jsonl").read_text().splitlines()]
+    section = [f"These weights are the Dot above, distilled: `{command}` (with `--dot` the starting Dot's path). "
+               "Group-end RMSE against the exact Dot's, held-out runs, per budget and group (0: the first):", "",
+               "| budget:group | reuse | starting Dot | distilled | distilled / starting |", "|---|---|---|---|---|",
+               *[f"| {u} | {e['reuse']:.4f} | {e['start']:.4f} | {e['distilled']:.4f} | "
+                 f"{e['distilled'] / e['start']:.3f} |" for u, e in ends.items()]]
+    return {**card, "dot_config": vars(dot.config), "heldout_error": eps,
+            "distill": dict(start_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
+                            group_end_rmse=ends, runs=args.runs, budgets=budgets, groups=args.groups,
+                            iters=args.iters, batch_size=args.batch_size, target_time_s=round(target_time, 1),
+                            train_time_s=round(train_time, 1),
+                            loss_per_100_iters=[round(v, 6) for v in loss_curve(losses)], command=command),
+            "sections": card.get("sections", []) + [dict(title="Distilled on the group's end (morse.distill)",
+                                                         lines=section)]}
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        card = distill(args)
+    print(json.dumps(dict(group_end_rmse=card["distill"]["group_end_rmse"],
+                          prior_ratio=card["heldout_error"]["prior_ratio"]), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The first-group distiller (issue 30, morse.distill): its unrolled group is the sampler's, its exact group end the
+oracle's, and its command trains the first group alone, resumably."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from baselines.denoisers import Denoiser
+from baselines.noise import initial_noise
+from baselines.registry import get_baseline
+from baselines.tasks import get_task
+from morse import Interleave, distill
+from morse.pretrained import dot_path
+from morse.sampler import Morse
+
+DOT = dot_path("fmnist", "ddim")
+ARGS = ["--dot", str(DOT), "--budgets", "2,3", "--runs", "16", "--iters", "6", "--batch-size", "4",
+        "--checkpoint-every", "3", "--heldout", "2"]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    task = get_task("fmnist")
+    den = Denoiser(task.dash(), task.schedule_config)
+    from morse.dot import Dot
+
+    dot = Dot.load(task.dash(), DOT)
+    plans = distill.Plans(den, get_baseline("ddim"), Interleave(3), 6.0, [2.0, 3.0, 4.0], None, "cpu")
+    return task, den, dot, plans
+
+
+def test_the_exact_end_of_the_two_lsd_plan_is_the_four_step_ddim_sample(parts):
+    task, den, _, plans = parts
+    seeds = [3, 4]
+    with torch.inference_mode():
+        exact = plans.exact([(2.0, 0)], seeds, task.image_shape)
+        sample, _ = get_baseline("ddim")(den, initial_noise(seeds, task.image_shape), 4, seeds=seeds)
+    assert plans.groups(2.0) == [(0, 4)]  # D...: the whole plan is the first group
+    torch.testing.assert_close(exact["end/2:0"], sample)
+
+
+@pytest.mark.parametrize(("budget", "group"), [(3.0, 0), (4.0, 0), (3.0, 1), (4.0, 2)])
+def test_each_unrolled_group_is_where_morse_sampling_stands_at_the_next_dash_step(parts, budget, group):
+    """Fed the sampler's own state and anchors at the group's Dash step, the unrolled group lands where Morse does."""
+    task, den, dot, plans = parts
+    seeds = [5, 6]
+    states, estimates = {}, {}
+
+    def record(i, t, x_i, e):
+        states[i], estimates[i] = x_i, e
+
+    with torch.inference_mode():
+        Morse(get_baseline("ddim"), dot, 6.0, Interleave(3))(den, initial_noise(seeds, task.image_shape), budget,
+                                                             seeds=seeds, callback=record)
+        states[-1] = initial_noise(seeds, task.image_shape)
+        first, end = plans.groups(budget)[group]
+        inputs = dict(x=states[first - 1], z=estimates[first])
+        if group:
+            earlier = plans.groups(budget)[group - 1][0]
+            inputs.update(xp=states[earlier - 1], zp=estimates[earlier])
+        got = plans.end(budget, group, inputs, seeds, dot)
+    assert plans.groups(budget) == {3.0: [(0, 4), (4, 8)], 4.0: [(0, 3), (3, 6), (6, 9)]}[budget]
+    torch.testing.assert_close(got, states[end - 1])
+
+
+def test_the_group_end_is_differentiable_in_the_dot_where_its_gate_lets_the_learned_part_act(parts):
+    task, _, dot, plans = parts
+    seeds = [7]
+    exact = {k: v.clone() for k, v in plans.exact([(3.0, 0), (3.0, 1)], seeds, task.image_shape).items()}
+    weight = next(p for p in dot.parameters() if p.requires_grad)
+    grads = []
+    for group in (0, 1):  # the committed gate: learned in the first group, the plain line in the second
+        inputs = {k.split("/")[0]: v for k, v in exact.items() if k.endswith(f"3:{group}")}
+        plans.end(3.0, group, inputs, seeds, dot).square().sum().backward()
+        grads.append(weight.grad.abs().sum().item())
+        dot.zero_grad()
+    assert grads[0] > 0 and grads[1] == 0
+
+
+def test_long_lines_open_the_gate_on_the_long_lines_of_the_low_budgets_only(parts):
+    _, _, dot, plans = parts
+    from morse.dot import Dot
+
+    gate = json.loads(DOT.with_suffix(".json").read_text())["dot_config"]["gate"]
+    trial = Dot.load(get_task("fmnist").dash(), DOT)
+    trial.config.gate = distill.open_gate(gate, 900.0, "long-lines")
+    assert distill.units_of(plans, trial, [2.0, 3.0, 4.0], "long-lines") == [(2.0, 0), (3.0, 0), (3.0, 1), (4.0, 0),
+                                                                           (4.0, 1), (4.0, 2)]
+    many = distill.Plans(plans.denoiser, plans.solver, Interleave(3), 6.0, [8.0, 12.0, 16.0], None, "cpu")
+    # 8 LSD: its first group, and its second, on the line from 999 to 799 (1.82 in lambda); none at 12 and 16 LSD.
+    assert distill.units_of(many, trial, [8.0, 12.0, 16.0], "long-lines") == [(8.0, 0), (8.0, 1)]
+    assert distill.units_of(plans, trial, [3.0], "first") == [(3.0, 0)]
+
+
+def test_the_command_trains_the_first_group_alone_and_a_killed_run_resumes_to_the_same_dot(tmp_path, monkeypatch):
+    distill.main(ARGS + ["--out", str(tmp_path / "straight")])
+    card = json.loads((tmp_path / "straight" / "dot.json").read_text())
+    start = json.loads(DOT.with_suffix(".json").read_text())["dot_config"]["gate"]["scale"]
+    scale = card["dot_config"]["gate"]["scale"]
+    assert [row[1:] for row in scale] == [row[1:] for row in start]  # the later groups as gated
+    assert [row[0] for row in scale] == [1.0] * 9 + [0.0]  # the first group learned below 900 only
+    assert set(card["distill"]["group_end_rmse"]) == {"2:0", "3:0"}
+    assert card["distill"]["command"].startswith("python -m morse.distill")
+    assert not (tmp_path / "straight" / "checkpoint.safetensors").exists()
+    changed = load_file(tmp_path / "straight" / "dot.safetensors")
+    before = load_file(DOT)
+    assert any(not torch.equal(changed[k], before[k]) for k in before)
+
+    calls = {"n": 0}
+    real = distill._batch
+
+    def dying(*a, **k):  # the norm reads one batch per group first; then one per training step
+        calls["n"] += 1
+        if calls["n"] > 2 + 5:  # two groups, then past the checkpoint at step 3
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(distill, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main(ARGS + ["--out", str(tmp_path / "resumed")])
+    assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
+    monkeypatch.setattr(distill, "_batch", real)
+    distill.main(ARGS + ["--out", str(tmp_path / "resumed")])
+    resumed = load_file(tmp_path / "resumed" / "dot.safetensors")
+    assert all(torch.equal(changed[k], resumed[k]) for k in changed)
+
+
+def test_a_dot_without_a_gate_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        distill.main(ARGS[:1] + [str(tmp_path / "none.safetensors")] + ARGS[2:] + ["--out", str(tmp_path / "o")])
+    assert "need a Dot and its card" in capsys.readouterr().err
+
+
+def test_the_ablations_distill_rows_are_morse_distill_commands_on_the_committed_dots_row():
+    import shlex
+
+    from morse import ablation
+
+    rows = [r for r in ablation.ROWS if r.distills]
+    assert {r.name for r in rows} >= {"distill-first", "distill-first-long"}
+    for row in rows:
+        args = distill.parser().parse_args(shlex.split(row.train_command())[3:])
+        assert args.dot == ablation.RUNS / "extrap-first-gap-below900" / "dot.safetensors"
+        assert args.out == ablation.RUNS / row.name and row.dot == args.out / "dot.safetensors"
+    long = distill.parser().parse_args(shlex.split(rows[1].train_command())[3:])
+    assert (long.iters, long.lr) == (6000, 3e-4)
