@@ -15,9 +15,10 @@ results.csv and speedup.csv (and a trained row's card) under rows/<row>/ (and ea
 `--table` copies them there from runs/ablation/ and reads them from there where this machine has no run of its own,
 so the table regenerates on any machine. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
-Rows made with `morse.gate` gate a trained row's Dot instead of training one. The committed DDIM Dot is the
-extrap-first-gap-below900 row (extrap-first-gap, extrap-first-vp-own and extrap-first before it); which use of the
-extrap row's Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group specialists
+Rows made with `morse.gate` gate a trained row's Dot instead of training one; rows made with `morse.distill` train a
+gated Dot further on the state its groups hand on. The committed DDIM Dot is the distill-long-lines row
+(extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and extrap-first before it); which Dot to commit
+was decided on seeds 100,000-100,999 (validation.md). The first-group specialists
 (extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3 and 4 LSD,
 and validation.md why none replaced the committed Dot.
 """
@@ -213,7 +214,8 @@ ROWS = [
     Row("distill-first", "the committed Dot's first group distilled (morse.distill): unrolled through the DDIM steps "
         "and trained on the state it hands to the next Dash step against the exact Dot's, not on each step's "
         "epsilon; the learned part there with factor 1 below t = 900, the later groups as committed (its card names "
-        "the committed file, morse/weights/fmnist_dot.safetensors, which is that row's Dot)", None,
+        "morse/weights/fmnist_dot.safetensors, which was that row's Dot, sha256 724a4b40, until distill-long-lines "
+        "replaced it)", None,
         "extrap-first-gap-below900", distills="extrap-first-gap-below900"),
     Row("distill-first-long", "distill-first at three times the iterations (6,000) and the learning rate (3e-4): its "
         "group-end error was still falling", None, "distill-first", distills="extrap-first-gap-below900",

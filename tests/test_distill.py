@@ -70,13 +70,18 @@ def test_the_group_end_is_differentiable_in_the_dot_where_its_gate_lets_the_lear
     seeds = [7]
     exact = {k: v.clone() for k, v in plans.exact([(3.0, 0), (3.0, 1)], seeds, task.image_shape).items()}
     weight = next(p for p in dot.parameters() if p.requires_grad)
-    grads = []
-    for group in (0, 1):  # the committed gate: learned in the first group, the plain line in the second
-        inputs = {k.split("/")[0]: v for k, v in exact.items() if k.endswith(f"3:{group}")}
-        plans.end(3.0, group, inputs, seeds, dot).square().sum().backward()
-        grads.append(weight.grad.abs().sum().item())
-        dot.zero_grad()
-    assert grads[0] > 0 and grads[1] == 0
+    committed = dot.config.gate
+    grads = {}
+    for groups in distill.GROUPS:  # learned in the first group only, or on the 3-LSD plan's long line too
+        dot.config.gate = distill.open_gate({**committed, "scale": [[0.0] * len(r) for r in committed["scale"]]},
+                                            900.0, groups)
+        for group in (0, 1):
+            inputs = {k.split("/")[0]: v for k, v in exact.items() if k.endswith(f"3:{group}")}
+            plans.end(3.0, group, inputs, seeds, dot).square().sum().backward()
+            grads[groups, group] = weight.grad.abs().sum().item()
+            dot.zero_grad()
+    dot.config.gate = committed
+    assert grads["first", 0] > 0 and grads["first", 1] == 0 and grads["long-lines", 1] > 0
 
 
 def test_long_lines_open_the_gate_on_the_long_lines_of_the_low_budgets_only(parts):
