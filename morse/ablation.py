@@ -341,6 +341,7 @@ NOISE_RUNS = (("n5000", "ddim", "DDIM", None), ("n5000", "morse-extrap", "the fo
               ("n5000", "morse", "extrap-first", "b7b823d"), ("n5000-own", "morse", "extrap-first-vp-own", "887cd40"),
               ("n5000-gap", "morse", "extrap-first-gap", "0e8ae0a"),
               ("n5000-below900", "morse", "extrap-first-gap-below900", "e0f488c"),
+              ("n5000-distill", "morse", "distill-long-lines", "4120677"),
               ("n5000", "morse-oracle", "the exact Dot", None))
 
 
