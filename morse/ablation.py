@@ -102,12 +102,11 @@ class Row:
             return " && ".join([f"mkdir -p {RUNS / self.name}"] + [
                 f"git show {self.commit}:morse/weights/fmnist_dot.{ext} > {RUNS / self.name}/dot.{ext}"
                 for ext in ("safetensors", "json")])
-        if self.distills:
-            return (f"python -m morse.distill --dot {RUNS / self.distills / 'dot.safetensors'} {self.distill_flags} "
-                    f"--out {RUNS / self.name}").replace("  ", " ")
-        if self.gates:
-            return (f"python -m morse.gate --dot {RUNS / self.gates / 'dot.safetensors'} {self.gate_flags} "
-                    f"--out {RUNS / self.name}").replace("  ", " ")
+        for tool, source, flags in (("distill", self.distills, self.distill_flags), ("gate", self.gates,
+                                                                                       self.gate_flags)):
+            if source:  # a tool that starts from another row's Dot
+                return (f"python -m morse.{tool} --dot {RUNS / source / 'dot.safetensors'} {flags} "
+                        f"--out {RUNS / self.name}").replace("  ", " ")
         if self.flags is None:
             return None
         own = shlex.split(self.flags)

@@ -38,7 +38,7 @@ from baselines.checkpoint import sha256
 from baselines.noise import initial_noise
 from baselines.training.cards import loss_curve, publish
 from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
-from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
+from baselines.training.recipe import TrainingError, command_text, one_line_errors, resume_key
 from baselines.training.schedule import cosine_spans
 from morse.dot import Dot
 from morse.gate import T_EDGES, open_dot, training_numbers
@@ -193,7 +193,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _start(args):
-    """(the starting Dot's card, task, the Dash's checksum, solver, denoiser, the starting Dot, the Dot to train)."""
+    """(the starting Dot's card, the device, task, the Dash's checksum, solver, denoiser, the starting Dot, the Dot to
+    train)."""
     card, device, task, dash, dash_sum, solver, denoiser = open_dot(
         "morse.distill", args, "train one with python -m morse.train and gate it with python -m morse.gate")
     card = training_numbers(card)
@@ -204,7 +205,7 @@ def _start(args):
         raise TrainingError("morse.distill: start from a gated Dot (python -m morse.gate --learned first-group ...): "
                             "its groups are kept as gated where it is not distilled")
     dot.config.gate = open_gate(dot.config.gate, args.learned_below, args.groups)
-    return card, task, dash_sum, solver, denoiser, start_dot, dot
+    return card, device, task, dash_sum, solver, denoiser, start_dot, dot
 
 
 def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
@@ -239,9 +240,9 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
 
 
 def distill(args) -> dict:
-    card, task, dash_sum, solver, denoiser, start_dot, dot = _start(args)
+    card, device, task, dash_sum, solver, denoiser, start_dot, dot = _start(args)
     interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
-    budgets, device = [float(b) for b in args.budgets.split(",")], device_of(args.device)
+    budgets = [float(b) for b in args.budgets.split(",")]
     plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device)
     if any(len(plans.times(b, 0)) < 2 for b in budgets):
         raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")
