@@ -7,10 +7,11 @@ Why (issue 30): at 8 and 16 LSD the committed Dot samples at its plans' exact-Do
 LSD plans. There every Dot trained by morse.train, which regresses epsilon step by step on its own sampling path,
 stays at FD 65-117 at 2 LSD against the exact Dot's 12.7, whatever its capacity (reports/fmnist/ablation, low-budget
 section). Per-step errors compound over a group's steps, and a smaller epsilon error does not mean a better sample.
-So here a group (a Dash step and the Dot steps after it) is unrolled through the solver's own DDIM updates
+So here a group (a Dash step and the Dot steps after it) is unrolled through the solver's own updates
 (differentiably: the Dot calls and the steps between them), and the Dot is trained so that the state the group
 hands on (the next Dash step's input; after the plan's last Dash step, the sample) matches the one the exact Dot
-reaches, the Dash at every step: the oracle's.
+reaches, the Dash at every step: the oracle's. The solver is the Dot's own, DDIM or DPM-Solver++(2M); the latter
+also takes the exact trajectory's history (its converted estimate of the step before) at each later group's start.
 
 Which groups: the first (--groups first, no earlier anchor; its learned part with factor 1 below --learned-below,
 default 900 as the committed Dot's), and with --groups long-lines also the later groups on lines longer than the
@@ -27,6 +28,7 @@ reports it. Resumable: rerun the same command.
 """
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -49,17 +51,32 @@ from morse.train import _cached_pairs, heldout_seeds, loss_log, optimiser, resid
 SEED_OFFSET = 800_000
 NORM_RUNS = 256
 GROUPS = ("first", "long-lines")
+SOLVERS = ("ddim", "dpm")  # the solvers whose state at a Dash step the exact trajectory hands over whole
 
 
-def unroll(scheduler, first, end, step_kwargs, x, z, estimate):
+def at_step(scheduler, first: int, history=None):
+    """A copy of `scheduler` standing at step `first`. A multistep solver (DPM-Solver++(2M)) also needs its history
+    there, `history`: the converted estimate (x0) of step first - 1, as the solver kept it; DDIM keeps none."""
+    scheduler = copy.copy(scheduler)
+    if hasattr(scheduler, "model_outputs"):
+        order = scheduler.config.solver_order
+        if order > 2:
+            raise TrainingError(f"morse.distill unrolls solvers of order 2 at most; this one has order {order}")
+        scheduler.model_outputs = [None] * (order - 1) + [history]
+        scheduler.lower_order_nums, scheduler._step_index = min(first, order), first
+    return scheduler
+
+
+def unroll(scheduler, first, end, step_kwargs, x, z, estimate, history=None):
     """The solver's updates first .. end - 1 from state x at the plan's Dash step `first`, with the Dash's estimate
     z there and `estimate(x_ti, t_i)` at the Dot steps after it: the state the group hands on (differentiable where
-    `estimate` is)."""
+    `estimate` is), and the solver's history for the next group (None for DDIM)."""
+    scheduler = at_step(scheduler, first, history)
     for i in range(first, end):
         t = scheduler.timesteps[i]
         eps = z if i == first else estimate(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
-    return x
+    return x, getattr(scheduler, "model_outputs", [None])[-1]
 
 
 class Plans:
@@ -85,8 +102,12 @@ class Plans:
         return self.conditions(seeds) if self.conditions is not None else None
 
     def end(self, budget, group, inputs, seeds, dot=None):
-        """The group's end state from `inputs` (x, z and, after the first group, the earlier anchor xp, zp), with the
-        Dash at every step (dot None) or z + dot(...) at the Dot steps."""
+        """The group's end state from `inputs` (x, z and, after the first group, the earlier anchor xp, zp and for a
+        multistep solver its history hp), with the Dash at every step (dot None) or z + dot(...) at the Dot steps."""
+        return self.run(budget, group, inputs, seeds, dot)[0]
+
+    def run(self, budget, group, inputs, seeds, dot=None):
+        """`end`, and the solver's history after it."""
         scheduler, (first, end) = self.schedulers[budget], self.groups(budget)[group]
         cond, times, x, z = self.cond(seeds), scheduler.timesteps, inputs["x"], inputs["z"]
         prev = (inputs["xp"], inputs["zp"], times[self.groups(budget)[group - 1][0]]) if group else None
@@ -95,21 +116,23 @@ class Plans:
         else:
             estimate = lambda x_ti, t_i: z + dot(x_ti, x, z, t_i, times[first],  # noqa: E731
                                                  dot_condition(self.denoiser, cond, x_ti), prev=prev)
-        return unroll(scheduler, first, end, self.solver.step_kwargs, x, z, estimate)
+        return unroll(scheduler, first, end, self.solver.step_kwargs, x, z, estimate, inputs.get("hp"))
 
     @torch.inference_mode()
     def exact(self, units, seeds, shape, device="cpu") -> dict:
-        """For each unit (budget, group): the exact trajectory's inputs to it ("x", "z", "xp", "zp") and its end."""
+        """For each unit (budget, group): the exact trajectory's inputs to it ("x", "z", "xp", "zp", and "hp" for a
+        multistep solver) and its end."""
         x_T = initial_noise(seeds, shape, device=device)
         out = {}
         for budget in dict.fromkeys(b for b, _ in units):
-            x, anchors = x_T, []
+            x, anchors, history = x_T, [], None
             for group in range(max(g for b, g in units if b == budget) + 1):
                 first = self.groups(budget)[group][0]
                 z = self.denoiser(x, self.schedulers[budget].timesteps[first], self.cond(seeds))
-                inputs = dict(x=x, z=z, **(dict(xp=anchors[-1][0], zp=anchors[-1][1]) if anchors else {}))
+                inputs = dict(x=x, z=z, **(dict(xp=anchors[-1][0], zp=anchors[-1][1]) if anchors else {}),
+                              **({"hp": history} if history is not None else {}))
                 anchors.append((x, z))
-                x = self.end(budget, group, inputs, seeds)
+                x, history = self.run(budget, group, inputs, seeds)
                 if (budget, group) in units:
                     out.update({f"{name}/{unit_name(budget, group)}": v for name, v in {**inputs, "end": x}.items()})
         return out
@@ -181,6 +204,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--first-weight", type=float, default=1.0, help="loss factor of the first groups against the "
+                   "later ones (with --groups long-lines): sharing the Dot among eleven groups costs the first ones "
+                   "part of what they reach alone")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
     p.add_argument("--learned-below", type=float, default=900.0, help="the learned part acts at Dot steps with t_i "
                    "below this, one of the gate's row edges")
@@ -198,8 +224,8 @@ def _start(args):
     card, device, task, dash, dash_sum, solver, denoiser = open_dot(
         "morse.distill", args, "train one with python -m morse.train and gate it with python -m morse.gate")
     card = training_numbers(card)
-    if solver.name != "ddim":
-        raise TrainingError(f"morse.distill unrolls DDIM steps; this Dot wraps {solver.name}")
+    if solver.name not in SOLVERS:
+        raise TrainingError(f"morse.distill unrolls {' and '.join(SOLVERS)} steps; this Dot wraps {solver.name}")
     start_dot, dot = (Dot.load(dash, args.dot).to(device) for _ in range(2))
     if dot.config.gate is None:
         raise TrainingError("morse.distill: start from a gated Dot (python -m morse.gate --learned first-group ...): "
@@ -222,7 +248,8 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
         idx = torch.randint(len(seeds), (args.batch_size,), generator=state.gen)
         b = _batch(pool, unit_name(budget, group), idx, device)
         end = plans.end(budget, group, b, [seeds[i] for i in idx.tolist()], dot)
-        return (end - b["end"]).square().mean() / norm[unit_name(budget, group)]
+        weight = 1.0 if group else args.first_weight
+        return weight * (end - b["end"]).square().mean() / norm[unit_name(budget, group)]
 
     def save(step):
         log.flush()
@@ -250,13 +277,13 @@ def distill(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_text("morse.distill", {k: v for k, v in vars(args).items()
                                              if k not in ("out", "export", "device")
-                                             and not (k == "groups" and v == "first")})
+                                             and (k, v) not in (("groups", "first"), ("first_weight", 1.0))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
     t0 = time.perf_counter()
     # The targets depend on the Dash and the units alone: another recipe on the same runs reuses them.
     pool = _cached_pairs(args.out / "targets.safetensors", resume_key("/".join(map(str, (
-        dash_sum, seeds[0], args.runs, units, ratio, card["dots_per_dash"])))),
+        dash_sum, solver.name, seeds[0], args.runs, units, ratio, card["dots_per_dash"])))),
         lambda: _exact(plans, units, seeds, shape, device))
     target_time = time.perf_counter() - t0
     # Each unit's loss is relative to the starting Dot's error there, so every group counts alike.

@@ -65,6 +65,52 @@ def test_each_unrolled_group_is_where_morse_sampling_stands_at_the_next_dash_ste
     torch.testing.assert_close(got, states[end - 1])
 
 
+@pytest.fixture(scope="module")
+def dpm_parts(parts):
+    task, den, _, _ = parts
+    from morse.dot import Dot
+
+    dot = Dot.load(task.dash(), dot_path("fmnist", "dpm"))
+    return dot, distill.Plans(den, get_baseline("dpm"), Interleave(3), 6.0, [2.0, 3.0], None, "cpu")
+
+
+def test_dpm_solvers_exact_plans_hand_their_history_on_and_end_in_the_dpm_solver_sample(parts, dpm_parts):
+    """DPM-Solver++(2M) keeps the last estimate: the exact 3-LSD plan (two groups, the second continuing the first's
+    history) ends where 8 DPM-Solver++ steps do, and the 2-LSD plan where 4 do."""
+    task, den, _, _ = parts
+    _, plans = dpm_parts
+    seeds = [8, 9]
+    with torch.inference_mode():
+        exact = plans.exact([(2.0, 0), (3.0, 1)], seeds, task.image_shape)
+        for unit, steps in (("2:0", 4), ("3:1", 8)):
+            sample, _ = get_baseline("dpm")(den, initial_noise(seeds, task.image_shape), steps, seeds=seeds)
+            torch.testing.assert_close(exact[f"end/{unit}"], sample)
+    assert "hp/3:1" in exact and "hp/2:0" not in exact
+
+
+def test_an_unrolled_dpm_group_is_where_morse_dpm_sampling_stands(parts, dpm_parts):
+    task, den, _, _ = parts
+    dot, plans = dpm_parts
+    seeds, budget, group = [5, 6], 3.0, 1
+    states, estimates = {-1: initial_noise(seeds, task.image_shape)}, {}
+
+    def record(i, t, x_i, e):
+        states[i], estimates[i] = x_i, e
+
+    with torch.inference_mode():
+        Morse(get_baseline("dpm"), dot, 6.0, Interleave(3))(den, states[-1], budget, seeds=seeds, callback=record)
+        (earlier, _), (first, end) = plans.groups(budget)
+        # the solver's history: the Dot's estimate at the step before, converted as the solver keeps it
+        before = distill.at_step(plans.schedulers[budget], first - 1)
+        history = before.convert_model_output(estimates[first - 1], sample=states[first - 2])
+        inputs = dict(x=states[first - 1], z=estimates[first], xp=states[earlier - 1], zp=estimates[earlier],
+                      hp=history)
+        got = plans.end(budget, group, inputs, seeds, dot)
+        other = plans.end(budget, group, {**inputs, "hp": torch.zeros_like(history)}, seeds, dot)
+    torch.testing.assert_close(got, states[end - 1])
+    assert not torch.allclose(other, states[end - 1])  # the history matters
+
+
 def test_the_group_end_is_differentiable_in_the_dot_where_its_gate_lets_the_learned_part_act(parts):
     task, _, dot, plans = parts
     seeds = [7]
@@ -147,7 +193,8 @@ def test_the_ablations_distill_rows_are_morse_distill_commands_on_the_committed_
     assert {r.name for r in rows} >= {"distill-first", "distill-first-long"}
     for row in rows:
         args = distill.parser().parse_args(shlex.split(row.train_command())[3:])
-        assert args.dot == ablation.RUNS / "extrap-first-gap-below900" / "dot.safetensors"
+        assert args.dot == ablation.RUNS / row.distills / "dot.safetensors"
+        assert row.distills in {r.name for r in ablation.ROWS}
         assert args.out == ablation.RUNS / row.name and row.dot == args.out / "dot.safetensors"
     long = distill.parser().parse_args(shlex.split(rows[1].train_command())[3:])
     assert (long.iters, long.lr) == (6000, 3e-4)
