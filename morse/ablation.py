@@ -16,8 +16,9 @@ results.csv and speedup.csv (and a trained row's card) under rows/<row>/ (and ea
 so the table regenerates on any machine. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one; rows made with `morse.distill` train a
-gated Dot further on the state its groups hand on. The committed DDIM Dot is the distill-long-lines row
-(extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and extrap-first before it); which Dot to commit
+gated Dot further on the state its groups hand on. The committed DDIM Dot is the distill-long-lines-more row
+(distill-long-lines, extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and extrap-first before it);
+which Dot to commit
 was decided on seeds 100,000-100,999 (validation.md). The first-group specialists
 (extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3 and 4 LSD,
 and validation.md why none replaced the committed Dot.
@@ -221,7 +222,12 @@ ROWS = [
         distill_flags="--iters 6000 --lr 0.0003"),
     Row("distill-long-lines", "as distill-first-long, and the later groups on lines longer than 1.5 in lambda too "
         "(--groups long-lines: 3, 4, 6 and 8 LSD's, where the committed Dot gives the plain line), each from the exact "
-        "trajectory's state", None, "distill-first-long", distills="extrap-first-gap-below900",
+        "trajectory's state; committed until distill-long-lines-more", None, "distill-first-long",
+        distills="extrap-first-gap-below900",
+        distill_flags="--groups long-lines --iters 6000 --lr 0.0003"),
+    Row("distill-long-lines-more", "the distill-long-lines row's Dot distilled again by the same command: 6,000 more "
+        "iterations, the cosine schedule restarted (its group-end loss was still falling); the committed Dot", None,
+        "distill-long-lines", distills="distill-long-lines",
         distill_flags="--groups long-lines --iters 6000 --lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
@@ -367,7 +373,7 @@ def noise() -> list[str]:
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
-            "distill-long-lines")
+            "distill-long-lines", "distill-long-lines-more")
 LOW_BUDGETS = (2, 3, 4)
 
 

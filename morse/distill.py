@@ -121,7 +121,8 @@ class Plans:
     @torch.inference_mode()
     def exact(self, units, seeds, shape, device="cpu") -> dict:
         """For each unit (budget, group): the exact trajectory's inputs to it ("x", "z", "xp", "zp", and "hp" for a
-        multistep solver) and its end."""
+        multistep solver) and what it hands on: its end state ("end") and, for a multistep solver with a group after
+        it, the history ("hend")."""
         x_T = initial_noise(seeds, shape, device=device)
         out = {}
         for budget in dict.fromkeys(b for b, _ in units):
@@ -133,8 +134,10 @@ class Plans:
                               **({"hp": history} if history is not None else {}))
                 anchors.append((x, z))
                 x, history = self.run(budget, group, inputs, seeds)
+                handed = {"end": x, **({"hend": history} if history is not None
+                                       and group + 1 < len(self.groups(budget)) else {})}
                 if (budget, group) in units:
-                    out.update({f"{name}/{unit_name(budget, group)}": v for name, v in {**inputs, "end": x}.items()})
+                    out.update({f"{name}/{unit_name(budget, group)}": v for name, v in {**inputs, **handed}.items()})
         return out
 
 
@@ -177,18 +180,23 @@ def _batch(pool: dict, name: str, idx, device) -> dict:
 @torch.inference_mode()
 def group_end_error(plans: Plans, units, dots: dict, pool: dict, seeds, batch_size=64, device="cpu") -> dict:
     """{unit: {name: RMSE of its end state against the exact one}} for each Dot in `dots` (None: reuse), on the
-    exact inputs in `pool` (of `seeds`)."""
+    exact inputs in `pool` (of `seeds`); and {"<unit> history": ...} for the history it hands on, where the pool
+    has one (a multistep solver's group with a group after it)."""
     zero = lambda x_ti, *_, **__: torch.zeros_like(x_ti)  # noqa: E731
     out = {}
     for budget, group in units:
-        name, sums = unit_name(budget, group), dict.fromkeys(dots, 0.0)
+        name = unit_name(budget, group)
+        handed = [k for k in ("end", "hend") if f"{k}/{name}" in pool]
+        sums = {(k, dot_name): 0.0 for k in handed for dot_name in dots}
         for k in range(0, len(seeds), batch_size):
             b = _batch(pool, name, torch.arange(k, min(k + batch_size, len(seeds))), device)
             for dot_name, dot in dots.items():
-                got = plans.end(budget, group, b, seeds[k:k + batch_size], dot or zero)
-                sums[dot_name] += (got - b["end"]).double().square().sum().item()
-        count = pool[f"end/{name}"].numel()
-        out[name] = {dot_name: (v / count) ** 0.5 for dot_name, v in sums.items()}
+                got = dict(zip(("end", "hend"), plans.run(budget, group, b, seeds[k:k + batch_size], dot or zero)))
+                for key in handed:
+                    sums[key, dot_name] += (got[key] - b[key]).double().square().sum().item()
+        for key in handed:
+            out[name + ("" if key == "end" else " history")] = {
+                dot_name: (sums[key, dot_name] / pool[f"{key}/{name}"].numel()) ** 0.5 for dot_name in dots}
     return out
 
 
@@ -207,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--first-weight", type=float, default=1.0, help="loss factor of the first groups against the "
                    "later ones (with --groups long-lines): sharing the Dot among eleven groups costs the first ones "
                    "part of what they reach alone")
+    p.add_argument("--history-weight", type=float, default=1.0, help="for DPM-Solver++: loss factor of the history "
+                   "a group hands on (its last estimate, as the solver keeps it for the next step) beside its end "
+                   "state, each relative to the starting Dot's error (0: the state alone)")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
     p.add_argument("--learned-below", type=float, default=900.0, help="the learned part acts at Dot steps with t_i "
                    "below this, one of the gate's row edges")
@@ -247,9 +258,12 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
         budget, group = units[it % len(units)]
         idx = torch.randint(len(seeds), (args.batch_size,), generator=state.gen)
         b = _batch(pool, unit_name(budget, group), idx, device)
-        end = plans.end(budget, group, b, [seeds[i] for i in idx.tolist()], dot)
-        weight = 1.0 if group else args.first_weight
-        return weight * (end - b["end"]).square().mean() / norm[unit_name(budget, group)]
+        name = unit_name(budget, group)
+        end, history = plans.run(budget, group, b, [seeds[i] for i in idx.tolist()], dot)
+        loss = (end - b["end"]).square().mean() / norm[name]
+        if "hend" in b:  # a multistep solver's next step reads the history as well as the state
+            loss = loss + args.history_weight * (history - b["hend"]).square().mean() / norm[name + " history"]
+        return (1.0 if group else args.first_weight) * loss
 
     def save(step):
         log.flush()
@@ -277,13 +291,15 @@ def distill(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_text("morse.distill", {k: v for k, v in vars(args).items()
                                              if k not in ("out", "export", "device")
-                                             and (k, v) not in (("groups", "first"), ("first_weight", 1.0))})
+                                             and (k, v) not in (("groups", "first"), ("first_weight", 1.0),
+                                                                  ("history_weight", 1.0))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
     t0 = time.perf_counter()
     # The targets depend on the Dash and the units alone: another recipe on the same runs reuses them.
     pool = _cached_pairs(args.out / "targets.safetensors", resume_key("/".join(map(str, (
-        dash_sum, solver.name, seeds[0], args.runs, units, ratio, card["dots_per_dash"])))),
+        dash_sum, solver.name + ("" if solver.name == "ddim" else "+hend"), seeds[0], args.runs, units, ratio,
+        card["dots_per_dash"])))),
         lambda: _exact(plans, units, seeds, shape, device))
     target_time = time.perf_counter() - t0
     # Each unit's loss is relative to the starting Dot's error there, so every group counts alike.

@@ -81,11 +81,13 @@ def test_dpm_solvers_exact_plans_hand_their_history_on_and_end_in_the_dpm_solver
     _, plans = dpm_parts
     seeds = [8, 9]
     with torch.inference_mode():
-        exact = plans.exact([(2.0, 0), (3.0, 1)], seeds, task.image_shape)
+        exact = plans.exact([(2.0, 0), (3.0, 0), (3.0, 1)], seeds, task.image_shape)
         for unit, steps in (("2:0", 4), ("3:1", 8)):
             sample, _ = get_baseline("dpm")(den, initial_noise(seeds, task.image_shape), steps, seeds=seeds)
             torch.testing.assert_close(exact[f"end/{unit}"], sample)
-    assert "hp/3:1" in exact and "hp/2:0" not in exact
+    # the first group hands on its state and its history; the plans' last groups only their state
+    assert torch.equal(exact["hend/3:0"], exact["hp/3:1"]) and torch.equal(exact["end/3:0"], exact["x/3:1"])
+    assert {k for k in exact if k.startswith(("hp/", "hend/"))} == {"hp/3:1", "hend/3:0"}
 
 
 def test_an_unrolled_dpm_group_is_where_morse_dpm_sampling_stands(parts, dpm_parts):
@@ -198,3 +200,14 @@ def test_the_ablations_distill_rows_are_morse_distill_commands_on_the_committed_
         assert args.out == ablation.RUNS / row.name and row.dot == args.out / "dot.safetensors"
     long = distill.parser().parse_args(shlex.split(rows[1].train_command())[3:])
     assert (long.iters, long.lr) == (6000, 3e-4)
+
+
+def test_a_dpm_dot_is_distilled_on_the_state_and_the_history_its_groups_hand_on(tmp_path):
+    dot = dot_path("fmnist", "dpm")
+    distill.main(["--dot", str(dot), "--budgets", "3", "--runs", "8", "--iters", "2", "--batch-size", "4",
+                  "--heldout", "2", "--out", str(tmp_path)])
+    card = json.loads((tmp_path / "dot.json").read_text())
+    ends = card["distill"]["group_end_rmse"]
+    assert set(ends) == {"3:0", "3:0 history"}  # --groups first: the first group, which a second one follows
+    assert all(0 < e["distilled"] < e["reuse"] * 10 for e in ends.values())
+    assert card["solver"] == "dpm" and "--history-weight" not in card["distill"]["command"]
