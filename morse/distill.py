@@ -296,7 +296,8 @@ def distill(args) -> dict:
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
     t0 = time.perf_counter()
-    # The targets depend on the Dash and the units alone: another recipe on the same runs reuses them.
+    # The targets depend on the Dash, the solver and the units alone: another recipe on the same runs reuses them
+    # ("+hend": a multistep solver's targets hold the history each group hands on, which earlier ones lacked).
     pool = _cached_pairs(args.out / "targets.safetensors", resume_key("/".join(map(str, (
         dash_sum, solver.name + ("" if solver.name == "ddim" else "+hend"), seeds[0], args.runs, units, ratio,
         card["dots_per_dash"])))),
