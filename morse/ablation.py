@@ -228,6 +228,10 @@ ROWS = [
         "iterations, the cosine schedule restarted (its group-end loss was still falling); the committed Dot", None,
         "distill-long-lines", distills="distill-long-lines",
         distill_flags="--groups long-lines --iters 6000 --lr 0.0003"),
+    Row("distill-own", "the committed Dot distilled again with each later group fed the committed Dot's own "
+        "trajectory (--inputs own: where sampling puts it, one DAgger round) and still pulled to the exact "
+        "trajectory's end", None, "distill-long-lines-more", distills="distill-long-lines-more",
+        distill_flags="--groups long-lines --inputs own --iters 6000 --lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -373,7 +377,7 @@ def noise() -> list[str]:
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
-            "distill-long-lines", "distill-long-lines-more")
+            "distill-long-lines", "distill-long-lines-more", "distill-own")
 LOW_BUDGETS = (2, 3, 4)
 
 

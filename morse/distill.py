@@ -15,16 +15,18 @@ also takes the exact trajectory's history (its converted estimate of the step be
 
 Which groups: the first (--groups first, no earlier anchor; its learned part with factor 1 below --learned-below,
 default 900 as the committed Dot's), and with --groups long-lines also the later groups on lines longer than the
-gate's last length edge (1.5 in lambda on the committed Dot), where the committed Dot gives the plain line: each such
-group starts from the exact trajectory's state and anchors. Elsewhere the starting Dot's gate stands, so plans with
-neither (12 and 16 LSD on the embedded default) sample as before. Each group's loss is the mean squared error of its
-end state divided by the starting Dot's on the first 256 training runs, so every group counts alike (the 2-LSD
-group ends in a clean image, the 8-LSD first group at t = 799).
+gate's last length edge (1.5 in lambda on the committed Dot), where the committed Dot gives the plain line: each
+such group starts from the exact trajectory's state and anchors, or with --inputs own from the starting Dot's own
+(where sampling puts it: a DAgger round), and is pulled to the exact trajectory's end either way. Elsewhere the
+starting Dot's gate stands, so plans with neither (12 and 16 LSD on the embedded default) sample as before. Each
+group's loss is the mean squared error of its end state divided by the starting Dot's on the first 256 training
+runs, so every group counts alike (the 2-LSD group ends in a clean image, the 8-LSD first group at t = 799).
 
 Training runs: seeds seed * 10^6 + 800,000 + i (none that morse.train or morse.gate use); their exact inputs and
-ends are cached in --out. The held-out error is measured on morse.train's held-out seeds twice: each group end's
-RMSE against the exact one (reuse, the starting Dot and this one), and the per-step epsilon error as morse.train
-reports it. Resumable: rerun the same command.
+ends are cached in --out (targets.safetensors), and with --inputs own the starting Dot's inputs
+(inputs.safetensors). The held-out error is measured on morse.train's held-out seeds twice: each group end's RMSE
+against the exact one (reuse, the starting Dot and this one), and the per-step epsilon error as morse.train reports
+it. Resumable: rerun the same command.
 """
 
 import argparse
@@ -51,6 +53,7 @@ from morse.train import _cached_pairs, heldout_seeds, loss_log, optimiser, resid
 SEED_OFFSET = 800_000
 NORM_RUNS = 256
 GROUPS = ("first", "long-lines")
+INPUTS = ("exact", "own")
 SOLVERS = ("ddim", "dpm")  # the solvers whose state at a Dash step the exact trajectory hands over whole
 
 
@@ -119,10 +122,11 @@ class Plans:
         return unroll(scheduler, first, end, self.solver.step_kwargs, x, z, estimate, inputs.get("hp"))
 
     @torch.inference_mode()
-    def exact(self, units, seeds, shape, device="cpu") -> dict:
+    def exact(self, units, seeds, shape, device="cpu", dot=None) -> dict:
         """For each unit (budget, group): the exact trajectory's inputs to it ("x", "z", "xp", "zp", and "hp" for a
         multistep solver) and what it hands on: its end state ("end") and, for a multistep solver with a group after
-        it, the history ("hend")."""
+        it, the history ("hend"). With `dot`, the trajectory is Morse's with that Dot instead: what sampling feeds
+        each group."""
         x_T = initial_noise(seeds, shape, device=device)
         out = {}
         for budget in dict.fromkeys(b for b, _ in units):
@@ -133,7 +137,7 @@ class Plans:
                 inputs = dict(x=x, z=z, **(dict(xp=anchors[-1][0], zp=anchors[-1][1]) if anchors else {}),
                               **({"hp": history} if history is not None else {}))
                 anchors.append((x, z))
-                x, history = self.run(budget, group, inputs, seeds)
+                x, history = self.run(budget, group, inputs, seeds, dot)
                 handed = {"end": x, **({"hend": history} if history is not None
                                        and group + 1 < len(self.groups(budget)) else {})}
                 if (budget, group) in units:
@@ -208,6 +212,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", choices=GROUPS, default="first", help="first: the first groups; long-lines: also the "
                    "later groups' Dot steps on lines longer than the gate's last length edge, each from the exact "
                    "trajectory's state at its Dash step")
+    p.add_argument("--inputs", choices=INPUTS, default="exact", help="what each group starts from in training: "
+                   "the exact trajectory's state, anchors and history, or the starting Dot's own (what sampling "
+                   "feeds it; one DAgger round); either way it is trained towards the exact trajectory's end")
     p.add_argument("--runs", type=int, default=4096, help="training runs (noises), each unrolled at every budget")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -292,7 +299,7 @@ def distill(args) -> dict:
     command = command_text("morse.distill", {k: v for k, v in vars(args).items()
                                              if k not in ("out", "export", "device")
                                              and (k, v) not in (("groups", "first"), ("first_weight", 1.0),
-                                                                  ("history_weight", 1.0))})
+                                                                  ("history_weight", 1.0), ("inputs", "exact"))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
     t0 = time.perf_counter()
@@ -302,6 +309,13 @@ def distill(args) -> dict:
         dash_sum, solver.name + ("" if solver.name == "ddim" else "+hend"), seeds[0], args.runs, units, ratio,
         card["dots_per_dash"])))),
         lambda: _exact(plans, units, seeds, shape, device))
+    if args.inputs == "own":
+        # Later groups start where the starting Dot's sampling stands, not where the Dash's does, and are still
+        # pulled to the exact trajectory's end: the error they inherit is the one sampling hands them.
+        own = _cached_pairs(args.out / "inputs.safetensors", resume_key("/".join(map(str, (
+            dash_sum, solver.name, sha256(args.dot), seeds[0], args.runs, units, ratio, card["dots_per_dash"])))),
+            lambda: _exact(plans, units, seeds, shape, device, dot=start_dot))
+        pool = {**pool, **{k: v for k, v in own.items() if k.split("/")[0] not in ("end", "hend")}}
     target_time = time.perf_counter() - t0
     # Each unit's loss is relative to the starting Dot's error there, so every group counts alike.
     few = {k: v[:NORM_RUNS] for k, v in pool.items()}
@@ -309,34 +323,48 @@ def distill(args) -> dict:
                                                            seeds[:NORM_RUNS], device=device).items()}
     train_time = _train(args, dot, plans, units, pool, norm, seeds, key, device)
     held = heldout_seeds(args.seed, args.heldout)
-    ends = group_end_error(plans, units, {"reuse": None, "start": start_dot, "distilled": dot},
-                           _exact(plans, units, held, shape, device), held, device=device)
+    dots = {"reuse": None, "start": start_dot, "distilled": dot}
+    held_pool = _exact(plans, units, held, shape, device)
+    ends = group_end_error(plans, units, dots, held_pool, held, device=device)
+    own_ends = None if args.inputs == "exact" else group_end_error(
+        plans, units, dots, {**held_pool, **{k: v for k, v in _exact(plans, units, held, shape, device,
+                                                                     dot=start_dot).items()
+                                             if k.split("/")[0] not in ("end", "hend")}}, held, device=device)
     eps = residual_error(dot, sampling_pairs(denoiser, dot, solver, interleave, ratio,
                                              [float(b) for b in card["budgets"]], held, shape, desc="held-out pairs",
                                              device=device, conditions=task.conditions), device=device)
-    out = _card(args, card, dot, ends, eps, command, target_time, train_time, budgets)
+    out = _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time, budgets)
     publish([args.out / "dot.safetensors"] + ([args.export] if args.export else []),
             lambda path: dot.save(path, {"card": json.dumps(out)}), out)
     (args.out / "checkpoint.safetensors").unlink(missing_ok=True)
     return out
 
 
-def _exact(plans, units, seeds, shape, device, batch_size=64) -> dict:
-    parts = [plans.exact(units, seeds[k:k + batch_size], shape, device)
-             for k in tqdm(range(0, len(seeds), batch_size), desc="exact groups", unit="batch")]
+def _exact(plans, units, seeds, shape, device, batch_size=64, dot=None) -> dict:
+    parts = [plans.exact(units, seeds[k:k + batch_size], shape, device, dot)
+             for k in tqdm(range(0, len(seeds), batch_size), desc="exact groups" if dot is None else "own groups",
+                           unit="batch")]
     return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
 
 
-def _card(args, card, dot, ends, eps, command, target_time, train_time, budgets) -> dict:
+def _end_table(ends) -> list[str]:
+    return ["| budget:group | reuse | starting Dot | distilled | distilled / starting |", "|---|---|---|---|---|",
+            *[f"| {u} | {e['reuse']:.4f} | {e['start']:.4f} | {e['distilled']:.4f} | "
+              f"{e['distilled'] / e['start']:.3f} |" for u, e in ends.items()]]
+
+
+def _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time, budgets) -> dict:
     losses = [json.loads(line)["loss"] for line in (args.out / "loss.jsonl").read_text().splitlines()]
     section = [f"These weights are the Dot above, distilled: `{command}` (with `--dot` the starting Dot's path). "
-               "Group-end RMSE against the exact Dot's, held-out runs, per budget and group (0: the first):", "",
-               "| budget:group | reuse | starting Dot | distilled | distilled / starting |", "|---|---|---|---|---|",
-               *[f"| {u} | {e['reuse']:.4f} | {e['start']:.4f} | {e['distilled']:.4f} | "
-                 f"{e['distilled'] / e['start']:.3f} |" for u, e in ends.items()]]
+               "Group-end RMSE against the exact Dot's, held-out runs, per budget and group (0: the first), each "
+               "group fed the exact trajectory's inputs:", "", *_end_table(ends)]
+    if own_ends is not None:
+        section += ["", "The same, each group fed the starting Dot's own trajectory's inputs (as in training):", "",
+                    *_end_table(own_ends)]
     return {**card, "dot_config": vars(dot.config), "heldout_error": eps,
             "distill": dict(start_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
-                            group_end_rmse=ends, runs=args.runs, budgets=budgets, groups=args.groups,
+                            group_end_rmse=ends, **({"group_end_rmse_own": own_ends} if own_ends else {}),
+                            inputs=args.inputs, runs=args.runs, budgets=budgets, groups=args.groups,
                             iters=args.iters, batch_size=args.batch_size, target_time_s=round(target_time, 1),
                             train_time_s=round(train_time, 1),
                             loss_per_100_iters=[round(v, 6) for v in loss_curve(losses)], command=command),

@@ -211,3 +211,40 @@ def test_a_dpm_dot_is_distilled_on_the_state_and_the_history_its_groups_hand_on(
     assert set(ends) == {"3:0", "3:0 history"}  # --groups first: the first group, which a second one follows
     assert all(0 < e["distilled"] < e["reuse"] * 10 for e in ends.values())
     assert card["solver"] == "dpm" and "--history-weight" not in card["distill"]["command"]
+
+
+def test_the_dots_own_trajectory_is_where_morse_sampling_stands_at_each_group(parts):
+    """--inputs own: each group starts where Morse with the starting Dot stands, and the last group ends in its
+    sample; the exact trajectory starts there only in the first group."""
+    task, den, dot, plans = parts
+    seeds, budget = [5, 6], 4.0
+    states, estimates = {-1: initial_noise(seeds, task.image_shape)}, {}
+
+    def record(i, t, x_i, e):
+        states[i], estimates[i] = x_i, e
+
+    units = [(budget, g) for g in range(len(plans.groups(budget)))]
+    with torch.inference_mode():
+        sample, _ = Morse(get_baseline("ddim"), dot, 6.0, Interleave(3))(den, states[-1], budget, seeds=seeds,
+                                                                         callback=record)
+        own = plans.exact(units, seeds, task.image_shape, dot=dot)
+        exact = plans.exact(units, seeds, task.image_shape)
+    for group, (first, _) in enumerate(plans.groups(budget)):
+        torch.testing.assert_close(own[f"x/4:{group}"], states[first - 1])
+        torch.testing.assert_close(own[f"z/4:{group}"], estimates[first])
+        assert torch.equal(own[f"x/4:{group}"], exact[f"x/4:{group}"]) == (group == 0)
+    torch.testing.assert_close(own[f"end/4:{len(units) - 1}"], sample)
+
+
+def test_own_inputs_train_the_later_groups_from_the_dots_trajectory_towards_the_exact_end(tmp_path):
+    out = tmp_path / "own"
+    distill.main(ARGS[:3] + ["3,4", "--groups", "long-lines", "--inputs", "own"] + ARGS[4:] + ["--out", str(out)])
+    card = json.loads((out / "dot.json").read_text())["distill"]
+    targets, inputs = load_file(out / "targets.safetensors"), load_file(out / "inputs.safetensors")
+    later = [u for u in card["group_end_rmse"] if not u.endswith(":0")]
+    assert later and set(card["group_end_rmse_own"]) == set(card["group_end_rmse"])
+    assert card["inputs"] == "own" and "--inputs own" in card["command"]
+    for unit in card["group_end_rmse"]:
+        assert torch.equal(inputs[f"x/{unit}"], targets[f"x/{unit}"]) == unit.endswith(":0")
+    # the starting Dot's own inputs are farther from the exact end than the exact ones
+    assert all(card["group_end_rmse_own"][u]["start"] > card["group_end_rmse"][u]["start"] for u in later)
