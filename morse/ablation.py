@@ -166,7 +166,8 @@ ROWS = [
         gate_flags=GAP_GATE),
     Row("extrap-first-gap-below900", "as extrap-first-gap, its learned part off at t_i >= 900 (--learned-below 900): "
         "there the first groups of plans of 6 LSD and more take short steps from t = 999, where reusing z_s is nearly "
-        "exact and the learned part narrowed the samples (validation.md); the committed Dot", None, "extrap-first-gap",
+        "exact and the learned part narrowed the samples (validation.md); committed until distill-long-lines", None,
+        "extrap-first-gap",
         gates="extrap",
         gate_flags=BELOW900_GATE),
     Row("extrap-firstonly", "a first-group specialist: trained on the first group's pairs alone (before the second "
@@ -225,12 +226,16 @@ ROWS = [
         distills="extrap-first-gap-below900",
         distill_flags="--groups long-lines --iters 6000 --lr 0.0003"),
     Row("distill-long-lines-more", "the distill-long-lines row's Dot distilled again by the same command: 6,000 more "
-        "iterations, the cosine schedule restarted (its group-end loss was still falling); the committed Dot", None,
+        "iterations, the cosine schedule restarted (its group-end loss was still falling); committed until distill-own",
+        None,
         "distill-long-lines", distills="distill-long-lines",
         distill_flags="--groups long-lines --iters 6000 --lr 0.0003"),
-    Row("distill-own", "the committed Dot distilled again with each later group fed the committed Dot's own "
-        "trajectory (--inputs own: where sampling puts it, one DAgger round) and still pulled to the exact "
-        "trajectory's end", None, "distill-long-lines-more", distills="distill-long-lines-more",
+    Row("distill-own", "the distill-long-lines-more row's Dot distilled again with each later group fed that Dot's "
+        "own trajectory (--inputs own: where sampling puts it, one DAgger round) and still pulled to the exact "
+        "trajectory's end; the committed Dot", None, "distill-long-lines-more", distills="distill-long-lines-more",
+        distill_flags="--groups long-lines --inputs own --iters 6000 --lr 0.0003"),
+    Row("distill-own-2", "a second round: the distill-own row's Dot distilled by the same command, fed its own "
+        "trajectory (chosen against it on the validation seeds: level)", None, "distill-own", distills="distill-own",
         distill_flags="--groups long-lines --inputs own --iters 6000 --lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
@@ -377,7 +382,7 @@ def noise() -> list[str]:
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
-            "distill-long-lines", "distill-long-lines-more", "distill-own")
+            "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2")
 LOW_BUDGETS = (2, 3, 4)
 
 
