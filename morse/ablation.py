@@ -356,6 +356,7 @@ NOISE_RUNS = (("n5000", "ddim", "DDIM", None), ("n5000", "morse-extrap", "the fo
               ("n5000-below900", "morse", "extrap-first-gap-below900", "e0f488c"),
               ("n5000-distill", "morse", "distill-long-lines", "4120677"),
               ("n5000-more", "morse", "distill-long-lines-more", "3478cd3"),
+              ("n5000-distill-own", "morse", "distill-own", "3b2563a"),
               ("n5000", "morse-oracle", "the exact Dot", None))
 
 
