@@ -16,11 +16,11 @@ results.csv and speedup.csv (and a trained row's card) under rows/<row>/ (and ea
 so the table regenerates on any machine. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one; rows made with `morse.distill` train a
-gated Dot further on the state its groups hand on. The committed DDIM Dot is the distill-long-lines-more row
-(distill-long-lines, extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and extrap-first before it);
-which Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group specialists
-(extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3 and 4 LSD,
-and validation.md why none replaced the committed Dot.
+gated Dot further on the state its groups hand on. The committed DDIM Dot is the distill-own row
+(distill-long-lines-more, distill-long-lines, extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and
+extrap-first before it); which Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group
+specialists (extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3
+and 4 LSD, and validation.md why none replaced the committed Dot.
 """
 
 import argparse

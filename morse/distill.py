@@ -210,8 +210,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the distilled Dot, its card and the targets")
     p.add_argument("--budgets", default="2,3,4,6,8", help="LSD budgets whose groups to distil")
     p.add_argument("--groups", choices=GROUPS, default="first", help="first: the first groups; long-lines: also the "
-                   "later groups' Dot steps on lines longer than the gate's last length edge, each from the exact "
-                   "trajectory's state at its Dash step")
+                   "later groups' Dot steps on lines longer than the gate's last length edge, each from the state at "
+                   "its Dash step that --inputs names")
     p.add_argument("--inputs", choices=INPUTS, default="exact", help="what each group starts from in training: "
                    "the exact trajectory's state, anchors and history, or the starting Dot's own (what sampling "
                    "feeds it; one DAgger round); either way it is trained towards the exact trajectory's end")
@@ -315,7 +315,7 @@ def distill(args) -> dict:
         own = _cached_pairs(args.out / "inputs.safetensors", resume_key("/".join(map(str, (
             dash_sum, solver.name, sha256(args.dot), seeds[0], args.runs, units, ratio, card["dots_per_dash"])))),
             lambda: _exact(plans, units, seeds, shape, device, dot=start_dot))
-        pool = {**pool, **{k: v for k, v in own.items() if k.split("/")[0] not in ("end", "hend")}}
+        pool = _with_inputs(pool, own)
     target_time = time.perf_counter() - t0
     # Each unit's loss is relative to the starting Dot's error there, so every group counts alike.
     few = {k: v[:NORM_RUNS] for k, v in pool.items()}
@@ -327,9 +327,8 @@ def distill(args) -> dict:
     held_pool = _exact(plans, units, held, shape, device)
     ends = group_end_error(plans, units, dots, held_pool, held, device=device)
     own_ends = None if args.inputs == "exact" else group_end_error(
-        plans, units, dots, {**held_pool, **{k: v for k, v in _exact(plans, units, held, shape, device,
-                                                                     dot=start_dot).items()
-                                             if k.split("/")[0] not in ("end", "hend")}}, held, device=device)
+        plans, units, dots, _with_inputs(held_pool, _exact(plans, units, held, shape, device, dot=start_dot)), held,
+        device=device)
     eps = residual_error(dot, sampling_pairs(denoiser, dot, solver, interleave, ratio,
                                              [float(b) for b in card["budgets"]], held, shape, desc="held-out pairs",
                                              device=device, conditions=task.conditions), device=device)
@@ -338,6 +337,11 @@ def distill(args) -> dict:
             lambda path: dot.save(path, {"card": json.dumps(out)}), out)
     (args.out / "checkpoint.safetensors").unlink(missing_ok=True)
     return out
+
+
+def _with_inputs(exact: dict, own: dict) -> dict:
+    """The exact pool with each group's inputs taken from `own` (another trajectory's), its targets kept."""
+    return {**exact, **{k: v for k, v in own.items() if k.split("/")[0] not in ("end", "hend")}}
 
 
 def _exact(plans, units, seeds, shape, device, batch_size=64, dot=None) -> dict:
