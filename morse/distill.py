@@ -15,10 +15,12 @@ also takes the exact trajectory's history (its converted estimate of the step be
 
 Which groups: the first (--groups first, no earlier anchor; its learned part with factor 1 below --learned-below,
 default 900 as the committed Dot's), and with --groups long-lines also the later groups on lines longer than the
-gate's last length edge (1.5 in lambda on the committed Dot), where the committed Dot gives the plain line: each
-such group starts from the exact trajectory's state and anchors, or with --inputs own from the starting Dot's own
-(where sampling puts it: a DAgger round), and is pulled to the exact trajectory's end either way. Elsewhere the
-starting Dot's gate stands, so plans with neither (12 and 16 LSD on the embedded default) sample as before. Each
+gate's last length edge (1.5 in lambda on the committed Dot), where the committed Dot gives the plain line; with
+--groups all every group with a Dot step below --learned-below (the shorter lines too, where the gate gave the prior
+alone, so the opened gate acts at every budget: distil 12 and 16 LSD too). Each such group starts from the exact
+trajectory's state and anchors, or with --inputs own from the starting Dot's own (where sampling puts it: a DAgger
+round), and is pulled to the exact trajectory's end either way. Elsewhere the starting Dot's gate stands, so with
+long-lines the plans with neither (12 and 16 LSD on the embedded default) sample as before. Each
 group's loss is the mean squared error of its end state divided by the starting Dot's on the first 256 training
 runs, so every group counts alike (the 2-LSD group ends in a clean image, the 8-LSD first group at t = 799).
 
@@ -40,6 +42,7 @@ from tqdm import tqdm
 
 from baselines.checkpoint import sha256
 from baselines.noise import initial_noise
+from baselines.runtime import tune_malloc
 from baselines.training.cards import loss_curve, publish
 from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
 from baselines.training.recipe import TrainingError, command_text, one_line_errors, resume_key
@@ -52,7 +55,7 @@ from morse.train import _cached_pairs, heldout_seeds, loss_log, optimiser, resid
 
 SEED_OFFSET = 800_000
 NORM_RUNS = 256
-GROUPS = ("first", "long-lines")
+GROUPS = ("first", "long-lines", "all")
 INPUTS = ("exact", "own")
 SOLVERS = ("ddim", "dpm")  # the solvers whose state at a Dash step the exact trajectory hands over whole
 
@@ -151,10 +154,11 @@ def unit_name(budget, group) -> str:
 
 def units_of(plans: Plans, dot: Dot, budgets, groups: str) -> list[tuple[float, int]]:
     """The (budget, group) pairs whose Dot steps the distilled Dot's gate lets its learned part act at: the first
-    groups, and with "long-lines" the later groups on lines longer than the gate's last length edge."""
+    groups, with "long-lines" the later groups on lines longer than the gate's last length edge, with "all" every
+    group (the opened gate says which have a Dot step below its threshold)."""
     units = []
     for budget in budgets:
-        for group in range(len(plans.groups(budget)) if groups == "long-lines" else 1):
+        for group in range(len(plans.groups(budget)) if groups != "first" else 1):
             anchor = plans.times(budget, group)[0]
             earlier = None if group == 0 else (None, None, plans.times(budget, group - 1)[0])
             factors = [dot.gate_factor(t, anchor, earlier, 1, torch.zeros(1)).item()
@@ -167,12 +171,12 @@ def units_of(plans: Plans, dot: Dot, budgets, groups: str) -> list[tuple[float, 
 def open_gate(gate: dict, below: float, groups: str) -> dict:
     """The gate with the learned part at factor 1 below `below`: in the first group's column, and with
     "long-lines" in the later groups' columns of lines longer than the last length edge (as long as 12 and 16 LSD
-    have none on the embedded default, their plans sample as before)."""
+    have none on the embedded default, their plans sample as before); with "all" in every column."""
     if groups == "long-lines" and not gate.get("gap_edges"):
         raise TrainingError("morse.distill --groups long-lines: the starting Dot's gate has no line-length columns "
                             "(gate it with morse.gate --gap-edges)")
     long_cols = range(len(gate["scale"][0]) - (len(gate["slope_edges"]) + 1), len(gate["scale"][0]))
-    opened = {0, *(long_cols if groups == "long-lines" else ())}
+    opened = {0, *{"first": (), "long-lines": long_cols, "all": range(len(gate["scale"][0]))}[groups]}
     return {**gate, "scale": [[(1.0 if low < below else 0.0) if c in opened else v for c, v in enumerate(row)]
                               for low, row in zip([0.0, *T_EDGES], gate["scale"], strict=True)]}
 
@@ -210,8 +214,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the distilled Dot, its card and the targets")
     p.add_argument("--budgets", default="2,3,4,6,8", help="LSD budgets whose groups to distil")
     p.add_argument("--groups", choices=GROUPS, default="first", help="first: the first groups; long-lines: also the "
-                   "later groups' Dot steps on lines longer than the gate's last length edge, each from the state at "
-                   "its Dash step that --inputs names")
+                   "later groups' Dot steps on lines longer than the gate's last length edge; all: every group's, the "
+                   "shorter lines too (add 12,16 to --budgets: the opened gate acts at every budget); each later "
+                   "group from the state at its Dash step that --inputs names")
     p.add_argument("--inputs", choices=INPUTS, default="exact", help="what each group starts from in training: "
                    "the exact trajectory's state, anchors and history, or the starting Dot's own (what sampling "
                    "feeds it; one DAgger round); either way it is trained towards the exact trajectory's end")
@@ -288,6 +293,7 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
 
 
 def distill(args) -> dict:
+    tune_malloc()  # before the target walks, which are most of the Dash calls (begin() would tune it only later)
     card, device, task, dash_sum, solver, denoiser, start_dot, dot = _start(args)
     interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
     budgets = [float(b) for b in args.budgets.split(",")]

@@ -147,6 +147,23 @@ def test_long_lines_open_the_gate_on_the_long_lines_of_the_low_budgets_only(part
     assert distill.units_of(plans, trial, [3.0], "first") == [(3.0, 0)]
 
 
+def test_all_opens_every_column_below_the_threshold_and_takes_every_group_with_a_dot_step_there(parts):
+    from morse.dot import Dot
+
+    gate = json.loads(DOT.with_suffix(".json").read_text())["dot_config"]["gate"]
+    opened = distill.open_gate(gate, 900.0, "all")
+    low_edges = [0.0, *distill.T_EDGES]
+    assert all(v == 1.0 for low, row in zip(low_edges, opened["scale"]) if low < 900.0 for v in row)
+    assert [row for low, row in zip(low_edges, opened["scale"]) if low >= 900.0] == \
+        [row for low, row in zip(low_edges, gate["scale"]) if low >= 900.0]
+    trial = Dot.load(get_task("fmnist").dash(), DOT)
+    trial.config.gate = opened
+    many = distill.Plans(parts[3].denoiser, parts[3].solver, Interleave(3), 6.0, [8.0, 12.0], None, "cpu")
+    # 12 LSD's first group steps from 999 to 874 with its Dot steps at t >= 900, where the learned part stays off.
+    assert distill.units_of(many, trial, [8.0, 12.0], "all") == [(8.0, g) for g in range(5)] + \
+        [(12.0, g) for g in range(1, 8)]
+
+
 def test_the_command_trains_the_first_group_alone_and_a_killed_run_resumes_to_the_same_dot(tmp_path, monkeypatch):
     distill.main(ARGS + ["--out", str(tmp_path / "straight")])
     card = json.loads((tmp_path / "straight" / "dot.json").read_text())

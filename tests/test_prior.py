@@ -227,3 +227,30 @@ def test_the_first_group_looks_the_same_in_training_and_in_sampling(trajectory):
         later = dot(x_ti, x_ts, z_s, t_i, t_s, prev=(x_ts + 1, z_s + 1, torch.full((2,), 999.0)))
     torch.testing.assert_close(sampled, trained)
     assert not torch.allclose(sampled, later)  # the earlier anchor does reach the Dot (through the prior at least)
+
+
+def test_the_ablation_ranks_each_rows_epsilon_error_against_its_samples_quality(tmp_path, monkeypatch):
+    """The section that weighs issue 30's two demands on one Dot (beat the formula; an error at most 0.7 of the
+    prior's) reads the rows' cards and sweeps; a first-group specialist, whose error is measured on other pairs, is
+    left out."""
+    import json
+
+    import pandas as pd
+
+    from morse import ablation
+
+    def row(name, method, fds, error=None, flags=None):
+        (tmp_path / name).mkdir()
+        pd.DataFrame([dict(method=method, metric="fd_fmnist", budget=b, value=v, N=6.0)
+                      for b, v in zip(ablation.BUDGETS, fds, strict=True)]).to_csv(tmp_path / name / "results.csv")
+        if error is not None:
+            (tmp_path / name / "dot.json").write_text(json.dumps({"heldout_error": {"prior_ratio": error}}))
+        return ablation.Row(name, name, flags)
+
+    rows = [row("formula", "morse-extrap", (20, 3, 2.4)), row("a", "morse", (30, 6, 4), 0.6, ""),
+            row("b", "morse", (10, 2.5, 2.0), 0.9, ""), row("c", "morse", (15, 4, 3), 0.8, ""),
+            row("spec", "morse", (9, 2, 1.5), 0.3, "--pairs-from first-group")]
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    monkeypatch.setattr(ablation, "ROWS", rows)
+    line = ablation.error_and_quality(tmp_path / "formula.json")[2]
+    assert line == "| 3 | -1.00 / -1.00 / -1.00 | 1 | 0.900 (b) | 0.600 (a: FD 30.00 / 6.00 / 4.00) |"
