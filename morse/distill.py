@@ -57,6 +57,7 @@ SEED_OFFSET = 800_000
 NORM_RUNS = 256
 GROUPS = ("first", "long-lines", "all")
 INPUTS = ("exact", "own")
+GATE_FACTORS = ("one", "learn")
 SOLVERS = ("ddim", "dpm")  # the solvers whose state at a Dash step the exact trajectory hands over whole
 
 
@@ -168,17 +169,47 @@ def units_of(plans: Plans, dot: Dot, budgets, groups: str) -> list[tuple[float, 
     return units
 
 
-def open_gate(gate: dict, below: float, groups: str) -> dict:
-    """The gate with the learned part at factor 1 below `below`: in the first group's column, and with
-    "long-lines" in the later groups' columns of lines longer than the last length edge (as long as 12 and 16 LSD
-    have none on the embedded default, their plans sample as before); with "all" in every column."""
+def opened_cells(gate: dict, below: float, groups: str) -> list[list[bool]]:
+    """The gate's cells that distillation opens: below `below`, the first group's column, and with "long-lines"
+    the later groups' columns of lines longer than the last length edge (as long as 12 and 16 LSD have none on the
+    embedded default, their plans sample as before); with "all" every column."""
     if groups == "long-lines" and not gate.get("gap_edges"):
         raise TrainingError("morse.distill --groups long-lines: the starting Dot's gate has no line-length columns "
                             "(gate it with morse.gate --gap-edges)")
     long_cols = range(len(gate["scale"][0]) - (len(gate["slope_edges"]) + 1), len(gate["scale"][0]))
     opened = {0, *{"first": (), "long-lines": long_cols, "all": range(len(gate["scale"][0]))}[groups]}
-    return {**gate, "scale": [[(1.0 if low < below else 0.0) if c in opened else v for c, v in enumerate(row)]
-                              for low, row in zip([0.0, *T_EDGES], gate["scale"], strict=True)]}
+    return [[low < below and c in opened for c in range(len(row))]
+            for low, row in zip([0.0, *T_EDGES], gate["scale"], strict=True)]
+
+
+def open_gate(gate: dict, below: float, groups: str) -> dict:
+    """The gate with the learned part at factor 1 in the opened cells and off in the rest of their columns."""
+    cells = opened_cells(gate, below, groups)
+    columns = {c for row in cells for c, on in enumerate(row) if on}
+    return {**gate, "scale": [[1.0 if on else 0.0 if c in columns else v for c, (on, v) in enumerate(zip(m, row))]
+                              for m, row in zip(cells, gate["scale"], strict=True)]}
+
+
+def learn_gate(dot: Dot, gate: dict, cells: list[list[bool]]) -> None:
+    """--gate-factors learn: the gate's tables (on the learned part, and on the line where it has them) become
+    parameters of `dot`, starting from `gate`'s values, trained in the opened `cells` alone. Opening a cell at 1
+    puts a learned part in it that was switched off because it hurt, and the shared network's first repairs there
+    cost the groups that were already good (the --groups all run at factor 1: 1.3-3.5 times the starting Dot's
+    group-end loss in the first groups after 3,600 iterations); from the starting Dot's factors the distillation
+    starts where the starting Dot samples."""
+    mask = torch.tensor(cells, dtype=torch.float32)
+    dot.config.gate = copy.deepcopy(gate)
+    dot.gate_tables = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.tensor(gate[t], dtype=torch.float32))
+                                              for t in ("scale", "prior_scale") if t in gate})
+    for table in dot.gate_tables.values():
+        table.register_hook(lambda grad: grad * mask)
+
+
+def fix_gate(dot: Dot) -> None:
+    """The learnt tables back into the Dot's gate, as numbers its card and sampler read."""
+    if getattr(dot, "gate_tables", None) is not None:
+        dot.config.gate = {**dot.config.gate, **{t: v.detach().tolist() for t, v in dot.gate_tables.items()}}
+        del dot.gate_tables
 
 
 def _batch(pool: dict, name: str, idx, device) -> dict:
@@ -217,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
                    "later groups' Dot steps on lines longer than the gate's last length edge; all: every group's, the "
                    "shorter lines too (add 12,16 to --budgets: the opened gate acts at every budget); each later "
                    "group from the state at its Dash step that --inputs names")
+    p.add_argument("--gate-factors", choices=GATE_FACTORS, default="one", help="one: the learned part acts at "
+                   "factor 1 in the opened cells; learn: the gate's factors there (on the learned part, and on the "
+                   "line) start from the starting Dot's and are trained with it")
     p.add_argument("--inputs", choices=INPUTS, default="exact", help="what each group starts from in training: "
                    "the exact trajectory's state, anchors and history, or the starting Dot's own (what sampling "
                    "feeds it; one DAgger round); either way it is trained towards the exact trajectory's end")
@@ -301,11 +335,14 @@ def distill(args) -> dict:
     if any(len(plans.times(b, 0)) < 2 for b in budgets):
         raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")
     units = units_of(plans, dot, budgets, args.groups)
+    if args.gate_factors == "learn":
+        learn_gate(dot, start_dot.config.gate, opened_cells(start_dot.config.gate, args.learned_below, args.groups))
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_text("morse.distill", {k: v for k, v in vars(args).items()
                                              if k not in ("out", "export", "device")
                                              and (k, v) not in (("groups", "first"), ("first_weight", 1.0),
-                                                                  ("history_weight", 1.0), ("inputs", "exact"))})
+                                                                  ("history_weight", 1.0), ("inputs", "exact"),
+                                                                  ("gate_factors", "one"))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
     t0 = time.perf_counter()
@@ -328,6 +365,7 @@ def distill(args) -> dict:
     norm = {u: e["start"] ** 2 for u, e in group_end_error(plans, units, {"start": start_dot}, few,
                                                            seeds[:NORM_RUNS], device=device).items()}
     train_time = _train(args, dot, plans, units, pool, norm, seeds, key, device)
+    fix_gate(dot)
     held = heldout_seeds(args.seed, args.heldout)
     dots = {"reuse": None, "start": start_dot, "distilled": dot}
     held_pool = _exact(plans, units, held, shape, device)
@@ -374,7 +412,8 @@ def _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time
     return {**card, "dot_config": vars(dot.config), "heldout_error": eps,
             "distill": dict(start_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
                             group_end_rmse=ends, **({"group_end_rmse_own": own_ends} if own_ends else {}),
-                            inputs=args.inputs, runs=args.runs, budgets=budgets, groups=args.groups,
+                            inputs=args.inputs, gate_factors=args.gate_factors, runs=args.runs, budgets=budgets,
+                            groups=args.groups,
                             iters=args.iters, batch_size=args.batch_size, target_time_s=round(target_time, 1),
                             train_time_s=round(train_time, 1),
                             loss_per_100_iters=[round(v, 6) for v in loss_curve(losses)], command=command),

@@ -329,7 +329,9 @@ class Dot(nn.Module):
         a gate (morse.gate): the learned part's error has a floor, so it hurts where the prior is better than that),
         or on the extrapolation's step from z_s ("prior_scale", where fitted: morse.gate --prior-factors)."""
         row, col = self.gate_cell(t_i, t_s, prev, n)
-        factor = torch.tensor(self.config.gate[table], device=row.device)[row, col]
+        learnt = getattr(self, "gate_tables", None)  # morse.distill --gate-factors learn: trained with the Dot
+        values = learnt[table] if learnt is not None and table in learnt else torch.tensor(self.config.gate[table])
+        factor = values.to(row.device)[row, col]
         return factor.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def prior_estimate(self, z_s, t_i, t_s, prev=None):

@@ -408,7 +408,7 @@ def optimiser(dot, args) -> tuple[dict, torch.optim.Optimizer]:
     (least-squares fits on Dash trajectories); at the body's learning rate they lag the rest of the Dot for
     thousands of iterations, so their group's rate is --head-lr-mult times the rest's."""
     params = {n: q for n, q in dot.named_parameters() if q.requires_grad}
-    head = list(dot.linear_coeffs.parameters())
+    head = list(dot.linear_coeffs.parameters()) + list(getattr(dot, "gate_tables", {}).values())  # factors too
     head_ids = {id(q) for q in head}
     rest = [q for q in params.values() if id(q) not in head_ids]
     opt = torch.optim.AdamW([dict(params=rest, lr_mult=1.0), dict(params=head, lr_mult=args.head_lr_mult)],

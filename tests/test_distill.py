@@ -265,3 +265,39 @@ def test_own_inputs_train_the_later_groups_from_the_dots_trajectory_towards_the_
         assert torch.equal(inputs[f"x/{unit}"], targets[f"x/{unit}"]) == unit.endswith(":0")
     # the starting Dot's own inputs are farther from the exact end than the exact ones
     assert all(card["group_end_rmse_own"][u]["start"] > card["group_end_rmse"][u]["start"] for u in later)
+
+
+def test_learnt_gate_factors_start_where_the_starting_dot_samples_and_move_in_the_opened_cells_alone(parts):
+    task, den, dot, _ = parts
+    from morse.dot import Dot
+
+    gate = dot.config.gate
+    cells = distill.opened_cells(gate, 900.0, "all")
+    trial = Dot.load(task.dash(), DOT)
+    distill.learn_gate(trial, gate, cells)
+    plans = distill.Plans(den, get_baseline("ddim"), Interleave(3), 6.0, [8.0], None, "cpu")
+    seeds = [3, 4]
+    exact = plans.exact([(8.0, 3)], seeds, task.image_shape)
+    inputs = {k.split("/")[0]: v.clone() for k, v in exact.items()}
+    with torch.no_grad():  # a short line, where the committed gate gives the line alone
+        torch.testing.assert_close(plans.end(8.0, 3, inputs, seeds, trial), plans.end(8.0, 3, inputs, seeds, dot))
+    plans.end(8.0, 3, inputs, seeds, trial).square().sum().backward()
+    grad = trial.gate_tables["scale"].grad
+    mask = torch.tensor(cells)
+    assert grad[mask].abs().sum() > 0 and grad[~mask].abs().sum() == 0
+    distill.fix_gate(trial)
+    assert trial.config.gate["scale"] == gate["scale"] and trial.trainable_state_dict().keys() == \
+        dot.trainable_state_dict().keys()
+
+
+def test_the_command_learns_the_gates_factors_in_the_opened_cells_and_keeps_the_rest(tmp_path):
+    out = tmp_path / "learn"
+    distill.main(ARGS + ["--groups", "all", "--gate-factors", "learn", "--out", str(out)])
+    card = json.loads((out / "dot.json").read_text())
+    start = json.loads(DOT.with_suffix(".json").read_text())["dot_config"]["gate"]
+    cells = distill.opened_cells(start, 900.0, "all")
+    moved = [[a != b for a, b in zip(r, s, strict=True)] for r, s in zip(card["dot_config"]["gate"]["scale"],
+                                                                         start["scale"], strict=True)]
+    assert any(m and c for mr, cr in zip(moved, cells) for m, c in zip(mr, cr))
+    assert not any(m and not c for mr, cr in zip(moved, cells) for m, c in zip(mr, cr))
+    assert "--gate-factors learn" in card["distill"]["command"] and card["distill"]["gate_factors"] == "learn"
