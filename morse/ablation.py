@@ -237,6 +237,11 @@ ROWS = [
     Row("distill-own-2", "a second round: the distill-own row's Dot distilled by the same command, fed its own "
         "trajectory (chosen against it on the validation seeds: level)", None, "distill-own", distills="distill-own",
         distill_flags="--groups long-lines --inputs own --iters 6000 --lr 0.0003"),
+    Row("distill-2lsd", "the distill-own row's Dot with the 2-LSD plan's one group distilled alone (--budgets 2): "
+        "how far the shared Dot takes 2 LSD, which bounds the 4-LSD speedup, when that group has it to itself and "
+        "the other budgets' groups are not guarded (run from morse/weights/fmnist_dot.safetensors, distill-own's "
+        "Dot)", None, "distill-own", distills="distill-own", distill_flags="--budgets 2 --runs 2048 --iters 4000 "
+        "--lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -386,7 +391,8 @@ def noise() -> list[str]:
 # differ, each swept into runs/ablation/low (its cached DDIM, formula and oracle cells shared) and copied to low-<row>.
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
-            "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2")
+            "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2",
+            "distill-2lsd")
 LOW_BUDGETS = (2, 3, 4)
 
 
