@@ -197,9 +197,11 @@ def learn_gate(dot: Dot, gate: dict, cells: list[list[bool]]) -> None:
     cost the groups that were already good (the DPM-Solver++ Dot's --groups all run at factor 1: the first groups of
     3-8 LSD at 1.35-1.75 times their starting loss after 3,600 iterations); from the starting Dot's factors the
     distillation starts where the starting Dot samples (reports/fmnist/per-solver/dpm-dot.md)."""
-    mask = torch.tensor(cells, dtype=torch.float32)
+    device = next(dot.parameters()).device  # the Dot is already where it trains (--device)
+    mask = torch.tensor(cells, dtype=torch.float32, device=device)
     dot.config.gate = copy.deepcopy(gate)
-    dot.gate_tables = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.tensor(gate[t], dtype=torch.float32))
+    dot.gate_tables = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.tensor(gate[t], dtype=torch.float32,
+                                                                                 device=device))
                                               for t in ("scale", "prior_scale") if t in gate})
     for table in dot.gate_tables.values():
         table.register_hook(lambda grad: grad * mask)
