@@ -242,6 +242,12 @@ ROWS = [
         "the other budgets' groups are not guarded (run from morse/weights/fmnist_dot.safetensors, distill-own's "
         "Dot)", None, "distill-own", distills="distill-own", distill_flags="--budgets 2 --runs 2048 --iters 4000 "
         "--lr 0.0003"),
+    Row("plan-2lsd", "the committed Dot (distill-own's) with a Dot of its own for the plans with one Dash step (2 "
+        "LSD): distill-2lsd's recipe on twice the runs and 2.5 times the iterations, taken by those plans alone "
+        "(morse.sampler), so every other budget keeps the shared Dot (committed as fmnist_dot_dash1; run from "
+        "morse/weights/fmnist_dot.safetensors)", None, "distill-own", dot_of="distill-own",
+        options=f"plan_dot1={RUNS / 'plan-2lsd' / 'dot.safetensors'}", distills="distill-own",
+        distill_flags="--budgets 2 --runs 4096 --iters 10000 --lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -328,6 +334,9 @@ def row_line(row: Row, committed_card: Path) -> str:
     pooled = lambda key: f"{err[key]:.3f}" if key in err else "–"  # noqa: E731
     gate = card["dot_config"].get("gate") or {}
     params = f"{card['trainable_parameters']:,}"
+    plan_dots = [o for o in row.options.split(",") if o.startswith("plan_dot")]
+    if plan_dots:  # Dots of their own for some plans (morse.sampler), with the shared Dot's layers
+        params += f" + {len(plan_dots)} × {card['trainable_parameters']:,} (plan Dots)"
     if gate and not any(v for r in gate["scale"] for v in r):  # the network gated off: only the fitted factors act
         params = f"0 (+ {sum(map(len, gate.get('prior_scale', [])))} fitted factors)"
     return (f"| {row.name} | {row.what} | {n_text} | {params} | {pooled('ratio')} "
@@ -392,14 +401,15 @@ def noise() -> list[str]:
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
             "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2",
-            "distill-2lsd")
+            "distill-2lsd", "plan-2lsd")
 LOW_BUDGETS = (2, 3, 4)
 
 
 def low_budgets() -> list[str]:
     """The primary metric at 2, 3 and 4 LSD on seeds 0-999, where the first group, with no earlier anchor, is most of
     the plan: `python -m evaluate.run --methods morse,morse-extrap,morse-oracle,ddim --budgets 2,3,4 --num-samples 1000
-    --method-options dot=runs/ablation/<row>/dot.safetensors --out runs/ablation/low`, its tables copied to
+    --method-options dot=runs/ablation/<row>/dot.safetensors --out runs/ablation/low` (for a row that samples another
+    row's Dot with options, such as plan-2lsd, that Dot and its options as in its row's command), its tables copied to
     runs/ablation/low-<row>. Morse's 4-LSD speedup is read on its curve between 2 and 4 LSD, so the 2-LSD point
     bounds it."""
     budgets = " / ".join(map(str, LOW_BUDGETS))
@@ -425,7 +435,8 @@ def error_and_quality(committed_card: Path) -> list[str]:
     rows = []
     for row in ROWS:
         path = _card_path(row, committed_card)
-        if row.name == "formula" or "--pairs-from first-group" in (row.flags or "") or not path.exists():
+        if (row.name == "formula" or "--pairs-from first-group" in (row.flags or "") or "plan_dot" in row.options
+                or not path.exists()):  # a row with plan Dots shows the shared Dot's card: counted in its own row
             continue
         error = json.loads(path.read_text())["heldout_error"].get("prior_ratio")
         fd = _results(_run(row.name) / "results.csv", row.method).get("fd", {})

@@ -24,6 +24,11 @@ long-lines the plans with neither (12 and 16 LSD on the embedded default) sample
 group's loss is the mean squared error of its end state divided by the starting Dot's on the first 256 training
 runs, so every group counts alike (the 2-LSD group ends in a clean image, the 8-LSD first group at t = 799).
 
+A Dot of its own for the plans with k Dash steps (morse.sampler's plan Dots): distil those plans' budgets alone
+(--budgets 2 for the 2-LSD plan's one group) and write the Dot beside the shared one as <stem>_dash<k>.safetensors
+(--export morse/weights/fmnist_dot_dash1.safetensors); Morse gives those plans to it and every other plan to the
+shared Dot, so the gate's opened cells act in those plans only.
+
 Training runs: seeds seed * 10^6 + 800,000 + i (none that morse.train or morse.gate use); their exact inputs and
 ends are cached in --out (targets.safetensors), and with --inputs own the starting Dot's inputs
 (inputs.safetensors). The held-out error is measured on morse.train's held-out seeds twice: each group end's RMSE
@@ -34,6 +39,7 @@ it. Resumable: rerun the same command.
 import argparse
 import copy
 import json
+import re
 import time
 from pathlib import Path
 
@@ -333,6 +339,7 @@ def distill(args) -> dict:
     card, device, task, dash_sum, solver, denoiser, start_dot, dot = _start(args)
     interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
     budgets = [float(b) for b in args.budgets.split(",")]
+    _check_plan_export(args.export, budgets, interleave, ratio)
     plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device)
     if any(len(plans.times(b, 0)) < 2 for b in budgets):
         raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")
@@ -383,6 +390,16 @@ def distill(args) -> dict:
             lambda path: dot.save(path, {"card": json.dumps(out)}), out)
     (args.out / "checkpoint.safetensors").unlink(missing_ok=True)
     return out
+
+
+def _check_plan_export(export, budgets, interleave, ratio) -> None:
+    """An --export named as a plan Dot (<stem>_dash<k>) must be distilled on plans with k Dash steps alone: Morse
+    would give it those plans and no others."""
+    match = re.fullmatch(r".*_dash(\d+)", export.stem) if export is not None else None
+    if match and any(interleave.counts(b, ratio)[0] != int(match[1]) for b in budgets):
+        steps = {b: interleave.counts(b, ratio)[0] for b in budgets}
+        raise TrainingError(f"morse.distill: --export {export} names a Dot for the plans with {match[1]} Dash steps, "
+                            f"but the budgets' plans have {steps}; distil those plans' budgets alone")
 
 
 def _with_inputs(exact: dict, own: dict) -> dict:

@@ -23,7 +23,7 @@ from baselines.solvers import SchedulerMethod
 from baselines.tasks import DEFAULT_TASK
 from morse.dot import SAMPLING_OPTIONS, Dot, DotConfig
 from morse.interleave import Interleave
-from morse.pretrained import dot_path, load_dot
+from morse.pretrained import dot_path, load_dot, plan_dot_paths
 from morse.sampler import Morse, MorseExtrap, MorseOracle
 
 # The recipe of an untrained Dot on a task with no Dot card (latency only: the paper's tasks): the embedded
@@ -40,9 +40,13 @@ def dot_for(ctx: Context, solver: str = "ddim") -> tuple:
     return ctx.once(("morse.dot", solver), lambda: _load_dot(ctx, solver))
 
 
-def _load_dot(ctx: Context, solver: str) -> tuple:
+def _main_path(ctx: Context, solver: str) -> Path:
     # --method-options dot=FILE: a Dot of one's own (an ablation row, a retraining) in place of the committed one.
-    path = Path(ctx.options["dot"]) if "dot" in ctx.options else dot_path(ctx.task.name, solver)
+    return Path(ctx.options["dot"]) if "dot" in ctx.options else dot_path(ctx.task.name, solver)
+
+
+def _load_dot(ctx: Context, solver: str) -> tuple:
+    path = _main_path(ctx, solver)
     # Morse-LCM's Dash is the distilled model, so its Dot shares that model's layers.
     base = distilled_model(ctx)[0] if solver == "lcm" else ctx.dash
     if ctx.latency_only and (getattr(ctx.task, "random_weights", False) or not path.exists()):
@@ -61,6 +65,45 @@ def _load_dot(ctx: Context, solver: str) -> tuple:
     return loaded, card, sha256(path)[:16]
 
 
+def plan_dots_for(ctx: Context, solver: str, card: dict) -> tuple[dict, dict]:
+    """({k: Dot}, {k: checksum}): the Dots of their own for the plans with k Dash steps (morse.sampler). They are the
+    files beside the Dot in use (`<stem>_dash<k>.safetensors`), with --method-options plan_dot<k>=FILE one of one's
+    own, and none with plan_dots=none. Only Dots loaded from files have them; the Dot they sit beside (its `card`)
+    fixes the plans, so they must plan alike."""
+    if ctx.options.get("plan_dots") == "none" or ctx.loaded_dot is not None or ctx.latency_only:
+        return {}, {}
+    paths = plan_dot_paths(_main_path(ctx, solver))
+    for key, value in ctx.options.items():
+        if key.startswith("plan_dot") and key[len("plan_dot"):].isdigit():
+            if not Path(value).exists():
+                raise FileNotFoundError(f"--method-options {key}={value}: no such file; distil one with `python -m "
+                                        "morse.distill --budgets B ...` or leave the option out")
+            paths[int(key[len("plan_dot"):])] = Path(value)
+    loaded = {k: ctx.once(("morse.plan_dot", solver, k, str(p)),
+                          lambda k=k, p=p: _load_plan_dot(ctx, solver, card, k, p)) for k, p in paths.items()}
+    return {k: v[0] for k, v in loaded.items()}, {k: v[1] for k, v in loaded.items()}
+
+
+def _load_plan_dot(ctx: Context, solver: str, card: dict, dash_steps: int, path: Path) -> tuple:
+    verify_weights(path)
+    base = distilled_model(ctx)[0] if solver == "lcm" else ctx.dash
+    dot, own = load_dot(ctx.task.name, base, solver, path)
+    fix = (f"{path} cannot serve as this Dot's Dot for plans with {dash_steps} Dash steps; distil one from this Dot "
+           "(python -m morse.distill --budgets B, B a budget whose plan has that many) or pass --method-options "
+           "plan_dots=none")
+    for key, default in (("solver", "ddim"), ("dots_per_dash", None), ("dot_ratio_planned", None)):
+        mine, theirs = own.get(key, default), card.get(key, default)
+        if mine != theirs:
+            raise ValueError(f"{fix}: its {key} is {mine!r}, the Dot's {theirs!r}")
+    interleave, ratio = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"]
+    budgets = own.get("distill", {}).get("budgets", [])
+    if not budgets or any(interleave.counts(b, ratio)[0] != dash_steps for b in budgets):
+        raise ValueError(f"{fix}: it was distilled on budgets {budgets}, not on such plans alone")
+    if set(dot.trainable_state_dict()) != set(dot_for(ctx, solver)[0].trainable_state_dict()):
+        raise ValueError(f"{fix}: its layers differ from the Dot's, so a Dot step would not cost 1/N")
+    return dot, sha256(path)[:16]
+
+
 def untrained_dot(task, base: nn.Module, path) -> tuple:
     """An untrained Dot over `base` with the layers of the Dot card at `path` (else the recipe's) and the task's
     schedule: it costs what a trained one costs."""
@@ -74,8 +117,8 @@ class MorseMethod:
     """Morse (or a variant of it) as a method: it calls the Dash and the Dot and accelerates the solver it
     wraps."""
 
-    def __init__(self, morse: Morse, dot_checksum: str):
-        self.morse, self.dot_checksum = morse, dot_checksum
+    def __init__(self, morse: Morse, dot_checksum: str, plan_checksums: dict | None = None):
+        self.morse, self.dot_checksum, self.plan_checksums = morse, dot_checksum, plan_checksums or {}
         self.name, self.wraps = morse.name, morse.wraps
 
     def networks(self, denoiser) -> dict[str, Network]:
@@ -87,6 +130,8 @@ class MorseMethod:
     def config(self) -> dict:
         # The oracle and the formula never call the Dot: their samples (and cache keys) do not depend on its weights.
         weights = {"dot_sha256": self.dot_checksum} if self.morse.calls_dot else {}
+        if self.morse.calls_dot and self.plan_checksums:
+            weights["plan_dot_sha256"] = {str(k): v for k, v in sorted(self.plan_checksums.items())}
         return {**self.morse.config(), **weights}
 
     def __call__(self, denoiser, noise, budget, **kwargs):
@@ -102,8 +147,8 @@ class MorseLCM(MorseMethod):
     affine in eps with coefficients known at each step, so an epsilon residual is an exact f (x0) residual
     scaled by -c_out sigma / alpha; predicting eps keeps one Dot interface and one loss for all solvers."""
 
-    def __init__(self, morse: Morse, dot_checksum: str, net: nn.Module, lcm_checksum: str):
-        super().__init__(morse, dot_checksum)
+    def __init__(self, morse: Morse, dot_checksum: str, plan_checksums: dict, net: nn.Module, lcm_checksum: str):
+        super().__init__(morse, dot_checksum, plan_checksums)
         self.net, self.lcm_checksum = net, lcm_checksum
 
     def _denoiser(self, denoiser) -> Denoiser:
@@ -120,7 +165,7 @@ class MorseLCM(MorseMethod):
         return self.morse(self._denoiser(denoiser), noise, budget, network="lcm", **kwargs)
 
 
-def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str) -> tuple[Morse, str]:
+def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str) -> tuple[Morse, str, dict]:
     loaded, card, checksum = dot_for(ctx, dot_solver)
     # --method-options dot_scale=F: the learned part at F times its size; dot_blur=S: blurred (sigma S pixels)
     for option, attr in SAMPLING_OPTIONS.items():
@@ -137,7 +182,14 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
         if variant is not MorseExtrap:
             raise ValueError("--method-options exact_groups applies to morse-extrap only")
         extra["exact_groups"] = ctx.options["exact_groups"]
-    return variant(solver, loaded, plan_ratio, Interleave(dots), **extra), checksum
+    plan_checksums = {}
+    if variant.calls_dot:  # the oracle and the formula never call a Dot
+        extra["plan_dots"], plan_checksums = plan_dots_for(ctx, dot_solver, card)
+        for plan_dot in extra["plan_dots"].values():
+            for option, attr in SAMPLING_OPTIONS.items():  # the sampling-time ablations act on every Dot
+                if option in ctx.options:
+                    setattr(plan_dot.config, attr, getattr(loaded.config, attr))
+    return variant(solver, loaded, plan_ratio, Interleave(dots), **extra), checksum, plan_checksums
 
 
 def morse(solver_name: str, variant: type = Morse, dot_solver: str | None = None) -> Callable[[Context], Method]:

@@ -14,6 +14,22 @@ def dot_path(task_name: str, solver: str = "ddim") -> Path:
     return WEIGHTS / f"{task_name}_dot{suffix}.safetensors"
 
 
+def plan_dot_path(path: Path, dash_steps: int) -> Path:
+    """Where the Dot of the plans with `dash_steps` Dash steps (morse.sampler) lives beside a Dot:
+    `<stem>_dash<k>.safetensors`."""
+    return path.with_name(f"{path.stem}_dash{dash_steps}{path.suffix}")
+
+
+def plan_dot_paths(path: Path) -> dict[int, Path]:
+    """The plan Dots beside the Dot at `path`, by their plans' number of Dash steps."""
+    found = {}
+    for other in path.parent.glob(f"{path.stem}_dash*{path.suffix}"):
+        steps = other.stem[len(path.stem) + len("_dash"):]
+        if steps.isdigit():
+            found[int(steps)] = other
+    return dict(sorted(found.items()))
+
+
 def load_dot(task_name: str, dash, solver: str = "ddim", path: Path | None = None) -> tuple[Dot, dict]:
     path = path or dot_path(task_name, solver)
     if not path.exists():

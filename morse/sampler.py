@@ -8,6 +8,12 @@ multistep solvers keep Dot outputs in their history. With classifier-free guidan
 corrects the guided estimate (one Dot call per step, not two): z_s is already guided, and the
 conditional branch's condition (as the Denoiser hands it to the network: SDXL's added conditioning,
 LCM's guidance embedding included) passes through to the shared body.
+
+A plan may take a Dot of its own, `plan_dots[k]` for the plans with k Dash steps (one budget each on the embedded
+default: 2 LSD has one Dash step, 4 LSD three): a Dot shared by every plan fits the few groups of the low budgets
+poorly, where the whole sample rests on them (issue 30, ablation row distill-2lsd: the 2-LSD plan's one group reaches
+FD 45.89 when it has the Dot to itself, against 81.37 with the shared one). Every plan Dot has the shared one's
+layers, so the price of a Dot step, 1/N, is the same.
 """
 
 import torch
@@ -32,11 +38,13 @@ DOT_STREAM = 2 << 40
 class Morse:
     calls_dot = True  # False for the variants that only price the Dot's steps (oracle, formula)
 
-    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None):
+    def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None,
+                 plan_dots: dict | None = None):
         if solver.evals_per_step != 1:
             raise ValueError(f"morse wraps solvers that take one estimate per step; {solver.name} takes "
                              f"{solver.evals_per_step}")
         self.solver, self.dot, self.dot_ratio = solver, dot, float(dot_ratio)
+        self.plan_dots = dict(plan_dots or {})
         self.interleave = interleave or Interleave()
         self.name = "morse" if solver.name == "ddim" else f"morse-{solver.name}"
 
@@ -44,6 +52,8 @@ class Morse:
         """What the samples depend on; the variants that never call the Dot leave its config out, so their cache
         entries serve every Dot with the same plans."""
         dot = dict(dot=vars(self.dot.config)) if self.calls_dot else {}
+        if self.calls_dot and self.plan_dots:
+            dot["plan_dots"] = {str(k): vars(d.config) for k, d in sorted(self.plan_dots.items())}
         return dict(name=self.name, solver=self.solver.config(), dot_ratio=self.dot_ratio,
                     dots_per_dash=self.interleave.dots_per_dash, **dot)
 
@@ -55,14 +65,18 @@ class Morse:
     def plan(self, budget_lsd: float) -> list[bool]:
         return self.interleave.plan(budget_lsd, self.dot_ratio)
 
-    def between(self, denoiser, x_ti, t_i, anchor, cond):
+    def dot_for(self, jump: list[bool]):
+        """The Dot a plan takes: the plan Dot for its number of Dash steps where there is one, else the shared Dot."""
+        return self.plan_dots.get(sum(jump), self.dot)
+
+    def between(self, denoiser, x_ti, t_i, anchor, cond, dot):
         """z_i at a Dot step: the Dash's last estimate plus the Dot's residual (which starts from the Dot's prior;
         `anchor["prev"]` is the anchor before, for Dots that see it; `anchor["features"]` the Dash's mid-block
         output there, for Dots that see it; a stochastic Dot draws its noise from each sample's own stream)."""
         noise = None
         if anchor.get("generators") is not None:
             noise = torch.stack([torch.randn(x_ti.shape[1:], generator=g) for g in anchor["generators"]]).to(x_ti)
-        return anchor["z_s"] + self.dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"],
+        return anchor["z_s"] + dot(x_ti, anchor["x_ts"], anchor["z_s"], t_i, anchor["t_s"],
                                          dot_condition(denoiser, cond, x_ti), prev=anchor.get("prev"),
                                          features=anchor.get("features"), noise=noise)
 
@@ -72,7 +86,8 @@ class Morse:
         distilled model), as for the baselines."""
         jump = self.plan(budget)
         scheduler = self.solver.make_scheduler(denoiser.schedule_config, len(jump), noise.device, spacing)
-        config = getattr(self.dot, "config", None)
+        dot = self.dot_for(jump)
+        config = getattr(dot, "config", None)
         anchor, mid = {}, []
         if getattr(config, "stochastic", False) and seeds is not None:
             anchor["generators"] = stream_generators(seeds, DOT_STREAM)
@@ -85,7 +100,7 @@ class Morse:
                     anchor["prev"] = (anchor["x_ts"], anchor["z_s"], anchor["t_s"])
                 anchor.update(x_ts=x_ti, z_s=z, t_s=t_i, **({"features": mid[-1]} if mid else {}))
                 return z
-            return self.between(denoiser, x_ti, t_i, anchor, cond)
+            return self.between(denoiser, x_ti, t_i, anchor, cond, dot)
 
         hook = None
         if getattr(config, "dash_features", False):
@@ -94,7 +109,7 @@ class Morse:
                                  "Dash forward per step); train one without --dash-features")
             hook = denoiser.net.mid_block.register_forward_hook(lambda m, a, out: mid.append(out))
         try:
-            return traced_solve(scheduler, estimate, noise, {network: denoiser.net, "dot": self.dot}, seeds,
+            return traced_solve(scheduler, estimate, noise, {network: denoiser.net, "dot": dot}, seeds,
                                 self.solver.step_kwargs, callback, labels=[network if j else "dot" for j in jump])
         finally:
             if hook is not None:
@@ -114,7 +129,7 @@ class MorseOracle(Morse):
         super().__init__(solver, dot, dot_ratio, interleave)
         self.name += "-oracle"
 
-    def between(self, denoiser, x_ti, t_i, anchor, cond):
+    def between(self, denoiser, x_ti, t_i, anchor, cond, dot):
         return denoiser(x_ti, t_i, cond)
 
     def __call__(self, denoiser, noise, budget, network="dash", **kwargs):
@@ -161,7 +176,7 @@ class MorseExtrap(Morse):
             trace.nfe[network] -= trace.nfe[network] * self._exact_steps / dash_steps
         return x, trace
 
-    def between(self, denoiser, x_ti, t_i, anchor, cond):
+    def between(self, denoiser, x_ti, t_i, anchor, cond, dot):
         first = anchor.get("prev") is None
         if self.exact_groups == ("first" if first else "later"):
             self._exact_steps += 1

@@ -214,7 +214,11 @@ def test_the_ablations_distill_rows_are_morse_distill_commands_on_the_committed_
         args = distill.parser().parse_args(shlex.split(row.train_command())[3:])
         assert args.dot == ablation.RUNS / row.distills / "dot.safetensors"
         assert row.distills in {r.name for r in ablation.ROWS}
-        assert args.out == ablation.RUNS / row.name and row.dot == args.out / "dot.safetensors"
+        assert args.out == ablation.RUNS / row.name
+        if "plan_dot" in row.options:  # a plan Dot: sampled beside the Dot it was distilled from, for its plans only
+            assert row.dot == args.dot and f"={args.out / 'dot.safetensors'}" in row.options
+        else:
+            assert row.dot == args.out / "dot.safetensors"
     long = distill.parser().parse_args(shlex.split(rows[1].train_command())[3:])
     assert (long.iters, long.lr) == (6000, 3e-4)
 
@@ -301,3 +305,18 @@ def test_the_command_learns_the_gates_factors_in_the_opened_cells_and_keeps_the_
     assert any(m and c for mr, cr in zip(moved, cells) for m, c in zip(mr, cr))
     assert not any(m and not c for mr, cr in zip(moved, cells) for m, c in zip(mr, cr))
     assert "--gate-factors learn" in card["distill"]["command"] and card["distill"]["gate_factors"] == "learn"
+
+
+def test_an_export_named_as_a_plan_dot_must_be_distilled_on_those_plans_alone():
+    from pathlib import Path
+
+    from baselines.training.recipe import TrainingError
+    from morse.distill import _check_plan_export
+
+    plans = dict(interleave=Interleave(3), ratio=6.0)  # 2 LSD: one Dash step; 4 LSD: three
+    _check_plan_export(Path("w/fmnist_dot_dash1.safetensors"), [2.0], **plans)
+    _check_plan_export(Path("w/fmnist_dot_dash3.safetensors"), [4.0], **plans)
+    _check_plan_export(Path("w/fmnist_dot.safetensors"), [2.0, 4.0], **plans)  # the shared Dot takes every plan
+    _check_plan_export(None, [2.0, 4.0], **plans)
+    with pytest.raises(TrainingError, match="plans with 1 Dash steps.*4.0: 3"):
+        _check_plan_export(Path("w/fmnist_dot_dash1.safetensors"), [2.0, 4.0], **plans)

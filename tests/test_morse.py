@@ -353,3 +353,102 @@ def test_x0_dot_of_a_clipping_solver_corrects_and_compares_clipped_x0s():
         space = dot.in_residual_space(wild, x_ti, t_i)
     assert x0(x_ti, wild, t_i).abs().max() > 10 and space.abs().max() <= 1
     torch.testing.assert_close(space.double(), x0(x_ti, wild, t_i).clamp(-1, 1), rtol=0, atol=1e-4)
+
+
+def _perturbed(dot, seed):
+    """A copy of `dot` whose output layer is random: its residual is not zero, so which Dot sampled shows."""
+    import copy
+    other = copy.deepcopy(dot)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        other.out.weight.copy_(torch.randn(other.out.weight.shape, generator=g) * 0.05)
+    return other
+
+
+def test_each_plan_takes_the_dot_of_its_number_of_dash_steps_and_the_others_the_shared_one(exact8, dot):
+    ddim, noise = get_baseline("ddim"), initial_noise(SEEDS, SHAPE)
+    shared, one, three = _perturbed(dot, 1), _perturbed(dot, 2), _perturbed(dot, 3)
+    both = Morse(ddim, shared, 6.0, Interleave(3), plan_dots={1: one, 3: three})
+    assert [sum(both.plan(b)) for b in (2, 4, 8)] == [1, 3, 5]
+    for budget, expected in ((2, one), (4, three), (8, shared)):
+        out, trace = both(exact8, noise, budget, seeds=SEEDS)
+        alone, alone_trace = Morse(ddim, expected, 6.0, Interleave(3))(exact8, noise, budget, seeds=SEEDS)
+        assert torch.equal(out, alone) and trace.nfe == alone_trace.nfe and trace.nfe["dot"] > 0
+    # the Dots do sample differently, so the equalities above say which one ran
+    assert not torch.equal(Morse(ddim, shared, 6.0, Interleave(3))(exact8, noise, 2, seeds=SEEDS)[0],
+                           both(exact8, noise, 2, seeds=SEEDS)[0])
+    assert list(both.config()["dot"]) == list(both.config()["plan_dots"]["1"])
+    assert "plan_dots" not in Morse(ddim, shared, 6.0, Interleave(3)).config()
+
+
+def _dot_files(tmp_path, dash, monkeypatch, plan_card: dict | None = None):
+    """A committed-style Dot for task "tiny" and, with `plan_card`, a Dot for its one-Dash-step plans beside it (card
+    fields over the main card's)."""
+    import json
+
+    import morse.pretrained
+    from morse.pretrained import WEIGHTS, plan_dot_path
+
+    monkeypatch.setattr(morse.pretrained, "WEIGHTS", tmp_path)
+    dot = Dot(dash, DotConfig(width=8, m=2, skip_levels=1)).eval()
+    main = morse.pretrained.dot_path("tiny")
+    card = json.loads((WEIGHTS / "fmnist_dot.json").read_text())
+    for path, extra, net in ((main, {}, dot), (plan_dot_path(main, 1), plan_card, _perturbed(dot, 3))):
+        if extra is None:
+            continue
+        net.save(path, {"card": "{}"})
+        path.with_suffix(".json").write_text(json.dumps(card | extra | dict(sha256=sha256(path))))
+    return main
+
+
+def test_the_plan_dots_beside_a_dot_are_loaded_for_morse_only_and_enter_its_cache_key(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from evaluate.methods import Context, resolve
+    from morse.pretrained import plan_dot_path, plan_dot_paths
+
+    dash = tiny_unet(channels=(8, 8))
+    main = _dot_files(tmp_path, dash, monkeypatch, dict(distill=dict(budgets=[2.0])))
+    assert plan_dot_paths(main) == {1: plan_dot_path(main, 1)}
+    task = SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG)
+    method = resolve("morse", Context(task, dash))
+    assert set(method.morse.plan_dots) == {1}
+    assert method.config()["plan_dot_sha256"] == {"1": sha256(plan_dot_path(main, 1))[:16]}
+    assert resolve("morse-oracle", Context(task, dash)).morse.plan_dots == {}  # the oracle never calls a Dot
+    off = resolve("morse", Context(task, dash, options={"plan_dots": "none"}))
+    assert off.morse.plan_dots == {} and "plan_dot_sha256" not in off.config()
+    with pytest.raises(FileNotFoundError, match="plan_dot3="):
+        resolve("morse", Context(task, dash, options={"plan_dot3": str(tmp_path / "missing.safetensors")}))
+    with pytest.raises(ValueError, match="3 Dash steps.*budgets \\[2.0\\]"):  # a 1-step plan's Dot offered for 3
+        resolve("morse", Context(task, dash, options={"plan_dot3": str(plan_dot_path(main, 1))}))
+
+
+@pytest.mark.parametrize("fields, message", [(dict(distill=dict(budgets=[2.0, 4.0])), "not on such plans alone"),
+                                             ({}, "not on such plans alone"),
+                                             (dict(distill=dict(budgets=[2.0]), dots_per_dash=2), "dots_per_dash"),
+                                             (dict(distill=dict(budgets=[2.0]), solver="dpm"), "solver")])
+def test_a_plan_dot_that_plans_otherwise_is_refused_in_one_line(tmp_path, monkeypatch, fields, message):
+    from types import SimpleNamespace
+
+    from evaluate.methods import Context, resolve
+
+    dash = tiny_unet(channels=(8, 8))
+    _dot_files(tmp_path, dash, monkeypatch, fields)
+    with pytest.raises(ValueError, match=message) as e:
+        resolve("morse", Context(SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG), dash))
+    assert "\n" not in str(e.value) and "plan_dots=none" in str(e.value)
+
+
+def test_the_committed_plan_dots_load_beside_their_dots_and_plan_alike():
+    from baselines.tasks import get_task
+    from evaluate.methods import Context, resolve
+    from morse.pretrained import dot_path, plan_dot_paths
+
+    task = get_task("fmnist")
+    dash = task.dash().eval()
+    assert 1 in plan_dot_paths(dot_path("fmnist"))  # the 2-LSD plan's Dot (issue 30)
+    for name, solver in (("morse", "ddim"), ("morse-dpm", "dpm")):
+        method = resolve(name, Context(task, dash))  # checks each one's checksum and plans
+        assert set(method.morse.plan_dots) == set(plan_dot_paths(dot_path("fmnist", solver)))
+        assert all(sum(method.morse.plan(b)) != k or method.morse.dot_for(method.morse.plan(b)) is d
+                   for k, d in method.morse.plan_dots.items() for b in (2, 3, 4, 8))
