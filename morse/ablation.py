@@ -16,7 +16,8 @@ results.csv and speedup.csv (and a trained row's card) under rows/<row>/ (and ea
 so the table regenerates on any machine. N is measured in every row's own run, so
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one; rows made with `morse.distill` train a
-gated Dot further on the state its groups hand on. The committed DDIM Dot is the distill-own row
+gated Dot further on the state its groups hand on; the plan-* rows distil a Dot of its own for one plan, sampled
+beside the committed Dot (morse.sampler's plan Dots). The committed DDIM Dot is the distill-own row
 (distill-long-lines-more, distill-long-lines, extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and
 extrap-first before it); which Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group
 specialists (extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3
@@ -248,6 +249,14 @@ ROWS = [
         "morse/weights/fmnist_dot.safetensors)", None, "distill-own", dot_of="distill-own",
         options=f"plan_dot1={RUNS / 'plan-2lsd' / 'dot.safetensors'}", distills="distill-own",
         distill_flags="--budgets 2 --runs 4096 --iters 10000 --lr 0.0003"),
+    Row("plan-4lsd", "plan-2lsd with a Dot of its own for the plans with three Dash steps (4 LSD) too: its three "
+        "groups distilled alone, each later one fed the committed Dot's own trajectory (run from "
+        "morse/weights/fmnist_dot.safetensors; at 3e-4 the first group's loss doubled within 500 iterations)", None,
+        "plan-2lsd", dot_of="distill-own",
+        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd"),
+                                                                                        (3, "plan-4lsd"))),
+        distills="distill-own", distill_flags="--budgets 4 --groups all --inputs own --runs 4096 --iters 6000 "
+        "--lr 0.0001"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -401,7 +410,7 @@ def noise() -> list[str]:
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
             "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2",
-            "distill-2lsd", "plan-2lsd")
+            "distill-2lsd", "plan-2lsd", "plan-4lsd")
 LOW_BUDGETS = (2, 3, 4)
 
 
