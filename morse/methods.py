@@ -99,7 +99,8 @@ def _load_plan_dot(ctx: Context, solver: str, card: dict, dash_steps: int, path:
     budgets = own.get("distill", {}).get("budgets", [])
     if not budgets or any(interleave.counts(b, ratio)[0] != dash_steps for b in budgets):
         raise ValueError(f"{fix}: it was distilled on budgets {budgets}, not on such plans alone")
-    if set(dot.trainable_state_dict()) != set(dot_for(ctx, solver)[0].trainable_state_dict()):
+    shapes = lambda d: {k: v.shape for k, v in d.trainable_state_dict().items()}  # noqa: E731
+    if shapes(dot) != shapes(dot_for(ctx, solver)[0]):
         raise ValueError(f"{fix}: its layers differ from the Dot's, so a Dot step would not cost 1/N")
     return dot, sha256(path)[:16]
 

@@ -381,7 +381,7 @@ def test_each_plan_takes_the_dot_of_its_number_of_dash_steps_and_the_others_the_
     assert "plan_dots" not in Morse(ddim, shared, 6.0, Interleave(3)).config()
 
 
-def _dot_files(tmp_path, dash, monkeypatch, plan_card: dict | None = None):
+def _dot_files(tmp_path, dash, monkeypatch, plan_card: dict | None = None, plan_width: int = 8):
     """A committed-style Dot for task "tiny" and, with `plan_card`, a Dot for its one-Dash-step plans beside it (card
     fields over the main card's)."""
     import json
@@ -393,7 +393,8 @@ def _dot_files(tmp_path, dash, monkeypatch, plan_card: dict | None = None):
     dot = Dot(dash, DotConfig(width=8, m=2, skip_levels=1)).eval()
     main = morse.pretrained.dot_path("tiny")
     card = json.loads((WEIGHTS / "fmnist_dot.json").read_text())
-    for path, extra, net in ((main, {}, dot), (plan_dot_path(main, 1), plan_card, _perturbed(dot, 3))):
+    plan = _perturbed(dot, 3) if plan_width == 8 else Dot(dash, DotConfig(width=plan_width, m=2, skip_levels=1))
+    for path, extra, net in ((main, {}, dot), (plan_dot_path(main, 1), plan_card, plan.eval())):
         if extra is None:
             continue
         net.save(path, {"card": "{}"})
@@ -452,3 +453,15 @@ def test_the_committed_plan_dots_load_beside_their_dots_and_plan_alike():
         assert set(method.morse.plan_dots) == set(plan_dot_paths(dot_path("fmnist", solver)))
         assert all(sum(method.morse.plan(b)) != k or method.morse.dot_for(method.morse.plan(b)) is d
                    for k, d in method.morse.plan_dots.items() for b in (2, 3, 4, 8))
+
+
+def test_a_plan_dot_with_other_layers_is_refused_in_one_line(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from evaluate.methods import Context, resolve
+
+    dash = tiny_unet(channels=(8, 8))
+    _dot_files(tmp_path, dash, monkeypatch, dict(distill=dict(budgets=[2.0])), plan_width=16)  # same keys, wider
+    with pytest.raises(ValueError, match="layers differ") as e:
+        resolve("morse", Context(SimpleNamespace(name="tiny", schedule_config=SCHEDULE_CONFIG), dash))
+    assert "\n" not in str(e.value)
