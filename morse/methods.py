@@ -45,10 +45,14 @@ def _main_path(ctx: Context, solver: str) -> Path:
     return Path(ctx.options["dot"]) if "dot" in ctx.options else dot_path(ctx.task.name, solver)
 
 
+def _base(ctx: Context, solver: str) -> nn.Module:
+    """The network whose layers a Dot shares: Morse-LCM's Dash is the distilled model, every other solver's the Dash."""
+    return distilled_model(ctx)[0] if solver == "lcm" else ctx.dash
+
+
 def _load_dot(ctx: Context, solver: str) -> tuple:
     path = _main_path(ctx, solver)
-    # Morse-LCM's Dash is the distilled model, so its Dot shares that model's layers.
-    base = distilled_model(ctx)[0] if solver == "lcm" else ctx.dash
+    base = _base(ctx, solver)
     if ctx.latency_only and (getattr(ctx.task, "random_weights", False) or not path.exists()):
         return untrained_dot(ctx.task, base, path)
     if path.exists():
@@ -86,8 +90,7 @@ def plan_dots_for(ctx: Context, solver: str, card: dict) -> tuple[dict, dict]:
 
 def _load_plan_dot(ctx: Context, solver: str, card: dict, dash_steps: int, path: Path) -> tuple:
     verify_weights(path)
-    base = distilled_model(ctx)[0] if solver == "lcm" else ctx.dash
-    dot, own = load_dot(ctx.task.name, base, solver, path)
+    dot, own = load_dot(ctx.task.name, _base(ctx, solver), solver, path)
     fix = (f"{path} cannot serve as this Dot's Dot for plans with {dash_steps} Dash steps; distil one from this Dot "
            "(python -m morse.distill --budgets B, B a budget whose plan has that many) or pass --method-options "
            "plan_dots=none")
