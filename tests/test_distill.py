@@ -216,7 +216,9 @@ def test_the_ablations_distill_rows_are_morse_distill_commands_on_the_committed_
         assert row.distills in {r.name for r in ablation.ROWS}
         assert args.out == ablation.RUNS / row.name
         if "plan_dot" in row.options:  # a plan Dot: sampled beside the Dot it was distilled from, for its plans only
-            assert row.dot == args.dot and f"={args.out / 'dot.safetensors'}" in row.options
+            source = next(r for r in ablation.ROWS if r.name == row.distills)
+            shared = source.dot if "plan_dot" in source.options else args.dot  # a plan Dot distilled again
+            assert row.dot == shared and f"={args.out / 'dot.safetensors'}" in row.options
         else:
             assert row.dot == args.out / "dot.safetensors"
     long = distill.parser().parse_args(shlex.split(rows[1].train_command())[3:])

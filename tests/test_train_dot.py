@@ -1,5 +1,7 @@
 """Dot training: pairs come from solver trajectories; a killed run resumes to the same Dot."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -199,6 +201,32 @@ def test_final_error_rows_measure_the_distance_to_the_exact_dots_samples(tmp_pat
     assert len(distances) == 2 * len(ablation.BUDGETS) and all(d > 0 for d in distances)
     assert all(0.2 < float(c) < 5 for row in cells for c in row[2::3])  # spreads: a ratio of two samples' spreads
     assert all(c.strip() == "–" for row in cells for c in row[3::3])
+
+
+def test_final_error_gives_a_rows_plan_dot_its_plans_alone(tmp_path, monkeypatch):
+    """A row that samples with a plan Dot (plan_dot<k>=FILE, as plan-4lsd) is measured with it: the samples of the
+    plans with k Dash steps move, every other budget's stay as the row's shared Dot alone gives them."""
+    from baselines.tasks import get_task
+    from morse import Interleave, ablation
+    from morse.dot import Dot
+
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    monkeypatch.setattr(ablation, "COMMITTED", tmp_path / "committed")
+    train.main(ARGS + ["--prior", "extrap", "--rounds", "1", "--out", str(tmp_path / "extrap")])
+    dot = Dot.load(get_task("fmnist").dash(), tmp_path / "extrap" / "dot.safetensors")
+    with torch.no_grad():
+        for p in dot.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    dot.save(tmp_path / "plan.safetensors")
+    card = json.loads((tmp_path / "extrap" / "dot.json").read_text())
+    dash_steps = Interleave(card["dots_per_dash"]).counts(ablation.BUDGETS[0], card["dot_ratio_planned"])[0]
+    rows = [*ablation.ROWS, ablation.Row("with-plan", "test", None, dot_of="extrap",
+                                         options=f"plan_dot{dash_steps}={tmp_path / 'plan.safetensors'}")]
+    monkeypatch.setattr(ablation, "ROWS", rows)
+    lines = ablation.final_error(["extrap", "with-plan"], samples=2)
+    plain, planned = ([float(c) for c in line.split("|")[2:-1][0::3]] for line in lines[3:5])
+    assert planned[0] != plain[0] and planned[1:] == plain[1:]
 
 
 def test_dash_features_are_the_anchors_mid_block_output_and_train(tmp_path):
