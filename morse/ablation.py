@@ -265,11 +265,18 @@ ROWS = [
         distill_flags="--budgets 2 --runs 8192 --iters 10000 --lr 0.0003"),
     Row("plan-3lsd", "plan-2lsd-more with a Dot of its own for the plans with two Dash steps (3 LSD) too: its two "
         "groups distilled alone from the exact trajectory's state (run from morse/weights/fmnist_dot.safetensors; "
-        "committed as fmnist_dot_dash2): where 3 LSD is in the curve the 4-LSD speedup is read between 3 and 4 LSD, "
-        "not between 2 and 4", None, "plan-2lsd-more", dot_of="distill-own",
+        "committed as fmnist_dot_dash2 until plan-3lsd-own): where 3 LSD is in the curve the 4-LSD speedup is "
+        "read between 3 and 4 LSD, not between 2 and 4", None, "plan-2lsd-more", dot_of="distill-own",
         options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
                                                                                         (2, "plan-3lsd"))),
         distills="distill-own", distill_flags="--budgets 3 --groups all --runs 4096 --iters 5000 --lr 0.0003"),
+    Row("plan-3lsd-own", "the plan-3lsd row's Dot distilled again, its second group fed that Dot's own trajectory "
+        "(--inputs own, one DAgger round) and still pulled to the exact trajectory's end; committed as "
+        "fmnist_dot_dash2", None, "plan-3lsd", dot_of="distill-own",
+        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
+                                                                                        (2, "plan-3lsd-own"))),
+        distills="plan-3lsd", distill_flags="--budgets 3 --groups all --inputs own --runs 4096 --iters 5000 "
+        "--lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -423,7 +430,8 @@ def noise() -> list[str]:
 LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-gap", "extrap-firstonly-copy-gap",
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
             "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2",
-            "distill-2lsd", "plan-2lsd", "plan-4lsd", "plan-2lsd-more", "plan-3lsd")
+            "distill-2lsd", "plan-2lsd", "plan-4lsd", "plan-2lsd-more", "plan-3lsd",
+            "plan-3lsd-own")
 LOW_BUDGETS = (2, 3, 4)
 
 
