@@ -563,6 +563,7 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
     from baselines.tasks import get_task
     from morse.dot import SAMPLING_OPTIONS, Dot
     from morse.interleave import Interleave
+    from morse.pretrained import plan_dot_options
     from morse.sampler import Morse, MorseExtrap, MorseOracle
 
     task = get_task(json.loads((RUNS / "extrap" / "dot.json").read_text())["task"])
@@ -580,13 +581,11 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
         folder = RUNS / ("extrap" if row == "formula" else owner)
         card = json.loads((folder / "dot.json").read_text())
         dot = Dot.load(dash, folder / "dot.safetensors")
-        options, plan_dots = next((r.options for r in ROWS if r.name == row), ""), {}
-        for option in filter(None, options.split(",")):  # a sampling-time row (dot_scale, dot_blur), or plan Dots
-            key, value = option.split("=")
-            if key.startswith("plan_dot"):
-                plan_dots[int(key[len("plan_dot"):])] = Dot.load(dash, Path(value))
-            else:
-                setattr(dot.config, SAMPLING_OPTIONS[key], float(value))
+        listed = next((r.options for r in ROWS if r.name == row), "")
+        options = dict(option.split("=") for option in filter(None, listed.split(",")))
+        plan_dots = {k: Dot.load(dash, path) for k, path in plan_dot_options(options).items()}
+        for key in options.keys() - {f"plan_dot{k}" for k in plan_dots}:  # a sampling-time row (dot_scale, dot_blur)
+            setattr(dot.config, SAMPLING_OPTIONS[key], float(options[key]))
         args = (ddim, dot, card["dot_ratio_planned"], Interleave(card["dots_per_dash"]))
         sampler = MorseExtrap(*args) if row == "formula" else Morse(*args, plan_dots=plan_dots)
         res = _results(_run(row) / "results.csv", "morse-extrap" if row == "formula" else "morse")

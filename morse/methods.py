@@ -23,7 +23,7 @@ from baselines.solvers import SchedulerMethod
 from baselines.tasks import DEFAULT_TASK
 from morse.dot import SAMPLING_OPTIONS, Dot, DotConfig
 from morse.interleave import Interleave
-from morse.pretrained import dot_path, load_dot, plan_dot_paths
+from morse.pretrained import dot_path, load_dot, plan_dot_options, plan_dot_paths
 from morse.sampler import Morse, MorseExtrap, MorseOracle
 
 # The recipe of an untrained Dot on a task with no Dot card (latency only: the paper's tasks): the embedded
@@ -77,12 +77,11 @@ def plan_dots_for(ctx: Context, solver: str, card: dict) -> tuple[dict, dict]:
     if ctx.options.get("plan_dots") == "none" or ctx.loaded_dot is not None or ctx.latency_only:
         return {}, {}
     paths = plan_dot_paths(_main_path(ctx, solver))
-    for key, value in ctx.options.items():
-        if key.startswith("plan_dot") and key[len("plan_dot"):].isdigit():
-            if not Path(value).exists():
-                raise FileNotFoundError(f"--method-options {key}={value}: no such file; distil one with `python -m "
-                                        "morse.distill --budgets B ...` or leave the option out")
-            paths[int(key[len("plan_dot"):])] = Path(value)
+    for k, path in plan_dot_options(ctx.options).items():
+        if not path.exists():
+            raise FileNotFoundError(f"--method-options plan_dot{k}={path}: no such file; distil one with `python -m "
+                                    "morse.distill --budgets B ...` or leave the option out")
+        paths[k] = path
     loaded = {k: ctx.once(("morse.plan_dot", solver, k, str(p)),
                           lambda k=k, p=p: _load_plan_dot(ctx, solver, card, k, p)) for k, p in paths.items()}
     return {k: v[0] for k, v in loaded.items()}, {k: v[1] for k, v in loaded.items()}

@@ -20,6 +20,13 @@ def plan_dot_path(path: Path, dash_steps: int) -> Path:
     return path.with_name(f"{path.stem}_dash{dash_steps}{path.suffix}")
 
 
+def plan_dot_options(options: dict) -> dict[int, Path]:
+    """The plan Dots named by --method-options `plan_dot<k>=FILE`, by their plans' number of Dash steps."""
+    prefix = "plan_dot"
+    return {int(key[len(prefix):]): Path(value) for key, value in options.items()
+            if key.startswith(prefix) and key[len(prefix):].isdigit()}
+
+
 def plan_dot_paths(path: Path) -> dict[int, Path]:
     """The plan Dots beside the Dot at `path`, by their plans' number of Dash steps."""
     found = {}
