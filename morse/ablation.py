@@ -277,6 +277,16 @@ ROWS = [
                                                                                         (2, "plan-3lsd-own"))),
         distills="plan-3lsd", distill_flags="--budgets 3 --groups all --inputs own --runs 4096 --iters 5000 "
         "--lr 0.0003"),
+    Row("plan-8lsd-fine", "the committed Dots with one of its own for the 8-LSD plan (five Dash steps), its groups "
+        "pulled to the Dash's ODE solution instead of the exact Dot's ends (--fine 2: DPM-Solver++(2M) on the plan's "
+        "grid, each step cut in two; at 8 LSD Morse already samples better than the exact Dot), each later group fed "
+        "the committed Dot's own trajectory (run from morse/weights/fmnist_dot.safetensors)", None, "plan-3lsd-own",
+        dot_of="distill-own",
+        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
+                                                                                        (2, "plan-3lsd-own"),
+                                                                                        (5, "plan-8lsd-fine"))),
+        distills="distill-own", distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 "
+        "--iters 4000 --lr 0.0003"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",

@@ -24,6 +24,12 @@ long-lines the plans with neither (12 and 16 LSD on the embedded default) sample
 group's loss is the mean squared error of its end state divided by the starting Dot's on the first 256 training
 runs, so every group counts alike (the 2-LSD group ends in a clean image, the 8-LSD first group at t = 799).
 
+--fine K: the exact Dot is the oracle of a Dot, not of a sample. Where Morse already samples better than the exact
+Dot (DDIM, 8 and 16 LSD on the embedded default: the learned Dot's small bias offsets part of DDIM's own step
+error), pulling groups to its ends pulls them back. With --fine K each group is pulled instead to the Dash's ODE
+solution from the same noise (DPM-Solver++(2M) on the plan's own grid, each step cut in K; the group's inputs with
+--inputs exact are that solution's too), so the Dot learns the DDIM steps' error as well as the Dash's estimate.
+
 A Dot of its own for the plans with k Dash steps (morse.sampler's plan Dots): distil those plans' budgets alone
 (--budgets 2 for the 2-LSD plan's one group) and write the Dot beside the shared one as <stem>_dash<k>.safetensors
 (--export morse/weights/fmnist_dot_dash1.safetensors); Morse gives those plans to it and every other plan to the
@@ -48,7 +54,9 @@ from tqdm import tqdm
 
 from baselines.checkpoint import sha256
 from baselines.noise import initial_noise
+from baselines.registry import get_baseline
 from baselines.runtime import tune_malloc
+from baselines.solvers import solve
 from baselines.training.cards import loss_curve, publish
 from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
 from baselines.training.recipe import TrainingError, command_text, one_line_errors, resume_key
@@ -92,12 +100,22 @@ def unroll(scheduler, first, end, step_kwargs, x, z, estimate, history=None):
     return x, getattr(scheduler, "model_outputs", [None])[-1]
 
 
+def fine_grid(timesteps, k: int) -> tuple[list[int], list[int]]:
+    """The plan's timesteps with each step cut into `k` (evenly in t; after the last, down to the sample at -1), and
+    each plan step's index in it."""
+    coarse = [int(t) for t in timesteps] + [-1]
+    fine = list(dict.fromkeys(t for a, b in zip(coarse, coarse[1:]) for j in range(k)
+                              if (t := round(a - j * (a - b) / k)) >= 0))
+    return fine, [fine.index(t) for t in coarse[:-1]]
+
+
 class Plans:
     """The budgets' plans, their groups (a Dash step and the Dot steps after it), and each group unrolled from given
-    inputs with the exact Dot (the Dash) or with a Dot."""
+    inputs with the exact Dot (the Dash) or with a Dot. With `fine` > 0 the targets are not the exact Dot's but the
+    Dash's ODE solution: DPM-Solver++(2M) on the plan's grid with each step cut in `fine`."""
 
-    def __init__(self, denoiser, solver, interleave, dot_ratio, budgets, conditions, device):
-        self.denoiser, self.solver, self.conditions = denoiser, solver, conditions
+    def __init__(self, denoiser, solver, interleave, dot_ratio, budgets, conditions, device, fine: int = 0):
+        self.denoiser, self.solver, self.conditions, self.fine, self.device = denoiser, solver, conditions, fine, device
         self.jumps = {b: interleave.plan(b, dot_ratio) for b in budgets}
         self.schedulers = {b: solver.make_scheduler(denoiser.schedule_config, len(p), device)
                            for b, p in self.jumps.items()}
@@ -131,15 +149,40 @@ class Plans:
                                                  dot_condition(self.denoiser, cond, x_ti), prev=prev)
         return unroll(scheduler, first, end, self.solver.step_kwargs, x, z, estimate, inputs.get("hp"))
 
+    def fine_walk(self, budget, x_T, seeds) -> tuple[list, list, torch.Tensor]:
+        """The Dash's ODE solution from x_T on the plan's grid cut in `fine`: at each of the plan's Dash steps the
+        state and the Dash's estimate there, and the sample."""
+        fine, at = fine_grid(self.schedulers[budget].timesteps, self.fine)
+        at = [at[first] for first, _ in self.groups(budget)]
+        scheduler = get_baseline("dpm").make_scheduler(self.denoiser.schedule_config, len(fine), self.device,
+                                                       timesteps=fine)
+        states, estimates, starts = [x_T], [], set(at)
+
+        def keep(i, t, x, eps):
+            states.append(x)
+            estimates.append(eps if i in starts else None)
+
+        sample = solve(scheduler, lambda x, t, i: self.denoiser(x, t, self.cond(seeds)), x_T, callback=keep)
+        return [states[i] for i in at], [estimates[i] for i in at], sample
+
     @torch.inference_mode()
     def exact(self, units, seeds, shape, device="cpu", dot=None) -> dict:
         """For each unit (budget, group): the exact trajectory's inputs to it ("x", "z", "xp", "zp", and "hp" for a
         multistep solver) and what it hands on: its end state ("end") and, for a multistep solver with a group after
         it, the history ("hend"). With `dot`, the trajectory is Morse's with that Dot instead: what sampling feeds
-        each group."""
+        each group; with `fine` and no `dot`, the Dash's ODE solution (`fine_walk`)."""
         x_T = initial_noise(seeds, shape, device=device)
         out = {}
         for budget in dict.fromkeys(b for b, _ in units):
+            if self.fine and dot is None:
+                states, estimates, sample = self.fine_walk(budget, x_T, seeds)
+                ends = states[1:] + [sample]
+                for group in range(max(g for b, g in units if b == budget) + 1):
+                    if (budget, group) in units:
+                        inputs = dict(x=states[group], z=estimates[group], end=ends[group],
+                                      **(dict(xp=states[group - 1], zp=estimates[group - 1]) if group else {}))
+                        out.update({f"{k}/{unit_name(budget, group)}": v for k, v in inputs.items()})
+                continue
             x, anchors, history = x_T, [], None
             for group in range(max(g for b, g in units if b == budget) + 1):
                 first = self.groups(budget)[group][0]
@@ -262,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", choices=INPUTS, default="exact", help="what each group starts from in training: "
                    "the exact trajectory's state, anchors and history, or the starting Dot's own (what sampling "
                    "feeds it; one DAgger round); either way it is trained towards the exact trajectory's end")
+    p.add_argument("--fine", type=int, default=0, help="0: each group is pulled to the exact Dot's end (the "
+                   "oracle's); K > 0: to the Dash's ODE solution instead, DPM-Solver++(2M) on the plan's grid with "
+                   "each step cut in K, so the Dot may also correct the solver's own step error (DDIM Dots)")
     p.add_argument("--runs", type=int, default=4096, help="training runs (noises), each unrolled at every budget")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -340,7 +386,11 @@ def distill(args) -> dict:
     interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
     budgets = [float(b) for b in args.budgets.split(",")]
     _check_plan_export(args.export, budgets, interleave, ratio)
-    plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device)
+    if args.fine < 0 or (args.fine and solver.name != "ddim"):
+        raise TrainingError(f"morse.distill --fine {args.fine}: a positive number of cuts per step, for a DDIM Dot "
+                            f"(a multistep solver's history has no counterpart on the fine grid); this Dot wraps "
+                            f"{solver.name}")
+    plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device, args.fine)
     if any(len(plans.times(b, 0)) < 2 for b in budgets):
         raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")
     units = units_of(plans, dot, budgets, args.groups)
@@ -349,7 +399,7 @@ def distill(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_text("morse.distill", {k: v for k, v in vars(args).items()
                                              if k not in ("out", "export", "device")
-                                             and (k, v) not in (("groups", "first"), ("first_weight", 1.0),
+                                             and (k, v) not in (("groups", "first"), ("first_weight", 1.0), ("fine", 0),
                                                                   ("history_weight", 1.0), ("inputs", "exact"),
                                                                   ("gate_factors", "one"))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
@@ -359,7 +409,7 @@ def distill(args) -> dict:
     # ("+hend": a multistep solver's targets hold the history each group hands on, which earlier ones lacked).
     pool = _cached_pairs(args.out / "targets.safetensors", resume_key("/".join(map(str, (
         dash_sum, solver.name + ("" if solver.name == "ddim" else "+hend"), seeds[0], args.runs, units, ratio,
-        card["dots_per_dash"])))),
+        card["dots_per_dash"], *([f"fine{args.fine}"] if args.fine else []))))),
         lambda: _exact(plans, units, seeds, shape, device))
     if args.inputs == "own":
         # Later groups start where the starting Dot's sampling stands, not where the Dash's does, and are still
@@ -422,8 +472,9 @@ def _end_table(ends) -> list[str]:
 
 def _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time, budgets) -> dict:
     losses = [json.loads(line)["loss"] for line in (args.out / "loss.jsonl").read_text().splitlines()]
+    target = "the ODE solution's (--fine)" if args.fine else "the exact Dot's"
     section = [f"These weights are the Dot above, distilled: `{command}` (with `--dot` the starting Dot's path). "
-               "Group-end RMSE against the exact Dot's, held-out runs, per budget and group (0: the first), each "
+               f"Group-end RMSE against {target}, held-out runs, per budget and group (0: the first), each "
                "group fed the exact trajectory's inputs:", "", *_end_table(ends)]
     if own_ends is not None:
         section += ["", "The same, each group fed the starting Dot's own trajectory's inputs (as in training):", "",
@@ -431,7 +482,8 @@ def _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time
     return {**card, "dot_config": vars(dot.config), "heldout_error": eps,
             "distill": dict(start_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
                             group_end_rmse=ends, **({"group_end_rmse_own": own_ends} if own_ends else {}),
-                            inputs=args.inputs, gate_factors=args.gate_factors, runs=args.runs, budgets=budgets,
+                            inputs=args.inputs, fine=args.fine, gate_factors=args.gate_factors, runs=args.runs,
+                            budgets=budgets,
                             groups=args.groups,
                             iters=args.iters, batch_size=args.batch_size, target_time_s=round(target_time, 1),
                             train_time_s=round(train_time, 1),

@@ -322,3 +322,47 @@ def test_an_export_named_as_a_plan_dot_must_be_distilled_on_those_plans_alone():
     _check_plan_export(None, [2.0, 4.0], **plans)
     with pytest.raises(TrainingError, match="plans with 1 Dash steps.*4.0: 3"):
         _check_plan_export(Path("w/fmnist_dot_dash1.safetensors"), [2.0, 4.0], **plans)
+
+
+@pytest.mark.parametrize(("steps", "k"), [(4, 1), (9, 3), (41, 3), (30, 7)])
+def test_the_fine_grid_holds_every_plan_step_and_cuts_each_step_in_k(steps, k):
+    """Plans whose step count does not divide 1000 (41 steps at 16 LSD) included."""
+    coarse = get_baseline("ddim").make_scheduler(get_task("fmnist").schedule_config, steps).timesteps.tolist()
+    fine, at = distill.fine_grid(coarse, k)
+    assert [fine[i] for i in at] == coarse and at[0] == 0
+    assert all(a > b for a, b in zip(fine, fine[1:])) and fine[-1] >= 0
+    assert len(fine) == steps * k  # 1000 / steps >= k: no cut collapses
+    assert all(at[j + 1] - at[j] == k for j in range(steps - 1))
+
+
+def test_fine_targets_are_dpm_solver_on_the_plans_grid_and_come_nearer_the_ode_solution(parts):
+    """--fine 1 is DPM-Solver++(2M) on the plan's own grid (so the inputs and ends are that solver's states); a finer
+    cut comes nearer a much finer one than the exact Dot's DDIM end does."""
+    task, den, _, _ = parts
+    seeds, units = [3, 4], [(3.0, 0), (3.0, 1)]
+    noise = initial_noise(seeds, task.image_shape)
+    states = {}
+
+    def plans(k):
+        return distill.Plans(den, get_baseline("ddim"), Interleave(3), 6.0, [3.0], None, "cpu", fine=k)
+
+    with torch.inference_mode():
+        one = plans(1).exact(units, seeds, task.image_shape)
+        sample, _ = get_baseline("dpm")(den, noise, 8, seeds=seeds, callback=lambda i, t, x, e: states.update({i: x}))
+        ends = {k: plans(k).exact(units, seeds, task.image_shape)["end/3:1"] for k in (3, 12)}
+        exact = plans(0).exact(units, seeds, task.image_shape)
+    torch.testing.assert_close(one["end/3:1"], sample)
+    torch.testing.assert_close(one["x/3:1"], states[3])  # the second Dash step is the plan's fifth
+    assert torch.equal(one["x/3:0"], noise) and torch.equal(one["xp/3:1"], noise)
+    assert (ends[3] - ends[12]).norm() < 0.5 * (exact["end/3:1"] - ends[12]).norm()
+
+
+def test_fine_targets_are_a_ddim_dots_and_name_themselves_in_the_card_and_the_cache(tmp_path, capsys):
+    out = tmp_path / "fine"
+    distill.main(ARGS[:3] + ["2", "--fine", "2"] + ARGS[4:] + ["--out", str(out)])
+    card = json.loads((out / "dot.json").read_text())
+    assert card["distill"]["fine"] == 2 and "--fine 2" in card["distill"]["command"]
+    assert "ODE solution" in " ".join(card["sections"][-1]["lines"])
+    with pytest.raises(SystemExit):
+        distill.main(["--dot", str(dot_path("fmnist", "dpm")), "--fine", "2", "--out", str(tmp_path / "dpm")])
+    assert "--fine 2" in capsys.readouterr().err.strip().splitlines()[-1]
