@@ -287,6 +287,23 @@ ROWS = [
                                                                                         (5, "plan-8lsd-fine"))),
         distills="distill-own", distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 "
         "--iters 4000 --lr 0.0003"),
+    Row("plan-4lsd-fine", "the committed Dots with one of its own for the 4-LSD plan (three Dash steps), its groups "
+        "pulled to the Dash's ODE solution (--fine 2) instead of the exact Dot's ends, each later group fed the "
+        "committed Dot's own trajectory (run from morse/weights/fmnist_dot.safetensors; plan-4lsd is the same with "
+        "the exact Dot's ends)", None, "plan-3lsd-own", dot_of="distill-own",
+        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
+                                                                                        (2, "plan-3lsd-own"),
+                                                                                        (3, "plan-4lsd-fine"))),
+        distills="distill-own", distill_flags="--budgets 4 --groups all --inputs own --fine 2 --runs 4096 "
+        "--iters 5000 --lr 0.0001"),
+    Row("plan-4lsd-fine-own", "that 4-LSD plan Dot distilled again by the same command, its later groups fed its "
+        "own trajectory (a second DAgger round); committed as fmnist_dot_dash3", None, "plan-4lsd-fine",
+        dot_of="distill-own",
+        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
+                                                                                        (2, "plan-3lsd-own"),
+                                                                                        (3, "plan-4lsd-fine-own"))),
+        distills="plan-4lsd-fine", distill_flags="--budgets 4 --groups all --inputs own --fine 2 --runs 4096 "
+        "--iters 5000 --lr 0.0001"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
     Row("extrap-rank32-first", "the extrap-rank32 row's Dot gated as extrap-first", None, "extrap-first",
@@ -441,7 +458,7 @@ LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-g
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
             "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2",
             "distill-2lsd", "plan-2lsd", "plan-4lsd", "plan-2lsd-more", "plan-3lsd",
-            "plan-3lsd-own")
+            "plan-3lsd-own", "plan-4lsd-fine", "plan-4lsd-fine-own")
 LOW_BUDGETS = (2, 3, 4)
 
 
