@@ -128,6 +128,11 @@ class Row:
                 f"cp {RUNS / 'eval'}/results.csv {RUNS / 'eval'}/speedup.csv {RUNS / self.name}/")
 
 
+def plan_dots(*dots: tuple[int, str]) -> str:
+    """--method-options naming each (k, row): that row's Dot as the Dot of the plans with k Dash steps."""
+    return ",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in dots)
+
+
 ROWS = [
     Row("formula", "no Dot: the extrapolation prior alone at the Dot steps (morse-extrap), priced as Dot calls", None,
         "", "morse-extrap"),
@@ -253,8 +258,7 @@ ROWS = [
         "groups distilled alone, each later one fed the committed Dot's own trajectory (run from "
         "morse/weights/fmnist_dot.safetensors; at 3e-4 the first group's loss doubled within 500 iterations)", None,
         "plan-2lsd", dot_of="distill-own",
-        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd"),
-                                                                                        (3, "plan-4lsd"))),
+        options=plan_dots((1, "plan-2lsd"), (3, "plan-4lsd")),
         distills="distill-own", distill_flags="--budgets 4 --groups all --inputs own --runs 4096 --iters 6000 "
         "--lr 0.0001"),
     Row("plan-2lsd-more", "plan-2lsd's 2-LSD plan Dot distilled again: 10,000 more iterations on twice the runs "
@@ -267,14 +271,12 @@ ROWS = [
         "groups distilled alone from the exact trajectory's state (run from morse/weights/fmnist_dot.safetensors; "
         "committed as fmnist_dot_dash2 until plan-3lsd-own): where 3 LSD is in the curve the 4-LSD speedup is "
         "read between 3 and 4 LSD, not between 2 and 4", None, "plan-2lsd-more", dot_of="distill-own",
-        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
-                                                                                        (2, "plan-3lsd"))),
+        options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd")),
         distills="distill-own", distill_flags="--budgets 3 --groups all --runs 4096 --iters 5000 --lr 0.0003"),
     Row("plan-3lsd-own", "the plan-3lsd row's Dot distilled again, its second group fed that Dot's own trajectory "
         "(--inputs own, one DAgger round) and still pulled to the exact trajectory's end; committed as "
         "fmnist_dot_dash2", None, "plan-3lsd", dot_of="distill-own",
-        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
-                                                                                        (2, "plan-3lsd-own"))),
+        options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-own")),
         distills="plan-3lsd", distill_flags="--budgets 3 --groups all --inputs own --runs 4096 --iters 5000 "
         "--lr 0.0003"),
     Row("plan-8lsd-fine", "the committed Dots with one of its own for the 8-LSD plan (five Dash steps), its groups "
@@ -282,26 +284,20 @@ ROWS = [
         "grid, each step cut in two; at 8 LSD Morse already samples better than the exact Dot), each later group fed "
         "the committed Dot's own trajectory (run from morse/weights/fmnist_dot.safetensors)", None, "plan-3lsd-own",
         dot_of="distill-own",
-        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
-                                                                                        (2, "plan-3lsd-own"),
-                                                                                        (5, "plan-8lsd-fine"))),
+        options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-own"), (5, "plan-8lsd-fine")),
         distills="distill-own", distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 "
         "--iters 4000 --lr 0.0003"),
     Row("plan-4lsd-fine", "the committed Dots with one of its own for the 4-LSD plan (three Dash steps), its groups "
         "pulled to the Dash's ODE solution (--fine 2) instead of the exact Dot's ends, each later group fed the "
         "committed Dot's own trajectory (run from morse/weights/fmnist_dot.safetensors; plan-4lsd is the same with "
         "the exact Dot's ends)", None, "plan-3lsd-own", dot_of="distill-own",
-        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
-                                                                                        (2, "plan-3lsd-own"),
-                                                                                        (3, "plan-4lsd-fine"))),
+        options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-own"), (3, "plan-4lsd-fine")),
         distills="distill-own", distill_flags="--budgets 4 --groups all --inputs own --fine 2 --runs 4096 "
         "--iters 5000 --lr 0.0001"),
     Row("plan-4lsd-fine-own", "that 4-LSD plan Dot distilled again by the same command, its later groups fed its "
         "own trajectory (a second DAgger round); committed as fmnist_dot_dash3", None, "plan-4lsd-fine",
         dot_of="distill-own",
-        options=",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in ((1, "plan-2lsd-more"),
-                                                                                        (2, "plan-3lsd-own"),
-                                                                                        (3, "plan-4lsd-fine-own"))),
+        options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-own"), (3, "plan-4lsd-fine-own")),
         distills="plan-4lsd-fine", distill_flags="--budgets 4 --groups all --inputs own --fine 2 --runs 4096 "
         "--iters 5000 --lr 0.0001"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
