@@ -275,7 +275,7 @@ ROWS = [
         distills="distill-own", distill_flags="--budgets 3 --groups all --runs 4096 --iters 5000 --lr 0.0003"),
     Row("plan-3lsd-own", "the plan-3lsd row's Dot distilled again, its second group fed that Dot's own trajectory "
         "(--inputs own, one DAgger round) and still pulled to the exact trajectory's end; committed as "
-        "fmnist_dot_dash2", None, "plan-3lsd", dot_of="distill-own",
+        "fmnist_dot_dash2 until plan-3lsd-fine", None, "plan-3lsd", dot_of="distill-own",
         options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-own")),
         distills="plan-3lsd", distill_flags="--budgets 3 --groups all --inputs own --runs 4096 --iters 5000 "
         "--lr 0.0003"),
@@ -299,6 +299,14 @@ ROWS = [
         dot_of="distill-own",
         options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-own"), (3, "plan-4lsd-fine-own")),
         distills="plan-4lsd-fine", distill_flags="--budgets 4 --groups all --inputs own --fine 2 --runs 4096 "
+        "--iters 5000 --lr 0.0001"),
+    Row("plan-3lsd-fine", "the committed 3-LSD plan Dot (plan-3lsd-own's) distilled again with its groups pulled "
+        "to the Dash's ODE solution (--fine 2) instead of the exact Dot's ends, its later group fed that Dot's own "
+        "trajectory: the 3-LSD point bounds the 4-LSD speedup where 3 LSD is in the curve; committed as "
+        "fmnist_dot_dash2", None,
+        "plan-4lsd-fine-own", dot_of="distill-own",
+        options=plan_dots((1, "plan-2lsd-more"), (2, "plan-3lsd-fine"), (3, "plan-4lsd-fine-own")),
+        distills="plan-3lsd-own", distill_flags="--budgets 3 --groups all --inputs own --fine 2 --runs 4096 "
         "--iters 5000 --lr 0.0001"),
     Row("extrap-m1", "m = 1: the shared body on 16x16 instead of 8x8", "--prior extrap --m 1"),
     Row("extrap-rank32", "LoRA rank 32", "--prior extrap --lora-rank 32"),
@@ -454,7 +462,7 @@ LOW_ROWS = ("extrap-first-gap", "extrap-first-gap-below900", "extrap-firstonly-g
             "extrap-skip0-below900", "extrap-firstonly-m1-below900", "distill-first", "distill-first-long",
             "distill-long-lines", "distill-long-lines-more", "distill-own", "distill-own-2",
             "distill-2lsd", "plan-2lsd", "plan-4lsd", "plan-2lsd-more", "plan-3lsd",
-            "plan-3lsd-own", "plan-4lsd-fine", "plan-4lsd-fine-own")
+            "plan-3lsd-own", "plan-4lsd-fine", "plan-4lsd-fine-own", "plan-3lsd-fine")
 LOW_BUDGETS = (2, 3, 4)
 
 
