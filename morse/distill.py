@@ -29,6 +29,8 @@ Dot (DDIM, 8 and 16 LSD on the embedded default: the learned Dot's small bias of
 error), pulling groups to its ends pulls them back. With --fine K each group is pulled instead to the Dash's ODE
 solution from the same noise (DPM-Solver++(2M) on the plan's own grid, each step cut in K; the group's inputs with
 --inputs exact are that solution's too), so the Dot learns the DDIM steps' error as well as the Dash's estimate.
+For a DPM-Solver++(2M) Dot the history each group hands on is pulled to the history that solver would hold on the
+solution: the Dash's x0 at the solution's state at the group's last step (with K = 1 these are the exact Dot's).
 
 A Dot of its own for the plans with k Dash steps (morse.sampler's plan Dots): distil those plans' budgets alone
 (--budgets 2 for the 2-LSD plan's one group) and write the Dot beside the shared one as <stem>_dash<k>.safetensors
@@ -149,21 +151,26 @@ class Plans:
                                                  dot_condition(self.denoiser, cond, x_ti), prev=prev)
         return unroll(scheduler, first, end, self.solver.step_kwargs, x, z, estimate, inputs.get("hp"))
 
-    def fine_walk(self, budget, x_T, seeds) -> tuple[list, list, torch.Tensor]:
+    def fine_walk(self, budget, x_T, seeds) -> tuple[list, list, list, torch.Tensor]:
         """The Dash's ODE solution from x_T on the plan's grid cut in `fine`: at each of the plan's Dash steps the
-        state and the Dash's estimate there, and the sample."""
-        fine, at = fine_grid(self.schedulers[budget].timesteps, self.fine)
-        at = [at[first] for first, _ in self.groups(budget)]
+        state and the Dash's estimate there; for a multistep solver, at the plan step before each later Dash step,
+        the history that solver would hold on the solution (the Dash's x0 there; None for DDIM); and the sample."""
+        fine, at_all = fine_grid(self.schedulers[budget].timesteps, self.fine)
+        at = [at_all[first] for first, _ in self.groups(budget)]
+        before = [at_all[first - 1] for first, _ in self.groups(budget)[1:]] if self.solver.name != "ddim" else []
         scheduler = get_baseline("dpm").make_scheduler(self.denoiser.schedule_config, len(fine), self.device,
                                                        timesteps=fine)
-        states, estimates, starts = [x_T], [], set(at)
+        states, estimates, kept = [x_T], [], set(at + before)
 
         def keep(i, t, x, eps):
             states.append(x)
-            estimates.append(eps if i in starts else None)
+            estimates.append(eps if i in kept else None)
 
         sample = solve(scheduler, lambda x, t, i: self.denoiser(x, t, self.cond(seeds)), x_T, callback=keep)
-        return [states[i] for i in at], [estimates[i] for i in at], sample
+        alpha_bar = scheduler.alphas_cumprod.to(x_T.device)
+        # The solver's history is its converted estimate, x0 = (x - sigma eps) / alpha (DPM-Solver++, epsilon model).
+        x0 = [(states[i] - (1 - alpha_bar[fine[i]]).sqrt() * estimates[i]) / alpha_bar[fine[i]].sqrt() for i in before]
+        return [states[i] for i in at], [estimates[i] for i in at], x0, sample
 
     @torch.inference_mode()
     def exact(self, units, seeds, shape, device="cpu", dot=None) -> dict:
@@ -175,12 +182,14 @@ class Plans:
         out = {}
         for budget in dict.fromkeys(b for b, _ in units):
             if self.fine and dot is None:
-                states, estimates, sample = self.fine_walk(budget, x_T, seeds)
+                states, estimates, histories, sample = self.fine_walk(budget, x_T, seeds)
                 ends = states[1:] + [sample]
                 for group in range(max(g for b, g in units if b == budget) + 1):
                     if (budget, group) in units:
                         inputs = dict(x=states[group], z=estimates[group], end=ends[group],
-                                      **(dict(xp=states[group - 1], zp=estimates[group - 1]) if group else {}))
+                                      **(dict(xp=states[group - 1], zp=estimates[group - 1]) if group else {}),
+                                      **(dict(hp=histories[group - 1]) if group and histories else {}),
+                                      **(dict(hend=histories[group]) if group < len(histories) else {}))
                         out.update({f"{k}/{unit_name(budget, group)}": v for k, v in inputs.items()})
                 continue
             x, anchors, history = x_T, [], None
@@ -386,10 +395,9 @@ def distill(args) -> dict:
     interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
     budgets = [float(b) for b in args.budgets.split(",")]
     _check_plan_export(args.export, budgets, interleave, ratio)
-    if args.fine < 0 or (args.fine and solver.name != "ddim"):
-        raise TrainingError(f"morse.distill --fine {args.fine}: a positive number of cuts per step, for a DDIM Dot "
-                            f"(a multistep solver's history has no counterpart on the fine grid); this Dot wraps "
-                            f"{solver.name}")
+    if args.fine < 0:
+        raise TrainingError(f"morse.distill --fine {args.fine}: give a positive number of cuts per step, or 0 for the "
+                            f"exact Dot's ends")
     plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device, args.fine)
     if any(len(plans.times(b, 0)) < 2 for b in budgets):
         raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")

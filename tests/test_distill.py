@@ -357,12 +357,30 @@ def test_fine_targets_are_dpm_solver_on_the_plans_grid_and_come_nearer_the_ode_s
     assert (ends[3] - ends[12]).norm() < 0.5 * (exact["end/3:1"] - ends[12]).norm()
 
 
-def test_fine_targets_are_a_ddim_dots_and_name_themselves_in_the_card_and_the_cache(tmp_path, capsys):
+def test_fine_targets_of_a_dpm_dot_hold_the_history_and_with_one_cut_are_the_exact_dots(parts):
+    """For DPM-Solver++(2M) the exact Dot (the Dash at every step of the plan) is that solver on the plan's grid, so
+    --fine 1 must give its inputs, ends and handed-on histories (x0 at each group's last step) too."""
+    task, den, _, _ = parts
+    seeds, units = [5, 6], [(4.0, 0), (4.0, 1), (4.0, 2)]
+
+    def plans(k):
+        return distill.Plans(den, get_baseline("dpm"), Interleave(3), 6.0, [4.0], None, "cpu", fine=k)
+
+    with torch.inference_mode():
+        one, exact = (plans(k).exact(units, seeds, task.image_shape) for k in (1, 0))
+        two = plans(2).exact(units, seeds, task.image_shape)
+    assert sorted(one) == sorted(exact) and {"hp/4:1", "hend/4:1", "hend/4:0", "hp/4:2"} <= set(one)
+    for key in exact:
+        torch.testing.assert_close(one[key], exact[key], atol=1e-4, rtol=1e-4, msg=key)
+    assert (two["hend/4:1"] - exact["hend/4:1"]).abs().max() > 1e-3  # a finer cut moves the history target
+
+
+def test_fine_targets_name_themselves_in_the_card_and_the_cache(tmp_path, capsys):
     out = tmp_path / "fine"
     distill.main(ARGS[:3] + ["2", "--fine", "2"] + ARGS[4:] + ["--out", str(out)])
     card = json.loads((out / "dot.json").read_text())
     assert card["distill"]["fine"] == 2 and "--fine 2" in card["distill"]["command"]
     assert "ODE solution" in " ".join(card["sections"][-1]["lines"])
     with pytest.raises(SystemExit):
-        distill.main(["--dot", str(dot_path("fmnist", "dpm")), "--fine", "2", "--out", str(tmp_path / "dpm")])
-    assert "--fine 2" in capsys.readouterr().err.strip().splitlines()[-1]
+        distill.main(["--dot", str(dot_path("fmnist", "dpm")), "--fine", "-1", "--out", str(tmp_path / "dpm")])
+    assert "--fine -1" in capsys.readouterr().err.strip().splitlines()[-1]
