@@ -252,8 +252,9 @@ def at_dot_ratio(results: pd.DataFrame, speedup_rows: pd.DataFrame, dot_ratio: f
         rows = speedups(base.index.values, base["value"].values, lsd.values, q["value"].values, saturation,
                         meaningful_max)
         mean = mean_speedup(rows)
-        out[method] = (" / ".join(f"{r.bound}{r.speedup:.2f}×" for r in rows)
-                       + f" (mean {mean.bound}{mean.value:.2f}×) over {baseline}")
+        average = ("n/a, bounds both ways" if mean.bound == NO_BOUND else "n/a" if mean.value != mean.value
+                   else f"{mean.bound}{mean.value:.2f}×")
+        out[method] = " / ".join(f"{r.bound}{r.speedup:.2f}×" for r in rows) + f" (mean {average}) over {baseline}"
     return out
 
 

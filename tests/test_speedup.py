@@ -231,3 +231,18 @@ def test_speedups_at_one_dot_ratio_reprice_only_the_dot_calls(tmp_path, capsys):
     sp.to_csv(tmp_path / "speedup.csv", index=False)
     assert main([str(tmp_path), "--dot-ratio", "8"]) == 0 and "morse:" in capsys.readouterr().out
     assert main([str(tmp_path / "none"), "--dot-ratio", "8"]) == 2
+
+
+def test_a_mean_over_bounds_both_ways_prints_as_not_available():
+    """Ahead of the baseline at the smallest budget (a lower bound) and behind it at the largest (an upper bound):
+    the mean is unbounded, and the command line says so instead of printing a number."""
+    from evaluate.speedup import at_dot_ratio
+
+    rows = []
+    for m, fds in (("ddim", (14.0, 6.0, 3.0)), ("morse", (10.0, 5.0, 4.0))):
+        for b, fd in zip((4.0, 8.0, 16.0), fds, strict=True):
+            rows += [dict(method=m, budget=b, metric="fd_fmnist", value=fd, lsd=b, N=None),
+                     dict(method=m, budget=b, metric="lsd", value=b, lsd=b, N=6.0)]
+    sp = pd.DataFrame(dict(method=["morse"], baseline=["ddim"], metric=["fd_fmnist"]))
+    line = at_dot_ratio(pd.DataFrame(rows), sp, 6.0)["morse"]
+    assert line.startswith(">") and " / <" in line and "(mean n/a, bounds both ways)" in line and "nan" not in line
