@@ -316,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
                    "feeds it; one DAgger round); either way it is trained towards the exact trajectory's end")
     p.add_argument("--fine", type=int, default=0, help="0: each group is pulled to the exact Dot's end (the "
                    "oracle's); K > 0: to the Dash's ODE solution instead, DPM-Solver++(2M) on the plan's grid with "
-                   "each step cut in K, so the Dot may also correct the solver's own step error (DDIM Dots)")
+                   "each step cut in K, so the Dot may also correct the solver's own step error (for "
+                   "DPM-Solver++ the handed-on history too: the Dash's x0 on the solution)")
     p.add_argument("--runs", type=int, default=4096, help="training runs (noises), each unrolled at every budget")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
