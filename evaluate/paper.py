@@ -41,6 +41,7 @@ from baselines.checkpoint import write_text_atomic
 from baselines.tasks import TASKS, get_task
 from evaluate.methods import Context, resolve, valid_names
 from evaluate.provenance import BadInput
+from evaluate.speedup import speedup_text
 
 HERE = Path(__file__).resolve().parent
 GROUPS_FILE, PUBLISHED_FILE = HERE / "paper.toml", HERE / "published.csv"
@@ -336,8 +337,6 @@ def read_speedups(folder: Path) -> pd.DataFrame:
 def speedup_table(task: str, speed: pd.DataFrame, pub: pd.DataFrame, sources: Sources) -> pd.DataFrame:
     """One row per (metric, guidance, accelerator, baseline): the speedup at each baseline budget, our mean over
     the budgets that count, and the published number beside it."""
-    from evaluate.report import speedup_text
-
     if speed.empty:
         return pd.DataFrame()
     keys = [k for k in ("metric", "guidance", "method", "baseline") if k in speed.columns]

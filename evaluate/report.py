@@ -17,7 +17,7 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 from baselines.checkpoint import atomic_path, write_text_atomic  # noqa: E402
 from baselines.tasks import TASKS  # noqa: E402
 from evaluate.metrics import HIGHER_IS_BETTER  # noqa: E402
-from evaluate.speedup import LOWER, NO_BOUND, POINT, UPPER  # noqa: E402
+from evaluate.speedup import LOWER, NO_BOUND, POINT, UPPER, speedup_text  # noqa: E402
 
 SPEEDUP_METHOD = (
     "The LSD each accelerator needs for the baseline's quality: monotone (running-minimum) log-log linear "
@@ -190,13 +190,6 @@ def plot_tradeoff(df: pd.DataFrame, metric: str, path: Path, title: str, task: s
     ax.set_ylabel(f"{axis_label(metric, task)} (lower is better)")
     ax.set_title(title, fontsize=9)
     _save(fig, ax, path)
-
-
-def speedup_text(value, bound, digits=2, unit="x") -> str:
-    """A speedup (or a fraction of one) with its bound sign: "<0.51x" is at most, ">1.20x" at least."""
-    if bound == NO_BOUND or value != value:
-        return "n/a"
-    return f"{bound}{value:.{digits}f}{unit}"
 
 
 def plot_speedup(speed: pd.DataFrame, path: Path) -> None:

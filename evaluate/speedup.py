@@ -108,6 +108,13 @@ class MeanSpeedup:
     budgets: list
 
 
+def speedup_text(value, bound, digits=2, unit="x") -> str:
+    """A speedup (or a fraction of one) with its bound sign: "<0.51x" is at most, ">1.20x" at least."""
+    if bound == NO_BOUND or value != value:
+        return "n/a"
+    return f"{bound}{value:.{digits}f}{unit}"
+
+
 def mean_speedup(rows: list[Speedup], keep: list[bool] | None = None) -> MeanSpeedup:
     """Over the budgets not excluded (or those `keep` marks, for resamples that must average the same
     budgets as the point estimate)."""
@@ -252,8 +259,8 @@ def at_dot_ratio(results: pd.DataFrame, speedup_rows: pd.DataFrame, dot_ratio: f
         rows = speedups(base.index.values, base["value"].values, lsd.values, q["value"].values, saturation,
                         meaningful_max)
         mean = mean_speedup(rows)
-        average = ("n/a, bounds both ways" if mean.bound == NO_BOUND else "n/a" if mean.value != mean.value
-                   else f"{mean.bound}{mean.value:.2f}×")
+        average = speedup_text(mean.value, mean.bound, unit="×") + (", bounds both ways" if mean.bound == NO_BOUND
+                                                                      else "")
         out[method] = " / ".join(f"{r.bound}{r.speedup:.2f}×" for r in rows) + f" (mean {average}) over {baseline}"
     return out
 

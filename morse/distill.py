@@ -157,20 +157,20 @@ class Plans:
         the history that solver would hold on the solution (the Dash's x0 there; None for DDIM); and the sample."""
         fine, at_all = fine_grid(self.schedulers[budget].timesteps, self.fine)
         at = [at_all[first] for first, _ in self.groups(budget)]
-        before = [at_all[first - 1] for first, _ in self.groups(budget)[1:]] if self.solver.name != "ddim" else []
+        multistep = hasattr(self.schedulers[budget], "model_outputs")  # as at_step tells them apart
+        before = [at_all[first - 1] for first, _ in self.groups(budget)[1:]] if multistep else []
         scheduler = get_baseline("dpm").make_scheduler(self.denoiser.schedule_config, len(fine), self.device,
                                                        timesteps=fine)
-        states, estimates, kept = [x_T], [], set(at + before)
+        states, estimates, starts, histories = [x_T], [], set(at), {}
 
         def keep(i, t, x, eps):
             states.append(x)
-            estimates.append(eps if i in kept else None)
+            estimates.append(eps if i in starts else None)
+            if i in before:  # the fine solver's own history after step i: its converted estimate (x0) there
+                histories[i] = scheduler.model_outputs[-1]
 
         sample = solve(scheduler, lambda x, t, i: self.denoiser(x, t, self.cond(seeds)), x_T, callback=keep)
-        alpha_bar = scheduler.alphas_cumprod.to(x_T.device)
-        # The solver's history is its converted estimate, x0 = (x - sigma eps) / alpha (DPM-Solver++, epsilon model).
-        x0 = [(states[i] - (1 - alpha_bar[fine[i]]).sqrt() * estimates[i]) / alpha_bar[fine[i]].sqrt() for i in before]
-        return [states[i] for i in at], [estimates[i] for i in at], x0, sample
+        return [states[i] for i in at], [estimates[i] for i in at], [histories[i] for i in before], sample
 
     @torch.inference_mode()
     def exact(self, units, seeds, shape, device="cpu", dot=None) -> dict:
