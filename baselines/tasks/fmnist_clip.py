@@ -163,9 +163,10 @@ def register(bpe_path: Path = BPE_PATH) -> str:
     other: open_clip reads model configs only from files, and ours names the merges file by its absolute path."""
     import open_clip
 
-    folder = Path(tempfile.mkdtemp(prefix="fmnist-clip-"))
-    (folder / f"{CLIP_NAME}.json").write_text(json.dumps(model_config(Path(bpe_path))))
-    open_clip.add_model_config(folder)
+    # open_clip parses the file when it is added and keeps the parsed config, so the folder can go at once.
+    with tempfile.TemporaryDirectory(prefix="fmnist-clip-") as folder:
+        (Path(folder) / f"{CLIP_NAME}.json").write_text(json.dumps(model_config(Path(bpe_path))))
+        open_clip.add_model_config(folder)
     return CLIP_NAME
 
 
