@@ -38,6 +38,9 @@ FLAGS = dict(
     method_options=Flag("", "KEY=VALUE pairs, comma-separated, handed to every method's plug-in (each reads its own "
                             "keys and ignores the rest), e.g. dot=runs/dot/dot.safetensors: Morse's Dot file instead "
                             "of the committed one"),
+    clamp_samples=Flag(False, "clamp the images to the data range [-1, 1] before the metrics, as an image file would "
+                              "hold them (default: the metrics read the samples as the sampler returns them; the "
+                              "Inception FID quantises to 8 bits, which clamps either way)"),
     min_samples=Flag(200, "refuse fewer samples than this (FD of 128-d features needs a full-rank covariance)"),
     warn_samples=Flag(1000, "warn below this many samples (Frechet distances are biased upward)"),
     spacing=Flag("trailing", "timestep spacing where the scheduler offers it: trailing, leading or linspace"),

@@ -81,6 +81,7 @@ def report_header(task, spec: SweepSpec, opts: Options, device, commit, costs, m
                   budgets=", ".join(f"{b:g}" for b in spec.budgets),
                   guidance=", ".join(f"{w:g}" for w in spec.guidance if w is not None) or "n/a (unguided task)",
                   samples_per_cell=len(seeds),
+                  metric_input="images clamped to [-1, 1]" if opts.clamp_samples else "samples as sampled (unclamped)",
                   seeds=f"{seeds[0]}..{seeds[-1]}", device=f"{device} ({device_name(device)})",
                   devices=world.describe(), dtype=opts.dtype, compile=opts.compile,
                   threads=torch.get_num_threads(), commit=commit, network_latency=cost.describe(),
@@ -130,11 +131,11 @@ class Timer:
 ROW_DTYPE = {"fp32": "float32", "tf32": "tf32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def provenance(task, spec: SweepSpec, device, commit, world) -> dict:
+def provenance(task, spec: SweepSpec, device, commit, world, clamped: bool) -> dict:
     """The columns every row of results.csv carries: what made its numbers."""
     return dict(task=task.name, seeds=f"{spec.seeds[0]}..{spec.seeds[-1]}", dtype=ROW_DTYPE[spec.dtype],
                 device=str(device), torch=torch.__version__, commit=commit, compile=spec.compile, devices=world.size,
-                device_name=device_name(device))
+                device_name=device_name(device), clamped=clamped)
 
 
 def resamples(opts: Options, n: int) -> list[np.ndarray]:
@@ -173,7 +174,7 @@ def run(**given) -> Path:
         timer.add_cells(cells)
         with timer.phase("metrics"):
             df, speed = evaluate_cells(cells, metrics, primary, task, cost, spec, opts,
-                                       provenance(task, spec, device, commit, world))
+                                       provenance(task, spec, device, commit, world, opts.clamp_samples))
         header = report_header(task, spec, opts, device, commit, costs, metrics, timer, world)
         write_report(out, df, speed, cells, header, primary)
         print(timer.summary())
@@ -184,7 +185,7 @@ def run(**given) -> Path:
 def evaluate_cells(cells, metrics: dict, primary: str, task, cost, spec: SweepSpec, opts: Options, prov: dict):
     """(the tidy results table, the speedup table): every metric on every cell, speedups at equal quality."""
     boot = resamples(opts, len(spec.seeds))
-    df, boot_q, cell_costs = score(cells, metrics, task, cost, prov, boot, list(spec.seeds))
+    df, boot_q, cell_costs = score(cells, metrics, task, cost, prov, boot, list(spec.seeds), opts.clamp_samples)
     parts = [speedups(df, m, spec, boot, boot_q[m], cell_costs, opts.saturation, task.meaningful_max)
              for m in speedup_metrics(metrics, primary)]
     parts = [p for p in parts if len(p)]

@@ -144,6 +144,32 @@ def test_report_files(tmp_path):
     assert "| method   |\n|----------|" not in cost
 
 
+def test_clamp_samples_changes_what_the_metrics_read_not_the_samples(tmp_path):
+    from safetensors.torch import load_file
+
+    from baselines.tasks import get_task
+    from evaluate.features import ClassifierFeatures
+
+    out = tmp_path / "r"
+    assert main(["--out", str(out)] + SMALL[:4] + ["--num-samples", "100", "--force", "--bootstrap", "0"]) == 0
+    plain = pd.read_csv(out / "results.csv")
+    assert main(["--out", str(out), "--clamp-samples"] + SMALL[:4] + ["--num-samples", "100", "--force",
+                                                                     "--bootstrap", "0"]) == 0  # the cache reused
+    clamped = pd.read_csv(out / "results.csv")
+    assert not plain.clamped.any() and clamped.clamped.all()
+    assert "images clamped to [-1, 1]" in (out / "index.md").read_text()
+    shards = (out / "cache" / "ddim" / "budget-2").glob("*.safetensors")
+    x = torch.cat([load_file(f)["samples"] for f in shards])
+    assert x.abs().amax() > 1  # two DDIM steps overshoot the data range, so clamping has something to change
+    task = get_task("fmnist")
+    features = ClassifierFeatures(task.classifier(), task.classifier_path)
+    for df, images in ((plain, x), (clamped, x.clamp(-1, 1))):
+        conf = df[(df.metric == "confidence") & (df.budget == 2)].value.item()
+        assert conf == pytest.approx(float(features(images)[1].max(1).mean()), abs=1e-6)
+    fd = [df[(df.metric == "fd_fmnist") & (df.budget == 2)].value.item() for df in (plain, clamped)]
+    assert fd[0] != fd[1]
+
+
 def test_check_update_then_check(tmp_path, capsys):
     """--update writes the baseline (atomically, with its reason); a plain check then passes, and a
     baseline that promises a better FD than the run gives fails."""
