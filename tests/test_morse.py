@@ -448,7 +448,8 @@ def test_the_committed_plan_dots_load_beside_their_dots_and_plan_alike():
     task = get_task("fmnist")
     dash = task.dash().eval()
     assert {1, 2, 3} <= set(plan_dot_paths(dot_path("fmnist")))  # the 2-, 3- and 4-LSD plans' Dots (issue 30)
-    assert 1 in plan_dot_paths(dot_path("fmnist", "dpm"))  # DPM-Solver++'s 2-LSD plan, which diverged without it
+    # DPM-Solver++'s 2-LSD plan, which diverged without one, and its 8-LSD plan (six Dash steps)
+    assert {1, 6} <= set(plan_dot_paths(dot_path("fmnist", "dpm")))
     for name, solver in (("morse", "ddim"), ("morse-dpm", "dpm")):
         method = resolve(name, Context(task, dash))  # checks each one's checksum and plans
         assert set(method.morse.plan_dots) == set(plan_dot_paths(dot_path("fmnist", solver)))
