@@ -247,18 +247,18 @@ def cost_rows(cost, cell) -> tuple[float, list]:
     return c, rows
 
 
-def score(cells, metrics: dict, task, cost, prov: dict, boot, seeds, clamp: bool = False
-          ) -> tuple[pd.DataFrame, dict, dict]:
+def score(cells, metrics: dict, task, cost, prov: dict, boot, seeds) -> tuple[pd.DataFrame, dict, dict]:
     """The tidy table (one row per method x budget x guidance x metric; guidance NaN for an unguided task), each
     metric's bootstrap resamples per cell ({metric: {(method, budget, guidance): values}}) and each cell's cost
     ({(method, budget, guidance): CellCost}). `seeds`: the samples' seeds, in order (a prompt's CLIP score needs
-    the prompt). `clamp`: the metrics see the images clamped to the data range, [-1, 1]."""
+    the prompt). With `prov["clamped"]` the metrics see the images clamped to the data range, [-1, 1]: the column
+    the rows carry is what decides it, so the two cannot disagree."""
     rows, resamples, costs = [], {name: {} for name in metrics}, {}
     for cell in tqdm(cells, desc="metrics", unit="cell"):
         key = (cell.method, cell.budget, cell.guidance)
         costs[key], cell_rows = cost_rows(cost, cell)
         images = task.decode(cell.samples)  # identity for pixel models, the VAE for latent ones
-        if clamp:
+        if prov["clamped"]:
             images = images.clamp(-1, 1)
         for name, metric in metrics.items():
             got = metric(images, boot, seeds)

@@ -185,7 +185,7 @@ def run(**given) -> Path:
 def evaluate_cells(cells, metrics: dict, primary: str, task, cost, spec: SweepSpec, opts: Options, prov: dict):
     """(the tidy results table, the speedup table): every metric on every cell, speedups at equal quality."""
     boot = resamples(opts, len(spec.seeds))
-    df, boot_q, cell_costs = score(cells, metrics, task, cost, prov, boot, list(spec.seeds), opts.clamp_samples)
+    df, boot_q, cell_costs = score(cells, metrics, task, cost, prov, boot, list(spec.seeds))
     parts = [speedups(df, m, spec, boot, boot_q[m], cell_costs, opts.saturation, task.meaningful_max)
              for m in speedup_metrics(metrics, primary)]
     parts = [p for p in parts if len(p)]

@@ -151,10 +151,10 @@ def test_clamp_samples_changes_what_the_metrics_read_not_the_samples(tmp_path):
     from evaluate.features import ClassifierFeatures
 
     out = tmp_path / "r"
-    assert main(["--out", str(out)] + SMALL[:4] + ["--num-samples", "100", "--force", "--bootstrap", "0"]) == 0
+    args = ["--out", str(out)] + SMALL[:4] + ["--num-samples", "100", "--force", "--bootstrap", "0"]
+    assert main(args) == 0
     plain = pd.read_csv(out / "results.csv")
-    assert main(["--out", str(out), "--clamp-samples"] + SMALL[:4] + ["--num-samples", "100", "--force",
-                                                                     "--bootstrap", "0"]) == 0  # the cache reused
+    assert main(args + ["--clamp-samples"]) == 0  # the cache reused
     clamped = pd.read_csv(out / "results.csv")
     assert not plain.clamped.any() and clamped.clamped.all()
     assert "images clamped to [-1, 1]" in (out / "index.md").read_text()
