@@ -128,6 +128,10 @@ class Row:
                 f"cp {RUNS / 'eval'}/results.csv {RUNS / 'eval'}/speedup.csv {RUNS / self.name}/")
 
 
+EPS_FLAGS = ("--budgets 2,3,4,6,8,12,16 --groups all --gate-factors learn --inputs own --runs 1024 --iters 3000 "
+             "--eps-weight")  # the distill-eps rows' recipe but for the weight
+
+
 def plan_dots(*dots: tuple[int, str]) -> str:
     """--method-options naming each (k, row): that row's Dot as the Dot of the plans with k Dash steps."""
     return ",".join(f"plan_dot{k}={RUNS / row / 'dot.safetensors'}" for k, row in dots)
@@ -243,6 +247,14 @@ ROWS = [
     Row("distill-own-2", "a second round: the distill-own row's Dot distilled by the same command, fed its own "
         "trajectory (chosen against it on the validation seeds: level)", None, "distill-own", distills="distill-own",
         distill_flags="--groups long-lines --inputs own --iters 6000 --lr 0.0003"),
+    Row("distill-eps10", "the committed Dot (distill-own's) distilled on every group of every budget with the "
+        "per-step epsilon error in the loss, ten times the group end's (--eps-weight 10, each relative to the "
+        "starting Dot's or reuse's; the gate's factors learnt): can one Dot keep both, a small epsilon error and the "
+        "state its groups hand on", None, "distill-own", distills="distill-own", distill_flags=EPS_FLAGS + " 10"),
+    Row("distill-eps1", "as distill-eps10 with the two parts of the loss weighed alike (--eps-weight 1)", None,
+        "distill-own", distills="distill-own", distill_flags=EPS_FLAGS + " 1"),
+    Row("distill-eps0", "as distill-eps10 without the epsilon part (--eps-weight 0): what the recipe does alone",
+        None, "distill-own", distills="distill-own", distill_flags=EPS_FLAGS + " 0"),
     Row("distill-2lsd", "the distill-own row's Dot with the 2-LSD plan's one group distilled alone (--budgets 2): "
         "how far the shared Dot takes 2 LSD, which bounds the 4-LSD speedup, when that group has it to itself and "
         "the other budgets' groups are not guarded (run from morse/weights/fmnist_dot.safetensors, distill-own's "

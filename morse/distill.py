@@ -42,6 +42,9 @@ ends are cached in --out (targets.safetensors), and with --inputs own the starti
 (inputs.safetensors). The held-out error is measured on morse.train's held-out seeds twice: each group end's RMSE
 against the exact one (reuse, the starting Dot and this one), and the per-step epsilon error as morse.train reports
 it. Resumable: rerun the same command.
+
+--eps-weight W adds that per-step epsilon error (relative to reuse's, on the path the group is unrolled along) to
+each group's loss with factor W: how far a Dot can keep both, the state its groups hand on and its estimates.
 """
 
 import argparse
@@ -328,6 +331,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--history-weight", type=float, default=1.0, help="for DPM-Solver++: loss factor of the history "
                    "a group hands on (its last estimate, as the solver keeps it for the next step) beside its end "
                    "state, each relative to the starting Dot's error (0: the state alone)")
+    p.add_argument("--eps-weight", type=float, default=0.0, help="loss factor of the per-step epsilon error beside "
+                   "the group's end: at each Dot step of the unrolled group, |z + Dot - the Dash's epsilon there|^2 "
+                   "relative to reuse's (an extra Dash call per Dot step, without gradient). 0: the end alone. The "
+                   "issue asks for both a small epsilon error and good samples; this weighs one against the other")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
     p.add_argument("--learned-below", type=float, default=900.0, help="the learned part acts at Dot steps with t_i "
                    "below this, one of the gate's row edges")
@@ -355,6 +362,21 @@ def _start(args):
     return card, device, task, dash_sum, solver, denoiser, start_dot, dot
 
 
+def eps_recorder(dot, plans, seeds, steps: list):
+    """`dot` as Plans.run calls it, also appending to `steps`, at each Dot step, the squared error of z + Dot against
+    the Dash's epsilon at the same state (differentiable in the Dot) and reuse's (z's) there: morse.train's per-step
+    error, on the path the group is unrolled along."""
+    cond = plans.cond(seeds)
+
+    def call(x_ti, x_ts, z_s, t_i, t_s, dot_cond=None, prev=None):
+        eta = dot(x_ti, x_ts, z_s, t_i, t_s, dot_cond, prev=prev)
+        with torch.no_grad():
+            target = plans.denoiser(x_ti, t_i, cond)
+        steps.append(((z_s + eta - target).square().sum(), (z_s - target).square().sum()))
+        return eta
+    return call
+
+
 def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
     """Train `dot` on the units in turn (resumable); returns the seconds spent."""
     gen = begin(args.seed)
@@ -368,9 +390,13 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
         budget, group = units[it % len(units)]
         idx = torch.randint(len(seeds), (args.batch_size,), generator=state.gen)
         b = _batch(pool, unit_name(budget, group), idx, device)
-        name = unit_name(budget, group)
-        end, history = plans.run(budget, group, b, [seeds[i] for i in idx.tolist()], dot)
+        name, batch_seeds = unit_name(budget, group), [seeds[i] for i in idx.tolist()]
+        steps = [] if args.eps_weight else None
+        end, history = plans.run(budget, group, b, batch_seeds, dot if steps is None else
+                                 eps_recorder(dot, plans, batch_seeds, steps))
         loss = (end - b["end"]).square().mean() / norm[name]
+        if steps:
+            loss = loss + args.eps_weight * sum(e for e, _ in steps) / sum(r for _, r in steps)
         if "hend" in b:  # a multistep solver's next step reads the history as well as the state
             loss = loss + args.history_weight * (history - b["hend"]).square().mean() / norm[name + " history"]
         return (1.0 if group else args.first_weight) * loss
@@ -410,6 +436,7 @@ def distill(args) -> dict:
                                              if k not in ("out", "export", "device")
                                              and (k, v) not in (("groups", "first"), ("first_weight", 1.0), ("fine", 0),
                                                                   ("history_weight", 1.0), ("inputs", "exact"),
+                                                                  ("eps_weight", 0.0),
                                                                   ("gate_factors", "one"))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
@@ -492,6 +519,7 @@ def _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time
             "distill": dict(start_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
                             group_end_rmse=ends, **({"group_end_rmse_own": own_ends} if own_ends else {}),
                             inputs=args.inputs, fine=args.fine, gate_factors=args.gate_factors, runs=args.runs,
+                            eps_weight=args.eps_weight,
                             budgets=budgets,
                             groups=args.groups,
                             iters=args.iters, batch_size=args.batch_size, target_time_s=round(target_time, 1),

@@ -384,3 +384,28 @@ def test_fine_targets_name_themselves_in_the_card_and_the_cache(tmp_path, capsys
     with pytest.raises(SystemExit):
         distill.main(["--dot", str(dot_path("fmnist", "dpm")), "--fine", "-1", "--out", str(tmp_path / "dpm")])
     assert "--fine -1" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_the_eps_recorder_keeps_the_group_and_records_each_dot_steps_error_against_the_dash(parts):
+    """--eps-weight's part of the loss: one (Dot, reuse) error pair per Dot step, measured against the Dash at the
+    state the unrolled group stands in, while the group itself runs as without it."""
+    task, den, dot, plans = parts
+    seeds, budget, group = [8, 9], 4.0, 1
+    inputs = {k.split("/")[0]: v for k, v in plans.exact([(budget, 1)], seeds, task.image_shape).items()
+              if k.endswith(f"{budget:g}:{group}")}
+    seen, steps = [], []
+
+    def spy(x_ti, *args, **kwargs):
+        seen.append(x_ti)
+        return dot(x_ti, *args, **kwargs)
+
+    with torch.inference_mode():
+        plain = plans.end(budget, group, inputs, seeds, dot)
+        recorded = plans.end(budget, group, inputs, seeds, distill.eps_recorder(spy, plans, seeds, steps))
+        first, end = plans.groups(budget)[group]
+        dash = [den(x, t) for x, t in zip(seen, plans.times(budget, group)[1:], strict=True)]
+    torch.testing.assert_close(recorded, plain)
+    assert len(steps) == end - first - 1 == len(seen)
+    for (dot_err, reuse_err), target in zip(steps, dash, strict=True):
+        torch.testing.assert_close(reuse_err, (inputs["z"] - target).square().sum())
+        assert dot_err > 0 and not torch.equal(dot_err, reuse_err)
