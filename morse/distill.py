@@ -333,8 +333,8 @@ def parser() -> argparse.ArgumentParser:
                    "state, each relative to the starting Dot's error (0: the state alone)")
     p.add_argument("--eps-weight", type=float, default=0.0, help="loss factor of the per-step epsilon error beside "
                    "the group's end: at each Dot step of the unrolled group, |z + Dot - the Dash's epsilon there|^2 "
-                   "relative to reuse's (an extra Dash call per Dot step, without gradient). 0: the end alone. The "
-                   "issue asks for both a small epsilon error and good samples; this weighs one against the other")
+                   "relative to reuse's (an extra Dash call per Dot step, without gradient). 0: the end alone; larger "
+                   "weighs a small per-step error against the state the groups hand on")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
     p.add_argument("--learned-below", type=float, default=900.0, help="the learned part acts at Dot steps with t_i "
                    "below this, one of the gate's row edges")
