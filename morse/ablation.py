@@ -5,6 +5,7 @@
     python -m morse.ablation --per-step extrap     # where a row's learned part helps and hurts, per Dot step
     python -m morse.ablation --final-error extrap  # its samples' distance to the exact Dot's, beside their FD
     python -m morse.ablation --line-length extrap-first-gap  # how well the line predicts the step, by its length
+    python -m morse.ablation --error-parts extrap  # its error along the prior's own error and across it
 
 Every row trains with `morse.train` at a quarter of the reuse-full Dot's compute (128 trajectories per budget and
 round, 3,000 iterations; that recipe's held-out ratio at this compute was 0.824 against 0.760 at full
@@ -17,7 +18,9 @@ so the table regenerates on any machine. N is measured in every row's own run, s
 on a shared machine speedups move with its load from row to row; the FDs do not (the plans use the card's N).
 Rows made with `morse.gate` gate a trained row's Dot instead of training one; rows made with `morse.distill` train a
 gated Dot further on the state its groups hand on; the plan-* rows distil a Dot of its own for one plan, sampled
-beside the committed Dot (morse.sampler's plan Dots). The committed DDIM Dot is the distill-own row
+beside the committed Dot (morse.sampler's plan Dots), but for the plan-8lsd-eps-copy and plan-8lsd-across rows,
+which train an epsilon Dot on the 8-LSD plan alone and sample it at every budget (only its 8-LSD point is a plan it
+trained on). The committed DDIM Dot is the distill-own row
 (distill-long-lines-more, distill-long-lines, extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and
 extrap-first before it); which Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group
 specialists (extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3
@@ -197,6 +200,21 @@ ROWS = [
         "the specialist's long first-group steps without its short ones", None, "extrap-firstonly-copy-gap",
         gates="extrap-firstonly-copy",
         gate_flags=BELOW900_GATE),
+    Row("plan-8lsd-eps-copy", "an epsilon-trained Dot for the 8-LSD plan alone (--budgets 8), a fully fine-tuned copy "
+        "of the Dash's layers (--body copy), as many trajectories as the first-group specialists: how far the "
+        "per-step error falls where one plan has the Dot to itself, and what that does to the 8-LSD sample (its 4 "
+        "and 16 LSD are plans it never saw)", "--prior extrap --budgets 8 --trajectories 512 --body copy",
+        "extrap-firstonly-copy"),
+    Row("plan-8lsd-across", "as plan-8lsd-eps-copy with the part of each pair's error across the prior's own error "
+        "counted four times (--loss across): the error the samples pay for (the mix rows), weighed as they do",
+        "--prior extrap --budgets 8 --trajectories 512 --body copy --loss across --across-weight 4",
+        "plan-8lsd-eps-copy"),
+    Row("plan-8lsd-across16", "as plan-8lsd-across with that part counted sixteen times (--across-weight 16)",
+        "--prior extrap --budgets 8 --trajectories 512 --body copy --loss across --across-weight 16",
+        "plan-8lsd-across"),
+    Row("plan-8lsd-across-more", "as plan-8lsd-across with four times its trajectories and iterations: does more "
+        "data move such a Dot to a smaller error", "--prior extrap --budgets 8 --trajectories 2048 --iters 12000 "
+        "--body copy --loss across --across-weight 4", "plan-8lsd-across"),
     Row("extrap-firstonly-m1", "the first-group specialist with its body on 16x16 instead of 8x8 (--m 1): is the "
         "map's resolution the limit where the Dot works alone", "--prior extrap --pairs-from first-group "
         "--trajectories 512 --m 1", "extrap-firstonly"),
@@ -421,12 +439,18 @@ CEILING = (("formula", "the formula at every Dot step (the formula row)", "formu
             "morse-extrap-exact-first", "morse-extrap", "exact_groups=first"),
            ("exact-later", "the formula in the first group, the Dash at every later Dot step", "exact-later",
             "morse-extrap-exact-later", "morse-extrap", "exact_groups=later"),
-           ("oracle", "the Dash at every Dot step", "oracle", "morse-oracle", "morse-oracle,ddim", ""))
+           ("oracle", "the Dash at every Dot step", "oracle", "morse-oracle", "morse-oracle,ddim", ""),
+           *((f"mix-{a}", f"at every Dot step the formula moved {a} of the way to the Dash: a Dot whose error is "
+              f"{1 - float(a):.1f} of the prior's at every step, all of it a pull towards the prior", f"mix-{a}",
+              f"morse-extrap-mix{a}", "morse-extrap", f"exact_mix={a}") for a in ("0.1", "0.3", "0.5", "0.7")))
 
 
 def ceiling() -> list[str]:
     """Where the formula's distance to the exact Dot lies: the Dash at the Dot steps of the first group only, or of
-    the later groups only, on the committed Dot's plans, priced as Dot calls (seeds 0-999)."""
+    the later groups only, on the committed Dot's plans, priced as Dot calls (seeds 0-999); and what an error of a
+    given size costs when it is a pull towards the prior (the mix rows): the exact Dot's estimate moved back towards
+    the formula's, at a share of the way that sets the error, against which a trained Dot's error of the same size
+    can be read."""
     lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
     for name, what, folder, method, methods, options in CEILING:
         res = _results(_run(folder) / "results.csv", method)
@@ -446,13 +470,16 @@ NOISE_RUNS = (("n5000", "ddim", "DDIM", None), ("n5000", "morse-extrap", "the fo
               ("n5000-distill", "morse", "distill-long-lines", "4120677"),
               ("n5000-more", "morse", "distill-long-lines-more", "3478cd3"),
               ("n5000-distill-own", "morse", "distill-own", "3b2563a"),
-              ("n5000", "morse-oracle", "the exact Dot", None))
+              ("n5000", "morse-oracle", "the exact Dot", None),
+              ("n5000-mix", "morse-extrap-mix0.3", "the exact Dot moved back 0.7 of the way to the formula (mix-0.3)",
+               None))
 
 
 def noise() -> list[str]:
     """The primary metric (FD) at 8 LSD on seeds 0-4,999, with its 95% bootstrap interval: the same sweep at the
     commit where each Dot was the committed one (`python -m evaluate.run --methods morse,morse-extrap,morse-oracle,ddim
-    --budgets 8 --num-samples 5000 --out runs/ablation/<folder>`)."""
+    --budgets 8 --num-samples 5000 --out runs/ablation/<folder>`; for mix-0.3, `--methods morse-extrap --method-options
+    exact_mix=0.3`)."""
     lines = ["| sampler | quality (the primary metric) at 8 LSD [95% interval] | folder (commit) |", "|---|---|---|"]
     for folder, method, what, commit in NOISE_RUNS:
         path = _run(folder) / "results.csv"
@@ -509,7 +536,9 @@ def error_and_quality(committed_card: Path) -> list[str]:
     for row in ROWS:
         path = _card_path(row, committed_card)
         if (row.name == "formula" or "--pairs-from first-group" in (row.flags or "") or "plan_dot" in row.options
-                or not path.exists()):  # a row with plan Dots shows the shared Dot's card: counted in its own row
+                or "--budgets" in (row.flags or "") or not path.exists()):
+            # a row with plan Dots shows the shared Dot's card (counted in its own row); a row trained on some
+            # budgets alone has its error measured there alone
             continue
         error = json.loads(path.read_text())["heldout_error"].get("prior_ratio")
         fd = _results(_run(row.name) / "results.csv", row.method).get("fd", {})
@@ -647,6 +676,65 @@ def final_error(rows: list[str], samples: int = 128) -> list[str]:
     return head + lines
 
 
+def error_parts_of(guess, prior, target) -> dict:
+    """Sums over samples of the squared error |guess - target|^2, of the prior's |prior - target|^2, and of the
+    error's part along the prior's own error (b r with r = prior - target, b = <e, r> / |r|^2 per sample): where
+    b > 0 the guess lies between the target and the prior (the prior's error, shrunk), where b < 0 past the target."""
+    import torch
+
+    e, r = (guess - target).double().flatten(1), (prior - target).double().flatten(1)
+    along = (e * r).sum(1).square() / r.square().sum(1).clamp_min(1e-30)
+    beyond = torch.where((e * r).sum(1) < 0, along, torch.zeros_like(along))
+    return dict(error=e.square().sum().item(), prior=r.square().sum().item(), along=along.sum().item(),
+                beyond=beyond.sum().item())
+
+
+def error_parts(rows: list[str], runs: int = 64) -> list[str]:
+    """Which way a Dot errs: on held-out runs of its own path (the card's held-out seeds and budgets, the shared
+    Dot's as on the card), its epsilon error to the prior's (the card's pooled measure, so it checks the card) and
+    the share of the error's energy along the prior's own error (the estimate pulled back towards the prior, the
+    kind of error the mix rows of the previous section have alone), of it past the target, and across it (the
+    rest: error the prior does not make); beside the primary metric the row's sweep measured on seeds 0-999."""
+    import torch
+
+    from baselines.denoisers import Denoiser
+    from baselines.registry import get_baseline
+    from baselines.tasks import get_task
+    from morse.dot import Dot
+    from morse.interleave import Interleave
+    from morse.train import _cond_of, _prev_of, heldout_seeds, sampling_pairs
+
+    lines = ["| row | budgets | epsilon error to the prior (card) | share along the prior's error | of it past the "
+             "target | share across it | FD at 4 / 8 / 16 LSD |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        folder = RUNS / row
+        card = json.loads((folder / "dot.json").read_text())
+        task = get_task(card["task"])
+        dash = task.dash().eval()
+        dot = Dot.load(dash, folder / "dot.safetensors").eval()
+        budgets = [float(b) for b in card["budgets"]]
+        with torch.inference_mode():
+            pairs = sampling_pairs(Denoiser(dash, task.schedule_config), dot, get_baseline(card.get("solver", "ddim")),
+                                   Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets,
+                                   heldout_seeds(0, runs), task.image_shape, desc=f"{row} held-out pairs",
+                                   conditions=task.conditions)
+            sums = dict.fromkeys(("error", "prior", "along", "beyond"), 0.0)
+            for k in range(0, len(pairs["target"]), 256):
+                b = {n: v[k:k + 256] for n, v in pairs.items()}
+                args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
+                guess = b["z_s"] + dot(*args, _cond_of(b), prev=_prev_of(b))
+                prior = dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], _prev_of(b))
+                for key, v in error_parts_of(guess, prior, b["target"]).items():
+                    sums[key] += v
+        share = {key: sums[key] / sums["error"] for key in ("along", "beyond")}
+        fds = _fds(_results(_run(row) / "results.csv", "morse"))
+        lines.append(f"| {row} | {', '.join(f'{b:g}' for b in budgets)} | {(sums['error'] / sums['prior']) ** 0.5:.3f}"
+                     f" ({card['heldout_error']['prior_ratio']:.3f}) | {share['along']:.3f} | {share['beyond']:.3f} | "
+                     f"{1 - share['along']:.3f} | {fds} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", action="store_true", help="print every row's train and evaluate commands")
@@ -660,6 +748,9 @@ def main(argv=None):
     p.add_argument("--final-error", default=None, metavar="ROWS", help="comma-separated rows whose final samples' "
                    "distance to the exact Dot's to print beside their FD (and the formula's)")
     p.add_argument("--samples", type=int, default=128, help="seeds of --final-error")
+    p.add_argument("--error-parts", default=None, metavar="ROWS", help="comma-separated rows (Dots under "
+                   "runs/ablation) whose held-out epsilon error to split into the part along the prior's own error "
+                   "and the part across it")
     args = p.parse_args(argv)
     if args.commands:
         for row in ROWS:
@@ -670,14 +761,15 @@ def main(argv=None):
     lengths = line_length(args.line_length) if args.line_length is not None else []
     print("\n".join(lengths))
     finals = final_error(args.final_error.split(","), args.samples) if args.final_error else []
+    parts = error_parts(args.error_parts.split(",")) if args.error_parts else []
     if args.table is not None:
-        write_table(args, steps, lengths, finals)
+        write_table(args, steps, lengths, finals, parts)
 
 
 # Sections made from a row's Dot and pairs (runs/ablation only): a --table run that does not make one keeps the
 # committed report's, so a machine without the runs regenerates the rest without losing them.
 CARRIED = ("row's learned part helps and hurts", "## How far the line can be trusted",
-           "## A lower epsilon error is not a better sample")
+           "## A lower epsilon error is not a better sample", "## Which way the Dot errs")
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -694,7 +786,7 @@ def _sections(text: str) -> dict[str, list[str]]:
     return found
 
 
-def write_table(args, steps, lengths, finals) -> None:
+def write_table(args, steps, lengths, finals, parts=()) -> None:
     global COMMITTED
     COMMITTED = args.table
     args.table.mkdir(parents=True, exist_ok=True)
@@ -728,6 +820,8 @@ def write_table(args, steps, lengths, finals) -> None:
     lines += ["", "## A lower epsilon error is not a better sample", "",
               f"`python -m morse.ablation --final-error {args.final_error} --samples {args.samples}`: "
               f"{final_error.__doc__.split(': ', 1)[1]}", "", *finals] if finals else keep(CARRIED[2])
+    lines += ["", "## Which way the Dot errs", "", f"`python -m morse.ablation --error-parts {args.error_parts}`: "
+              f"{' '.join(error_parts.__doc__.split(': ', 1)[1].split())}", "", *parts] if parts else keep(CARRIED[3])
     write_text_atomic(old, "\n".join(lines) + "\n")  # a killed run leaves the last complete report
     print("\n".join(rows))
     if copied:

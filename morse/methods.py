@@ -185,6 +185,15 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
         if variant is not MorseExtrap:
             raise ValueError("--method-options exact_groups applies to morse-extrap only")
         extra["exact_groups"] = ctx.options["exact_groups"]
+    # --method-options exact_mix=A (morse-extrap only): the formula moved the share A of the way to the Dash
+    if "exact_mix" in ctx.options:
+        if variant is not MorseExtrap:
+            raise ValueError("--method-options exact_mix applies to morse-extrap only")
+        try:
+            extra["exact_mix"] = float(ctx.options["exact_mix"])
+        except ValueError:
+            raise ValueError(f"--method-options exact_mix must be a number in [0, 1], got "
+                             f"{ctx.options['exact_mix']!r}") from None
     plan_checksums = {}
     if variant.calls_dot:  # the oracle and the formula never call a Dot
         extra["plan_dots"], plan_checksums = plan_dots_for(ctx, dot_solver, card)

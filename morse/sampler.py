@@ -154,18 +154,25 @@ class MorseExtrap(Morse):
     EXACT_GROUPS = ("first", "later")
 
     def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None,
-                 exact_groups: str | None = None):
+                 exact_groups: str | None = None, exact_mix: float | None = None):
         """`exact_groups` (ablation): "first" or "later", the Dash instead of the formula at the Dot steps of the
         first group (no earlier anchor) or of the later ones, charged as Dot calls as the oracle's are: where
-        the formula's distance to its ceiling lies."""
+        the formula's distance to its ceiling lies. `exact_mix` (ablation) a in [0, 1]: at every Dot step the
+        formula moved the share a of the way to the Dash's estimate, so a Dot whose error is exactly 1 - a of the
+        prior's, all of it a pull towards the prior (where an MSE-trained Dot that cannot tell is pulled)."""
         super().__init__(solver, dot, dot_ratio, interleave)
         if exact_groups not in (None, *self.EXACT_GROUPS):
             raise ValueError(f"morse-extrap exact_groups must be one of {self.EXACT_GROUPS}, got {exact_groups!r}")
-        self.exact_groups = exact_groups
-        self.name += "-extrap" + (f"-exact-{exact_groups}" if exact_groups else "")
+        if exact_mix is not None and (exact_groups is not None or not 0.0 <= exact_mix <= 1.0):
+            raise ValueError(f"morse-extrap exact_mix must be a number in [0, 1], without exact_groups; got "
+                             f"{exact_mix!r}")
+        self.exact_groups, self.exact_mix = exact_groups, exact_mix
+        self.name += "-extrap" + (f"-exact-{exact_groups}" if exact_groups else "") + (
+            f"-mix{exact_mix:g}" if exact_mix is not None else "")
 
     def config(self) -> dict:
-        return {**super().config(), **({"exact_groups": self.exact_groups} if self.exact_groups else {})}
+        return {**super().config(), **({"exact_groups": self.exact_groups} if self.exact_groups else {}),
+                **({"exact_mix": self.exact_mix} if self.exact_mix is not None else {})}
 
     def __call__(self, denoiser, noise, budget, network="dash", **kwargs):
         self._alphas_cumprod, self._exact_steps = denoiser.alphas_cumprod, 0
@@ -181,4 +188,8 @@ class MorseExtrap(Morse):
         if self.exact_groups == ("first" if first else "later"):
             self._exact_steps += 1
             return denoiser(x_ti, t_i, cond)
-        return prior("extrap", anchor["z_s"], t_i, anchor["t_s"], anchor.get("prev"), self._alphas_cumprod)
+        line = prior("extrap", anchor["z_s"], t_i, anchor["t_s"], anchor.get("prev"), self._alphas_cumprod)
+        if self.exact_mix is None:
+            return line
+        self._exact_steps += 1
+        return line + self.exact_mix * (denoiser(x_ti, t_i, cond) - line)

@@ -126,6 +126,38 @@ def test_morse_extrap_exact_groups_put_the_dash_in_one_groups_dot_steps_at_the_d
         MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_groups="all")
 
 
+def test_morse_extrap_exact_mix_moves_the_formula_a_share_of_the_way_to_the_dash_at_the_dots_price(exact8):
+    """exact_mix=a: 0 is the formula and 1 the oracle; in between, each Dot step's estimate lies the share a of the
+    way from the formula's to the Dash's, so its error is 1 - a of the prior's at every step."""
+    from morse.sampler import MorseOracle
+
+    seeds = list(range(4))
+    noise = initial_noise(seeds, SHAPE)
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    ddim = get_baseline("ddim")
+    run = lambda m: m(exact8, noise, 8.0, seeds=seeds)  # noqa: E731
+    mixes = {a: MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_mix=a) for a in (0.0, 0.3, 1.0)}
+    assert mixes[0.3].name == "morse-extrap-mix0.3" and mixes[0.3].config()["exact_mix"] == 0.3
+    formula, _ = run(MorseExtrap(ddim, dot, 6.0, Interleave(3)))
+    oracle, _ = run(MorseOracle(ddim, dot, 6.0, Interleave(3)))
+    out = {a: run(m) for a, m in mixes.items()}
+    assert torch.allclose(out[0.0][0], formula, atol=1e-5) and torch.allclose(out[1.0][0], oracle, atol=1e-5)
+    assert not torch.allclose(out[0.3][0], formula, atol=1e-3) and not torch.allclose(out[0.3][0], oracle, atol=1e-3)
+    assert out[0.3][1].nfe == {"dash": 5.0, "dot": 15.0}
+    # One Dot step, by hand: the error to the Dash is 0.7 of the line's.
+    mix = mixes[0.3]
+    mix._alphas_cumprod, mix._exact_steps = exact8.alphas_cumprod, 0
+    x, t = noise, torch.tensor(500)
+    anchor = dict(x_ts=noise, z_s=exact8(noise, torch.tensor(700), None), t_s=torch.tensor(700),
+                  prev=(noise, exact8(noise, torch.tensor(900), None), torch.tensor(900)))
+    line = prior("extrap", anchor["z_s"], t, anchor["t_s"], anchor["prev"], exact8.alphas_cumprod)
+    dash = exact8(x, t, None)
+    assert torch.allclose(mix.between(exact8, x, t, anchor, None, dot) - dash, 0.7 * (line - dash), atol=1e-6)
+    for bad in (dict(exact_mix=1.5), dict(exact_mix=0.5, exact_groups="first")):
+        with pytest.raises(ValueError, match="exact_mix"):
+            MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
+
+
 def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
     dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
     pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [4.0, 8.0], list(range(4)), SHAPE)
@@ -165,6 +197,29 @@ def test_relative_loss_weighs_each_pair_by_its_prior_error_with_a_median_floor(e
         assert dot_loss(dot, pairs) == pytest.approx(p.mean().item(), rel=1e-5)
         dot.out.bias.fill_(0.1)
         assert dot_loss(dot, pairs, relative=True) > want
+
+
+def test_across_loss_counts_the_error_along_the_prior_s_once_and_the_rest_w_times(exact8):
+    """An untrained Dot errs wholly along its prior's error, so every weight scores it as the MSE does; a Dot that
+    moves off the prior errs partly across it, which weight 4 counts four times: the loss is 4 MSE - 3 (along)."""
+    from morse.ablation import error_parts_of
+    from morse.train import dot_loss
+
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [8.0], list(range(4)), SHAPE)
+    prev = (pairs["x_tp"], pairs["z_p"], pairs["t_p"])
+    with torch.no_grad():
+        mse = dot_loss(dot, pairs)
+        assert dot_loss(dot, pairs, across=4.0) == pytest.approx(mse.item(), rel=1e-5)
+        dot.out.bias.fill_(0.1)
+        mse = dot_loss(dot, pairs)
+        guess = pairs["z_s"] + dot(pairs["x_ti"], pairs["x_ts"], pairs["z_s"], pairs["t_i"], pairs["t_s"], prev=prev)
+        start = dot.prior_estimate(pairs["z_s"], pairs["t_i"], pairs["t_s"], prev)
+        parts = error_parts_of(guess, start, pairs["target"])
+        along = parts["along"] / pairs["target"].numel()
+        assert dot_loss(dot, pairs, across=1.0) == pytest.approx(mse.item(), rel=1e-5)
+        assert dot_loss(dot, pairs, across=4.0) == pytest.approx(4 * mse.item() - 3 * along, rel=1e-4)
+        assert along < 0.9 * mse.item()
 
 
 def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path):

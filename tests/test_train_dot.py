@@ -141,7 +141,32 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
     rows = [line.split("|")[1:-1] for line in lines[2:]]
     assert rows and all(float(r[0]) == 3 for r in rows)  # the one plan it trained on
     assert sum(int(r[2]) for r in rows) == 10 and all(float(r[4]) >= 0 for r in rows)
+    # --error-parts remakes the card's held-out pairs, so its pooled error is the card's
+    parts = ablation.error_parts(["tiny"], runs=2)[2].split("|")[1:-1]
+    card = json.loads((tmp_path / "tiny" / "dot.json").read_text())
+    ratio = f"{card['heldout_error']['prior_ratio']:.3f}"
+    assert parts[1].strip() == "3" and parts[2].strip() == f"{ratio} ({ratio})"
+    assert 0 <= float(parts[3]) <= 1 and abs(float(parts[3]) + float(parts[5]) - 1) < 2e-3
     assert "not trained" in ablation.row_line(ablation.ROWS[3], tmp_path / "none.json")
+
+
+def test_error_parts_split_an_error_into_the_prior_s_own_shrunk_and_the_rest():
+    """A guess between the target and the prior errs wholly along the prior's error; one past the target too, and
+    counted as past it; noise across the prior's error is not along it."""
+    from morse.ablation import error_parts_of
+
+    g = torch.Generator().manual_seed(0)
+    target, prior = torch.randn(2, 3, 1, 8, 8, generator=g).unbind(0)
+    shrunk = error_parts_of(target + 0.7 * (prior - target), prior, target)
+    assert shrunk["along"] == pytest.approx(shrunk["error"]) and shrunk["beyond"] == 0
+    assert (shrunk["error"] / shrunk["prior"]) ** 0.5 == pytest.approx(0.7)
+    past = error_parts_of(target - 0.5 * (prior - target), prior, target)
+    assert past["beyond"] == pytest.approx(past["along"]) == pytest.approx(past["error"])
+    r = (prior - target).flatten(1)
+    noise = torch.randn(r.shape, generator=g)
+    across = noise - (noise * r).sum(1, keepdim=True) / r.square().sum(1, keepdim=True) * r
+    mixed = error_parts_of(target + 0.3 * (prior - target) + across.view_as(target), prior, target)
+    assert mixed["along"] == pytest.approx(0.09 * mixed["prior"]) and mixed["error"] > 2 * mixed["along"]
 
 
 def test_step_gains_are_the_ddim_steps_factor_on_an_epsilon_error():
