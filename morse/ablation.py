@@ -30,6 +30,7 @@ and 4 LSD, and validation.md why none replaced the committed Dot.
 import argparse
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,7 @@ ROWS = [
         "and 16 LSD are plans it never saw)", "--prior extrap --budgets 8 --trajectories 512 --body copy",
         "extrap-firstonly-copy"),
     Row("plan-8lsd-across", "as plan-8lsd-eps-copy with the part of each pair's error across the prior's own error "
-        "counted four times (--loss across): the error the samples pay for (the mix rows), weighed as they do",
+        "counted four times (--loss across): the kind of error the mix rows do not have, weighted more",
         "--prior extrap --budgets 8 --trajectories 512 --body copy --loss across --across-weight 4",
         "plan-8lsd-eps-copy"),
     Row("plan-8lsd-across16", "as plan-8lsd-across with that part counted sixteen times (--across-weight 16)",
@@ -689,7 +690,15 @@ def error_parts_of(guess, prior, target) -> dict:
                 beyond=beyond.sum().item())
 
 
-def error_parts(rows: list[str], runs: int = 64) -> list[str]:
+def _heldout_of(card: dict) -> tuple[int, int]:
+    """(seed, runs per budget) of the held-out pairs a card's error was measured on: its last command's (morse.distill
+    measures again with its own)."""
+    command = card.get("distill", {}).get("command") or card.get("command", "")
+    option = lambda name, default: int(m.group(1)) if (m := re.search(rf"--{name} (\d+)", command)) else default  # noqa: E731
+    return option("seed", 0), option("heldout", card.get("heldout_runs_per_budget", 64))
+
+
+def error_parts(rows: list[str], runs: int | None = None) -> list[str]:
     """Which way a Dot errs: on held-out runs of its own path (the card's held-out seeds and budgets, the shared
     Dot's as on the card), its epsilon error to the prior's (the card's pooled measure, so it checks the card) and
     the share of the error's energy along the prior's own error (the estimate pulled back towards the prior, the
@@ -713,10 +722,11 @@ def error_parts(rows: list[str], runs: int = 64) -> list[str]:
         dash = task.dash().eval()
         dot = Dot.load(dash, folder / "dot.safetensors").eval()
         budgets = [float(b) for b in card["budgets"]]
+        seed, held = _heldout_of(card)
         with torch.inference_mode():
             pairs = sampling_pairs(Denoiser(dash, task.schedule_config), dot, get_baseline(card.get("solver", "ddim")),
                                    Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets,
-                                   heldout_seeds(0, runs), task.image_shape, desc=f"{row} held-out pairs",
+                                   heldout_seeds(seed, runs or held), task.image_shape, desc=f"{row} held-out pairs",
                                    conditions=task.conditions)
             sums = dict.fromkeys(("error", "prior", "along", "beyond"), 0.0)
             for k in range(0, len(pairs["target"]), 256):

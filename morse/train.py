@@ -194,7 +194,8 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, ener
     Why (issue 30): an error along the prior's (the estimate left between the prior and the target) costs the
     samples little: the Dash's estimate moved back 0.7 of the way to the formula still beats the formula at every
     budget (morse-extrap exact_mix=0.3), while an epsilon-trained Dot with the same error, 40% of it across, loses
-    to it at 8 LSD. Weighted so, a Dot unsure of a correction's direction stays nearer its prior."""
+    to it at 8 LSD. Weighted so, a Dot unsure of a correction's direction stays nearer its prior (measured in the
+    ablation's plan-8lsd-across rows: it moves the 8-LSD samples towards the formula's, not past them)."""
     if energy_gen is not None:
         return _energy(dot, batch, energy_gen)
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
