@@ -352,6 +352,9 @@ ROWS = [
         "--prior extrap --loss relative --lr 0.0002"),
     Row("extrap-amp", "loss: each pair's error weighted by the square of the factor the DDIM step carries it into "
         "the next state by (about 0.6 on the first steps, 0.17 on the last)", "--prior extrap --loss amplified"),
+    Row("extrap-across", "loss: the part of each pair's error across the prior's own error counted four times "
+        "(--loss across), on every budget's plans: plan-8lsd-across's loss at the shared Dot's scope",
+        "--prior extrap --loss across --across-weight 4"),
     Row("extrap-copy", "no weight sharing: a copy of the Dash's layers, fully fine-tuned (no LoRA)",
         "--prior extrap --body copy"),
     Row("extrap-fresh", "an independent network of the same N: the Dash's layers re-initialised, all trained",

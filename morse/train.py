@@ -324,12 +324,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--round-lr", action="store_const", const=True, default=None,
                    help="restart the cosine learning-rate schedule at every DAgger round (default: one schedule)")
     p.add_argument("--loss", choices=("mse", "relative", "amplified", "energy", "across"), default=None,
-                   help="relative: each pair's error divided by its prior's; amplified: weighted by the square of the "
-                   "factor the DDIM step to the next timestep multiplies it by; energy: a stochastic Dot (noise planes "
-                   "in) trained by the energy score of two draws; across: the part of the error across the prior's own "
-                   "error weighted --across-weight times the part along it (see dot_loss; default mse)")
-    p.add_argument("--across-weight", type=float, default=None, help="with --loss across: the weight of the error's "
-                   "part across the prior's (default 4; 1 is the MSE)")
+                   help="relative: each pair's error over its prior's; amplified: weighted by the square of the DDIM "
+                   "step's factor on it; energy: a stochastic Dot (noise planes in) trained by the energy score of two "
+                   "draws; across: the error's part across the prior's own error weighted --across-weight times "
+                   "(default 4; 1 is the MSE) the part along it (see dot_loss; default mse)")
+    p.add_argument("--across-weight", type=float, default=None)
     p.add_argument("--dash-features", choices=("on", "off"), default=None, help="on: the Dot also sees the Dash's "
                    "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
