@@ -328,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
                    "step's factor on it; energy: a stochastic Dot (noise planes in) trained by the energy score of two "
                    "draws; across: the error's part across the prior's own error weighted --across-weight times "
                    "(default 4; 1 is the MSE) the part along it (see dot_loss; default mse)")
-    p.add_argument("--across-weight", type=float, default=None)
+    p.add_argument("--across-weight", type=float, default=None, help="with --loss across (default 4)")
     p.add_argument("--dash-features", choices=("on", "off"), default=None, help="on: the Dot also sees the Dash's "
                    "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
