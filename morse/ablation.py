@@ -686,8 +686,10 @@ def error_parts_of(guess, prior, target) -> dict:
     b > 0 the guess lies between the target and the prior (the prior's error, shrunk), where b < 0 past the target."""
     import torch
 
+    from morse.train import along_prior
+
     e, r = (guess - target).double().flatten(1), (prior - target).double().flatten(1)
-    along = (e * r).sum(1).square() / r.square().sum(1).clamp_min(1e-30)
+    along = along_prior(e, r)
     beyond = torch.where((e * r).sum(1) < 0, along, torch.zeros_like(along))
     return dict(error=e.square().sum().item(), prior=r.square().sum().item(), along=along.sum().item(),
                 beyond=beyond.sum().item())

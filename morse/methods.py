@@ -179,21 +179,19 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
                 raise ValueError(f"--method-options {option} must be a number, got {ctx.options[option]!r}") from None
     dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
     plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
-    # --method-options exact_groups=first|later (morse-extrap only): the Dash at those groups' Dot steps
+    # --method-options (morse-extrap only) exact_groups=first|later: the Dash at those groups' Dot steps;
+    # exact_mix=A: the formula moved the share A of the way to the Dash (MorseExtrap checks the values)
     extra = {}
-    if "exact_groups" in ctx.options:
+    for option, parse in (("exact_groups", str), ("exact_mix", float)):
+        if option not in ctx.options:
+            continue
         if variant is not MorseExtrap:
-            raise ValueError("--method-options exact_groups applies to morse-extrap only")
-        extra["exact_groups"] = ctx.options["exact_groups"]
-    # --method-options exact_mix=A (morse-extrap only): the formula moved the share A of the way to the Dash
-    if "exact_mix" in ctx.options:
-        if variant is not MorseExtrap:
-            raise ValueError("--method-options exact_mix applies to morse-extrap only")
+            raise ValueError(f"--method-options {option} applies to morse-extrap only")
         try:
-            extra["exact_mix"] = float(ctx.options["exact_mix"])
+            extra[option] = parse(ctx.options[option])
         except ValueError:
-            raise ValueError(f"--method-options exact_mix must be a number in [0, 1], got "
-                             f"{ctx.options['exact_mix']!r}") from None
+            raise ValueError(f"--method-options {option} must be a number in [0, 1], got "
+                             f"{ctx.options[option]!r}") from None
     plan_checksums = {}
     if variant.calls_dot:  # the oracle and the formula never call a Dot
         extra["plan_dots"], plan_checksums = plan_dots_for(ctx, dot_solver, card)

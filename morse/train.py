@@ -173,6 +173,13 @@ def _energy(dot, batch, gen) -> torch.Tensor:
     return (0.5 * (dist(y1, target) + dist(y2, target)) - 0.5 * dist(y1, y2)).mean()
 
 
+def along_prior(e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Per pair, the energy of error `e`'s part along `r`, the prior's own error: <e, r>^2 / |r|^2 (each flattened).
+    What the across loss counts once, and `morse.ablation --error-parts` reports."""
+    e, r = e.flatten(1), r.flatten(1)
+    return (e * r).sum(1).square() / r.square().sum(1).clamp_min(1e-12)
+
+
 def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, energy_gen: torch.Generator | None = None,
              across: float | None = None):
     """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0).
@@ -210,8 +217,8 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, ener
         return torch.nn.functional.mse_loss(space(pred), target)
     start = _unwrap(dot).prior_estimate(batch["z_s"], batch["t_i"], batch["t_s"], _prev_of(batch))
     if across is not None:
-        e, r = (space(pred) - target).flatten(1), (space(start) - target).flatten(1)
-        along = (e * r).sum(1).square() / r.square().sum(1).clamp_min(1e-12)
+        e = (space(pred) - target).flatten(1)
+        along = along_prior(e, space(start) - target)
         return (across * e.square().sum(1) - (across - 1) * along).mean() / e.shape[1]
     per_pair = lambda x: (space(x) - target).square().flatten(1).mean(1)  # noqa: E731
     floor = per_pair(start)
