@@ -438,6 +438,13 @@ def row_line(row: Row, committed_card: Path) -> str:
             + " | ".join(_cell(sp.get(b)) for b in BUDGETS) + " |")
 
 
+# The mix rows' error in other shapes (morse.sampler.ERROR_SHAPES), each the same size sample by sample.
+SHAPE_WHAT = dict(past="reversed: the estimate as far past the Dash's as the pull leaves it short",
+                  across="in the prior's error transposed: its texture, pointing across it",
+                  fine="in the prior's error's fine detail only (what a blur of sigma 1.5 pixels removes): a Dot right "
+                       "on the coarse structure",
+                  coarse="in the prior's error's coarse part only (its blur of sigma 1.5 pixels): a Dot right on the "
+                         "detail")
 CEILING = (("formula", "the formula at every Dot step (the formula row)", "formula", "morse-extrap", None, ""),
            ("exact-first", "the Dash at the first group's Dot steps, the formula after it", "exact-first",
             "morse-extrap-exact-first", "morse-extrap", "exact_groups=first"),
@@ -446,7 +453,16 @@ CEILING = (("formula", "the formula at every Dot step (the formula row)", "formu
            ("oracle", "the Dash at every Dot step", "oracle", "morse-oracle", "morse-oracle,ddim", ""),
            *((f"mix-{a}", f"at every Dot step the formula moved {a} of the way to the Dash: a Dot whose error is "
               f"{1 - float(a):.1f} of the prior's at every step, all of it a pull towards the prior", f"mix-{a}",
-              f"morse-extrap-mix{a}", "morse-extrap", f"exact_mix={a}") for a in ("0.1", "0.3", "0.5", "0.7")))
+              f"morse-extrap-mix{a}", "morse-extrap", f"exact_mix={a}") for a in ("0.1", "0.3", "0.5", "0.7")),
+           *((f"mix-{a}-{shape}", f"mix-{a}'s error, {1 - float(a):.1f} of the prior's in size sample by sample, "
+              f"{SHAPE_WHAT[shape]}", f"mix-{a}-{shape}", f"morse-extrap-mix{a}-{shape}", "morse-extrap",
+              f"exact_mix={a},exact_shape={shape}")
+             for a, shape in (("0.3", "past"), ("0.5", "past"), ("0", "past"), ("0.3", "across"), ("0.3", "fine"),
+                              ("0.3", "coarse"))),
+           *((f"mix-{a}-floor{f}", f"mix-{a}'s pull with an error of RMS {f} per value added to it (in quadrature, "
+              f"along the pull): a floor that makes it worse than the prior where the prior is nearly exact, as a "
+              f"trained Dot is", f"mix-{a}-floor{f}", f"morse-extrap-mix{a}-floor{f}", "morse-extrap",
+              f"exact_mix={a},exact_floor={f}") for a, f in (("0.3", "0.007"), ("0.5", "0.02"))))
 
 
 def ceiling() -> list[str]:
@@ -454,7 +470,8 @@ def ceiling() -> list[str]:
     the later groups only, on the committed Dot's plans, priced as Dot calls (seeds 0-999); and what an error of a
     given size costs when it is a pull towards the prior (the mix rows): the exact Dot's estimate moved back towards
     the formula's, at a share of the way that sets the error, against which a trained Dot's error of the same size
-    can be read."""
+    can be read; and what the same size costs in other shapes (the mix-0.3-* rows: which errors the samples pay
+    for)."""
     lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
     for name, what, folder, method, methods, options in CEILING:
         res = _results(_run(folder) / "results.csv", method)
@@ -766,6 +783,8 @@ def main(argv=None):
     p.add_argument("--error-parts", default=None, metavar="ROWS", help="comma-separated rows (Dots under "
                    "runs/ablation) whose held-out epsilon error to split into the part along the prior's own error "
                    "and the part across it")
+    p.add_argument("--stand-in-error", default=None, metavar="ROWS", help="comma-separated stand-in rows of the "
+                   "ceiling table (mix-*) whose epsilon error to the prior's to measure on their own paths")
     args = p.parse_args(argv)
     if args.commands:
         for row in ROWS:
@@ -777,14 +796,56 @@ def main(argv=None):
     print("\n".join(lengths))
     finals = final_error(args.final_error.split(","), args.samples) if args.final_error else []
     parts = error_parts(args.error_parts.split(",")) if args.error_parts else []
+    stand_ins = stand_in_error(args.stand_in_error.split(",")) if args.stand_in_error else []
+    print("\n".join(stand_ins))
     if args.table is not None:
-        write_table(args, steps, lengths, finals, parts)
+        write_table(args, steps, lengths, finals, parts, stand_ins)
+
+
+def stand_in_error(names: list[str], seeds: int = 64) -> list[str]:
+    """What the stand-in Dots' errors add up to: for each named row of the ceiling table with an exact_mix, its
+    epsilon error to the prior's, pooled as a card's held-out error is (the RMS over every Dot step of every run,
+    over the prior's) on seeds 0 .. seeds - 1 of its own path at 4, 8 and 16 LSD, per budget and pooled; beside the
+    primary metric its sweep measured on seeds 0-999. A stand-in whose error is a fixed share of the prior's has that
+    share at every step; the floor rows add an error of fixed size, as a trained Dot's has."""
+    import torch
+
+    from baselines.denoisers import Denoiser
+    from baselines.noise import initial_noise
+    from baselines.registry import get_baseline
+    from baselines.tasks import get_task
+    from morse.interleave import Interleave
+    from morse.pretrained import load_dot
+    from morse.sampler import MorseExtrap
+
+    task = get_task(TASK)
+    dash = task.dash().eval()
+    dot, card = load_dot(TASK, dash)
+    denoiser, noise = Denoiser(dash, task.schedule_config), initial_noise(list(range(seeds)), task.image_shape)
+    rows = {c[0]: c for c in CEILING if "exact_mix" in c[5]}
+    lines = ["| stand-in | epsilon error to the prior, pooled (4 / 8 / 16 LSD) | FD at 4 / 8 / 16 LSD |",
+             "|---|---|---|"]
+    for name in names:
+        if name not in rows:
+            raise SystemExit(f"--stand-in-error: {name!r} is not a stand-in row; choose from {', '.join(rows)}")
+        options = {k: MorseExtrap.OPTIONS[k](v) for k, v in (o.split("=") for o in rows[name][5].split(","))}
+        sampler = MorseExtrap(get_baseline("ddim"), dot, card["dot_ratio_planned"], Interleave(card["dots_per_dash"]),
+                              **options)
+        with torch.inference_mode():
+            for budget in BUDGETS:
+                sampler(denoiser, noise, float(budget), seeds=list(range(seeds)))
+        sums = [sampler.error_sums[float(b)] for b in BUDGETS]
+        pooled = (sum(e for e, _ in sums) / sum(p for _, p in sums)) ** 0.5
+        per = " / ".join(f"{(e / p) ** 0.5:.3f}" for e, p in sums)
+        lines.append(f"| {name} | {pooled:.3f} ({per}) | {_fds(_results(_run(name) / 'results.csv', rows[name][3]))} |")
+    return lines
 
 
 # Sections made from a row's Dot and pairs (runs/ablation only): a --table run that does not make one keeps the
 # committed report's, so a machine without the runs regenerates the rest without losing them.
 CARRIED = ("row's learned part helps and hurts", "## How far the line can be trusted",
-           "## A lower epsilon error is not a better sample", "## Which way the Dot errs")
+           "## A lower epsilon error is not a better sample", "## Which way the Dot errs",
+           "## What the stand-ins' errors add up to")
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -801,7 +862,7 @@ def _sections(text: str) -> dict[str, list[str]]:
     return found
 
 
-def write_table(args, steps, lengths, finals, parts=()) -> None:
+def write_table(args, steps, lengths, finals, parts=(), stand_ins=()) -> None:
     global COMMITTED
     COMMITTED = args.table
     args.table.mkdir(parents=True, exist_ok=True)
@@ -837,6 +898,9 @@ def write_table(args, steps, lengths, finals, parts=()) -> None:
               f"{final_error.__doc__.split(': ', 1)[1]}", "", *finals] if finals else keep(CARRIED[2])
     lines += ["", "## Which way the Dot errs", "", f"`python -m morse.ablation --error-parts {args.error_parts}`: "
               f"{' '.join(error_parts.__doc__.split(': ', 1)[1].split())}", "", *parts] if parts else keep(CARRIED[3])
+    lines += ["", CARRIED[4], "", f"`python -m morse.ablation --stand-in-error {args.stand_in_error}`: "
+              f"{' '.join(stand_in_error.__doc__.split(': ', 1)[1].split())}", "", *stand_ins
+              ] if stand_ins else keep(CARRIED[4])
     write_text_atomic(old, "\n".join(lines) + "\n")  # a killed run leaves the last complete report
     print("\n".join(rows))
     if copied:

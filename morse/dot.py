@@ -265,7 +265,7 @@ class Dot(nn.Module):
             if self.config.gate is not None:
                 scaled = scaled * self.gate_factor(t_i, t_s, prev, n, x_ti)
             if self.config.learned_blur > 0:
-                scaled = _blur(scaled, self.config.learned_blur)
+                scaled = blur(scaled, self.config.learned_blur)
             if self.config.prior == "reuse":
                 return scaled
             if self.config.gate is not None and "prior_scale" in self.config.gate:  # fitted factors on the line
@@ -408,6 +408,6 @@ class Dot(nn.Module):
         return dot.eval()
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     size = 2 * round(3 * sigma) + 1
     return TF.gaussian_blur(x, [size, size], [sigma, sigma])

@@ -180,9 +180,10 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
     dots = ctx.dots_per_dash if ctx.dots_per_dash is not None else card["dots_per_dash"]
     plan_ratio = ctx.dot_ratio or card["dot_ratio_planned"]
     # --method-options (morse-extrap only) exact_groups=first|later: the Dash at those groups' Dot steps;
-    # exact_mix=A: the formula moved the share A of the way to the Dash (MorseExtrap checks the values)
+    # exact_mix=A: the formula moved the share A of the way to the Dash; exact_shape=S: that error's size in
+    # another shape; exact_floor=F: an error of RMS F added to it (MorseExtrap checks the values)
     extra = {}
-    for option, parse in (("exact_groups", str), ("exact_mix", float)):
+    for option, parse in MorseExtrap.OPTIONS.items():
         if option not in ctx.options:
             continue
         if variant is not MorseExtrap:
@@ -190,8 +191,7 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
         try:
             extra[option] = parse(ctx.options[option])
         except ValueError:
-            raise ValueError(f"--method-options {option} must be a number in [0, 1], got "
-                             f"{ctx.options[option]!r}") from None
+            raise ValueError(f"--method-options {option} must be a number, got {ctx.options[option]!r}") from None
     plan_checksums = {}
     if variant.calls_dot:  # the oracle and the formula never call a Dot
         extra["plan_dots"], plan_checksums = plan_dots_for(ctx, dot_solver, card)

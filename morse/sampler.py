@@ -20,6 +20,7 @@ import torch
 
 from baselines.noise import stream_generators
 from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, traced_solve
+from morse.dot import blur
 from morse.interleave import Interleave
 from morse.prior import prior
 
@@ -142,6 +143,18 @@ class MorseOracle(Morse):
         return x, trace
 
 
+# What a stand-in Dot's error looks like when it is not a pull towards the prior, each rescaled per sample to the
+# pull's size (MorseExtrap's exact_shape): overshooting the Dash by the prior's error ("past"), the prior's error
+# transposed, so of its size and texture but pointing across it ("across"), or only its fine or coarse part
+# (a blur of sigma 1.5 pixels splits them: "fine" is a Dot right on the coarse structure, "coarse" on the detail).
+ERROR_SHAPES = {
+    "past": lambda e: -e,
+    "across": lambda e: e.transpose(-1, -2),
+    "fine": lambda e: e - blur(e, 1.5),
+    "coarse": lambda e: blur(e, 1.5),
+}
+
+
 class MorseExtrap(Morse):
     """Morse's schedules with the Dot replaced by the "extrap" prior (morse.prior): the last two Dash estimates
     continued linearly in log-SNR, charged as the Dot calls it stands in for (1/N LSD each).
@@ -152,30 +165,47 @@ class MorseExtrap(Morse):
 
     calls_dot = False
     EXACT_GROUPS = ("first", "later")
+    OPTIONS = dict(exact_groups=str, exact_mix=float, exact_shape=str, exact_floor=float)  # --method-options' types
 
     def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None,
-                 exact_groups: str | None = None, exact_mix: float | None = None):
+                 exact_groups: str | None = None, exact_mix: float | None = None, exact_shape: str | None = None,
+                 exact_floor: float | None = None):
         """`exact_groups` (ablation): "first" or "later", the Dash instead of the formula at the Dot steps of the
         first group (no earlier anchor) or of the later ones, charged as Dot calls as the oracle's are: where
         the formula's distance to its ceiling lies. `exact_mix` (ablation) a in [0, 1]: at every Dot step the
         formula moved the share a of the way to the Dash's estimate, so a Dot whose error is exactly 1 - a of the
-        prior's, all of it a pull towards the prior (where an MSE-trained Dot that cannot tell is pulled)."""
+        prior's, all of it a pull towards the prior (where an MSE-trained Dot that cannot tell is pulled).
+        `exact_shape` (ablation, with `exact_mix`): the same error size per sample, 1 - a of the prior's, in
+        another shape (ERROR_SHAPES), to tell which errors the samples pay for at equal size. `exact_floor` f (with
+        `exact_mix`): an error of RMS f per value added in quadrature to that size, as a trained Dot's error has a
+        floor that makes it worse than the prior where the prior is nearly exact (`morse.ablation --per-step`).
+        With `exact_mix`, `error_sums` collects per budget the squared error and the prior's (`morse.ablation
+        --stand-in-error`)."""
         super().__init__(solver, dot, dot_ratio, interleave)
         if exact_groups not in (None, *self.EXACT_GROUPS):
             raise ValueError(f"morse-extrap exact_groups must be one of {self.EXACT_GROUPS}, got {exact_groups!r}")
         if exact_mix is not None and (exact_groups is not None or not 0.0 <= exact_mix <= 1.0):
             raise ValueError(f"morse-extrap exact_mix must be a number in [0, 1], without exact_groups; got "
                              f"{exact_mix!r}")
-        self.exact_groups, self.exact_mix = exact_groups, exact_mix
+        if exact_shape is not None and (exact_mix is None or exact_shape not in ERROR_SHAPES):
+            raise ValueError(f"morse-extrap exact_shape must be one of {tuple(ERROR_SHAPES)}, with exact_mix; got "
+                             f"{exact_shape!r}")
+        if exact_floor is not None and (exact_mix is None or not exact_floor >= 0.0):
+            raise ValueError(f"morse-extrap exact_floor must be a number >= 0, with exact_mix; got {exact_floor!r}")
+        self.exact_groups, self.exact_mix, self.exact_shape = exact_groups, exact_mix, exact_shape
+        self.exact_floor, self.error_sums, self._budget = exact_floor, {}, None
         self.name += "-extrap" + (f"-exact-{exact_groups}" if exact_groups else "") + (
-            f"-mix{exact_mix:g}" if exact_mix is not None else "")
+            f"-mix{exact_mix:g}" if exact_mix is not None else "") + (f"-{exact_shape}" if exact_shape else "") + (
+            f"-floor{exact_floor:g}" if exact_floor is not None else "")
 
     def config(self) -> dict:
         return {**super().config(), **({"exact_groups": self.exact_groups} if self.exact_groups else {}),
-                **({"exact_mix": self.exact_mix} if self.exact_mix is not None else {})}
+                **({"exact_mix": self.exact_mix} if self.exact_mix is not None else {}),
+                **({"exact_shape": self.exact_shape} if self.exact_shape else {}),
+                **({"exact_floor": self.exact_floor} if self.exact_floor is not None else {})}
 
     def __call__(self, denoiser, noise, budget, network="dash", **kwargs):
-        self._alphas_cumprod, self._exact_steps = denoiser.alphas_cumprod, 0
+        self._alphas_cumprod, self._exact_steps, self._budget = denoiser.alphas_cumprod, 0, float(budget)
         x, trace = super().__call__(denoiser, noise, budget, network=network, **kwargs)
         trace.nfe["dot"] = float(trace.networks_per_step.count("dot"))  # charged, as for the oracle
         if self._exact_steps:  # the Dash's hook counted the exact Dot steps too (with guidance, two calls each)
@@ -192,4 +222,16 @@ class MorseExtrap(Morse):
         if self.exact_mix is None:
             return line
         self._exact_steps += 1
-        return line + self.exact_mix * (denoiser(x_ti, t_i, cond) - line)
+        dash = denoiser(x_ti, t_i, cond)
+        error = line - dash
+        if self.exact_shape is None and self.exact_floor is None:
+            out = line + self.exact_mix * (dash - line)
+        else:
+            shaped = ERROR_SHAPES[self.exact_shape](error) if self.exact_shape else error
+            norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
+            size = ((1 - self.exact_mix) ** 2 * norm(error) ** 2 + (self.exact_floor or 0.0) ** 2 * error[0].numel())
+            out = dash + (size.sqrt() / norm(shaped).clamp_min(1e-12)).view(-1, *[1] * (error.dim() - 1)) * shaped
+        sums = self.error_sums.setdefault(self._budget, [0.0, 0.0])
+        sums[0] += (out - dash).double().square().sum().item()
+        sums[1] += error.double().square().sum().item()
+        return out

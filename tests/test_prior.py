@@ -158,6 +158,53 @@ def test_morse_extrap_exact_mix_moves_the_formula_a_share_of_the_way_to_the_dash
             MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
 
 
+def test_morse_extrap_exact_shape_keeps_the_mix_s_error_size_per_sample_in_another_shape(exact8):
+    """exact_shape=S beside exact_mix=a: each Dot step's error to the Dash is 1 - a of the prior's in size, sample by
+    sample, shaped as S says: "past" is the pull's error reversed, "across" the prior's error transposed, "fine" and
+    "coarse" the two parts of its blur."""
+    from morse.dot import blur
+
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    ddim = get_baseline("ddim")
+    noise = initial_noise(list(range(4)), SHAPE)
+    x, t = noise, torch.tensor(500)
+    anchor = dict(x_ts=noise, z_s=exact8(noise, torch.tensor(700), None), t_s=torch.tensor(700),
+                  prev=(noise, exact8(noise, torch.tensor(900), None), torch.tensor(900)))
+    line = prior("extrap", anchor["z_s"], t, anchor["t_s"], anchor["prev"], exact8.alphas_cumprod)
+    dash = exact8(x, t, None)
+    e = line - dash
+    norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
+    cos = lambda a, b: (a * b).flatten(1).sum(1) / (norm(a) * norm(b))  # noqa: E731
+    errors = {}
+    for shape in ("past", "across", "fine", "coarse"):
+        m = MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_mix=0.3, exact_shape=shape)
+        assert m.name == f"morse-extrap-mix0.3-{shape}" and m.config()["exact_shape"] == shape
+        m._alphas_cumprod, m._exact_steps = exact8.alphas_cumprod, 0
+        errors[shape] = m.between(exact8, x, t, anchor, None, dot) - dash
+        assert torch.allclose(norm(errors[shape]), 0.7 * norm(e), rtol=1e-4), shape
+    assert torch.allclose(errors["past"], -0.7 * e, atol=1e-6)
+    assert torch.allclose(cos(errors["across"], e.transpose(-1, -2)), torch.ones(4), atol=1e-5)
+    assert (cos(errors["across"], e) < 0.99).all()
+    assert torch.allclose(cos(errors["coarse"], blur(e, 1.5)), torch.ones(4), atol=1e-5)
+    assert torch.allclose(cos(errors["fine"], e - blur(e, 1.5)), torch.ones(4), atol=1e-5)
+    assert (norm(blur(errors["fine"], 1.5)) < norm(blur(errors["coarse"], 1.5))).all()
+    for bad in (dict(exact_shape="fine"), dict(exact_mix=0.3, exact_shape="blurry")):
+        with pytest.raises(ValueError, match="exact_shape"):
+            MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
+    # exact_floor f: an error of RMS f per value added in quadrature, along the pull; the sums see every step.
+    m = MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_mix=0.3, exact_floor=0.05)
+    assert m.name == "morse-extrap-mix0.3-floor0.05" and m.config()["exact_floor"] == 0.05
+    m._alphas_cumprod, m._exact_steps, m._budget = exact8.alphas_cumprod, 0, 8.0
+    floored = m.between(exact8, x, t, anchor, None, dot) - dash
+    assert torch.allclose(norm(floored) ** 2, 0.49 * norm(e) ** 2 + 0.05 ** 2 * e[0].numel(), rtol=1e-4)
+    assert torch.allclose(cos(floored, e), torch.ones(4), atol=1e-5)
+    assert m.error_sums[8.0][0] == pytest.approx(norm(floored).square().sum().item(), rel=1e-4)
+    assert m.error_sums[8.0][1] == pytest.approx(norm(e).square().sum().item(), rel=1e-4)
+    for bad in (dict(exact_floor=0.01), dict(exact_mix=0.3, exact_floor=-1.0)):
+        with pytest.raises(ValueError, match="exact_floor"):
+            MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
+
+
 def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):
     dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
     pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [4.0, 8.0], list(range(4)), SHAPE)

@@ -1,6 +1,7 @@
 """Dot training: pairs come from solver trajectories; a killed run resumes to the same Dot."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -357,6 +358,19 @@ def test_the_ceiling_table_reads_each_variants_own_method_and_prints_its_command
         pd.DataFrame(cells).to_csv(tmp_path / folder / "results.csv")
     noise = ablation.noise()
     assert len(noise) == 2 + len(ablation.NOISE_RUNS) and all("3.00 [2.50, 3.50]" in line for line in noise[2:])
+
+
+def test_stand_in_error_measures_each_stand_in_s_error_to_the_prior_on_its_own_path():
+    """--stand-in-error: a pull by a fixed share has that share at every budget; a floor adds to it; a row that is
+    not a stand-in is refused with the names that are."""
+    from morse import ablation
+
+    lines = ablation.stand_in_error(["mix-0.3", "mix-0.3-floor0.007"], seeds=2)
+    cells = [line.split("|")[2].strip() for line in lines[2:]]
+    assert cells[0] == "0.700 (0.700 / 0.700 / 0.700)"
+    assert all(float(x) > 0.7 for x in re.findall(r"\d\.\d+", cells[1]))  # pooled and each budget
+    with pytest.raises(SystemExit, match="mix-0.5-past"):
+        ablation.stand_in_error(["oracle"], seeds=2)
 
 
 def test_the_low_budget_table_reads_each_rows_own_run_and_the_shared_cells_once(tmp_path, monkeypatch):
