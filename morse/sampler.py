@@ -145,13 +145,16 @@ class MorseOracle(Morse):
 
 # What a stand-in Dot's error looks like when it is not a pull towards the prior, each rescaled per sample to the
 # pull's size (MorseExtrap's exact_shape): overshooting the Dash by the prior's error ("past"), the prior's error
-# transposed, so of its size and texture but pointing across it ("across"), or only its fine or coarse part
-# (a blur of sigma 1.5 pixels splits them: "fine" is a Dot right on the coarse structure, "coarse" on the detail).
+# transposed, so of its size and texture but pointing across it ("across"), only its fine or coarse part (a blur of
+# sigma 1.5 pixels splits them: "fine" is a Dot right on the coarse structure, "coarse" on the detail), or none of
+# it: the Dash's estimate of x0 moved towards its own blur ("blurry": what a regression that cannot resolve the
+# detail predicts). Each takes the prior's error and a function giving that x0 estimate.
 ERROR_SHAPES = {
-    "past": lambda e: -e,
-    "across": lambda e: e.transpose(-1, -2),
-    "fine": lambda e: e - blur(e, 1.5),
-    "coarse": lambda e: blur(e, 1.5),
+    "past": lambda e, x0: -e,
+    "across": lambda e, x0: e.transpose(-1, -2),
+    "fine": lambda e, x0: e - blur(e, 1.5),
+    "coarse": lambda e, x0: blur(e, 1.5),
+    "blurry": lambda e, x0: x0() - blur(x0(), 1.5),  # epsilon moved by +c d moves x0 by -c sigma / alpha d
 }
 
 
@@ -227,7 +230,8 @@ class MorseExtrap(Morse):
         if self.exact_shape is None and self.exact_floor is None:
             out = line + self.exact_mix * (dash - line)
         else:
-            shaped = ERROR_SHAPES[self.exact_shape](error) if self.exact_shape else error
+            x0 = lambda: self._x0(x_ti, dash, t_i)  # noqa: E731
+            shaped = ERROR_SHAPES[self.exact_shape](error, x0) if self.exact_shape else error
             norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
             size = ((1 - self.exact_mix) ** 2 * norm(error) ** 2 + (self.exact_floor or 0.0) ** 2 * error[0].numel())
             out = dash + (size.sqrt() / norm(shaped).clamp_min(1e-12)).view(-1, *[1] * (error.dim() - 1)) * shaped
@@ -235,3 +239,8 @@ class MorseExtrap(Morse):
         sums[0] += (out - dash).double().square().sum().item()
         sums[1] += error.double().square().sum().item()
         return out
+
+    def _x0(self, x, eps, t):
+        a = self._alphas_cumprod.to(x.device)[torch.as_tensor(t).long()].to(x.dtype)
+        a = a.reshape(-1, *[1] * (x.dim() - 1)) if a.ndim else a
+        return (x - (1 - a).sqrt() * eps) / a.sqrt()

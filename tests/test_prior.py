@@ -188,9 +188,19 @@ def test_morse_extrap_exact_shape_keeps_the_mix_s_error_size_per_sample_in_anoth
     assert torch.allclose(cos(errors["coarse"], blur(e, 1.5)), torch.ones(4), atol=1e-5)
     assert torch.allclose(cos(errors["fine"], e - blur(e, 1.5)), torch.ones(4), atol=1e-5)
     assert (norm(blur(errors["fine"], 1.5)) < norm(blur(errors["coarse"], 1.5))).all()
-    for bad in (dict(exact_shape="fine"), dict(exact_mix=0.3, exact_shape="blurry")):
+    for bad in (dict(exact_shape="fine"), dict(exact_mix=0.3, exact_shape="wavy")):
         with pytest.raises(ValueError, match="exact_shape"):
             MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
+    # "blurry": the x0 estimate moved towards its own blur, at the same size
+    m = MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_mix=0.3, exact_shape="blurry")
+    m._alphas_cumprod, m._exact_steps = exact8.alphas_cumprod, 0
+    blurred = m.between(exact8, x, t, anchor, None, dot) - dash
+    a = exact8.alphas_cumprod[500]
+    x0 = (x - (1 - a).sqrt() * dash) / a.sqrt()
+    assert torch.allclose(cos(blurred, x0 - blur(x0, 1.5)), torch.ones(4), atol=1e-5)
+    assert torch.allclose(norm(blurred), 0.7 * norm(e), rtol=1e-4)
+    x0_after = (x - (1 - a).sqrt() * (dash + blurred)) / a.sqrt()  # nearer its blur than the Dash's x0 is to its own
+    assert (norm(x0_after - blur(x0_after, 1.5)) < norm(x0 - blur(x0, 1.5))).all()
     # exact_floor f: an error of RMS f per value added in quadrature, along the pull; the sums see every step.
     m = MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_mix=0.3, exact_floor=0.05)
     assert m.name == "morse-extrap-mix0.3-floor0.05" and m.config()["exact_floor"] == 0.05
