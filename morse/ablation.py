@@ -446,7 +446,8 @@ SHAPE_WHAT = dict(past="reversed: the estimate as far past the Dash's as the pul
                   coarse="in the prior's error's coarse part only (its blur of sigma 1.5 pixels): a Dot right on the "
                          "detail",
                   blurry="none of it along the prior's error: the Dash's estimate of x0 moved towards its own blur "
-                         "(sigma 1.5 pixels), what a regression that cannot resolve the detail predicts")
+                         "(sigma 1.5 pixels), what a regression that cannot resolve the detail predicts",
+                  noise="as white noise, a new draw at every step (morse.sampler.ERROR_SHAPES)")
 CEILING = (("formula", "the formula at every Dot step (the formula row)", "formula", "morse-extrap", None, ""),
            ("exact-first", "the Dash at the first group's Dot steps, the formula after it", "exact-first",
             "morse-extrap-exact-first", "morse-extrap", "exact_groups=first"),
@@ -460,7 +461,7 @@ CEILING = (("formula", "the formula at every Dot step (the formula row)", "formu
               f"{SHAPE_WHAT[shape]}", f"mix-{a}-{shape}", f"morse-extrap-mix{a}-{shape}", "morse-extrap",
               f"exact_mix={a},exact_shape={shape}")
              for a, shape in (("0.3", "past"), ("0.5", "past"), ("0", "past"), ("0.3", "across"), ("0.3", "fine"),
-                              ("0.3", "coarse"), ("0.3", "blurry"), ("0.7", "blurry"))),
+                              ("0.3", "coarse"), ("0.3", "blurry"), ("0.7", "blurry"), ("0.3", "noise"))),
            *((f"mix-{a}-floor{f}", f"mix-{a}'s pull with an error of RMS {f} per value added to it (in quadrature, "
               f"along the pull): a floor that makes it worse than the prior where the prior is nearly exact, as a "
               f"trained Dot is", f"mix-{a}-floor{f}", f"morse-extrap-mix{a}-floor{f}", "morse-extrap",

@@ -148,13 +148,15 @@ class MorseOracle(Morse):
 # transposed, so of its size and texture but pointing across it ("across"), only its fine or coarse part (a blur of
 # sigma 1.5 pixels splits them: "fine" is a Dot right on the coarse structure, "coarse" on the detail), or none of
 # it: the Dash's estimate of x0 moved towards its own blur ("blurry": what a regression that cannot resolve the
-# detail predicts). Each takes the prior's error and a function giving that x0 estimate.
+# detail predicts), or white noise, a new draw at every step ("noise": sin(10^4 x0), deterministic in the state, so
+# it does not depend on the batch). Each takes the prior's error and a function giving that x0 estimate.
 ERROR_SHAPES = {
     "past": lambda e, x0: -e,
     "across": lambda e, x0: e.transpose(-1, -2),
     "fine": lambda e, x0: e - blur(e, 1.5),
     "coarse": lambda e, x0: blur(e, 1.5),
     "blurry": lambda e, x0: x0() - blur(x0(), 1.5),  # epsilon moved by +c d moves x0 by -c sigma / alpha d
+    "noise": lambda e, x0: torch.sin(1e4 * x0()),
 }
 
 

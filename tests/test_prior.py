@@ -188,6 +188,10 @@ def test_morse_extrap_exact_shape_keeps_the_mix_s_error_size_per_sample_in_anoth
     assert torch.allclose(cos(errors["coarse"], blur(e, 1.5)), torch.ones(4), atol=1e-5)
     assert torch.allclose(cos(errors["fine"], e - blur(e, 1.5)), torch.ones(4), atol=1e-5)
     assert (norm(blur(errors["fine"], 1.5)) < norm(blur(errors["coarse"], 1.5))).all()
+    m = MorseExtrap(ddim, dot, 6.0, Interleave(3), exact_mix=0.3, exact_shape="noise")
+    m._alphas_cumprod, m._exact_steps = exact8.alphas_cumprod, 0
+    noisy = m.between(exact8, x, t, anchor, None, dot) - dash  # white: nearly orthogonal to the prior's error
+    assert torch.allclose(norm(noisy), 0.7 * norm(e), rtol=1e-4) and (cos(noisy, e).abs() < 0.5).all()
     for bad in (dict(exact_shape="fine"), dict(exact_mix=0.3, exact_shape="wavy")):
         with pytest.raises(ValueError, match="exact_shape"):
             MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
