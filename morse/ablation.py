@@ -723,12 +723,10 @@ def _heldout_of(card: dict) -> tuple[int, int]:
     return option("seed", 0), option("heldout", card.get("heldout_runs_per_budget", 64))
 
 
-def error_parts(rows: list[str], runs: int | None = None) -> list[str]:
-    """Which way a Dot errs: on held-out runs of its own path (the card's held-out seeds and budgets, the shared
-    Dot's as on the card), its epsilon error to the prior's (the card's pooled measure, so it checks the card) and
-    the share of the error's energy along the prior's own error (the estimate pulled back towards the prior, the
-    kind of error the mix rows of the previous section have alone), of it past the target, and across it (the
-    rest: error the prior does not make); beside the primary metric the row's sweep measured on seeds 0-999."""
+def _heldout_estimates(row: str, runs: int | None = None):
+    """(card, the Dash's alphas_cumprod, batches): a row's Dot remade on held-out runs of its own path (the card's
+    held-out seeds and budgets), each batch a dict of its pairs with the Dot's estimate ("guess") and its prior's
+    ("prior") added."""
     import torch
 
     from baselines.denoisers import Denoiser
@@ -738,34 +736,88 @@ def error_parts(rows: list[str], runs: int | None = None) -> list[str]:
     from morse.interleave import Interleave
     from morse.train import _cond_of, _prev_of, heldout_seeds, sampling_pairs
 
+    folder = RUNS / row
+    card = json.loads((folder / "dot.json").read_text())
+    task = get_task(card["task"])
+    dash = task.dash().eval()
+    dot = Dot.load(dash, folder / "dot.safetensors").eval()
+    seed, held = _heldout_of(card)
+    denoiser = Denoiser(dash, task.schedule_config)
+
+    def batches():
+        with torch.inference_mode():
+            pairs = sampling_pairs(denoiser, dot, get_baseline(card.get("solver", "ddim")),
+                                   Interleave(card["dots_per_dash"]), card["dot_ratio_planned"],
+                                   [float(b) for b in card["budgets"]], heldout_seeds(seed, runs or held),
+                                   task.image_shape, desc=f"{row} held-out pairs", conditions=task.conditions)
+            for k in range(0, len(pairs["target"]), 256):
+                b = {n: v[k:k + 256] for n, v in pairs.items()}
+                b["guess"] = b["z_s"] + dot(b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"], _cond_of(b),
+                                            prev=_prev_of(b))
+                b["prior"] = dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], _prev_of(b))
+                yield b
+
+    return card, denoiser.alphas_cumprod, batches()
+
+
+def error_parts(rows: list[str], runs: int | None = None) -> list[str]:
+    """Which way a Dot errs: on held-out runs of its own path (the card's held-out seeds and budgets, the shared
+    Dot's as on the card), its epsilon error to the prior's (the card's pooled measure, so it checks the card) and
+    the share of the error's energy along the prior's own error (the estimate pulled back towards the prior, the
+    kind of error the mix rows of the previous section have alone), of it past the target, and across it (the
+    rest: error the prior does not make); beside the primary metric the row's sweep measured on seeds 0-999."""
     lines = ["| row | budgets | epsilon error to the prior (card) | share along the prior's error | of it past the "
              "target | share across it | FD at 4 / 8 / 16 LSD |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        folder = RUNS / row
-        card = json.loads((folder / "dot.json").read_text())
-        task = get_task(card["task"])
-        dash = task.dash().eval()
-        dot = Dot.load(dash, folder / "dot.safetensors").eval()
-        budgets = [float(b) for b in card["budgets"]]
-        seed, held = _heldout_of(card)
-        with torch.inference_mode():
-            pairs = sampling_pairs(Denoiser(dash, task.schedule_config), dot, get_baseline(card.get("solver", "ddim")),
-                                   Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], budgets,
-                                   heldout_seeds(seed, runs or held), task.image_shape, desc=f"{row} held-out pairs",
-                                   conditions=task.conditions)
-            sums = dict.fromkeys(("error", "prior", "along", "beyond"), 0.0)
-            for k in range(0, len(pairs["target"]), 256):
-                b = {n: v[k:k + 256] for n, v in pairs.items()}
-                args = (b["x_ti"], b["x_ts"], b["z_s"], b["t_i"], b["t_s"])
-                guess = b["z_s"] + dot(*args, _cond_of(b), prev=_prev_of(b))
-                prior = dot.prior_estimate(b["z_s"], b["t_i"], b["t_s"], _prev_of(b))
-                for key, v in error_parts_of(guess, prior, b["target"]).items():
-                    sums[key] += v
+        card, _, batches = _heldout_estimates(row, runs)
+        sums = dict.fromkeys(("error", "prior", "along", "beyond"), 0.0)
+        for b in batches:
+            for key, v in error_parts_of(b["guess"], b["prior"], b["target"]).items():
+                sums[key] += v
         share = {key: sums[key] / sums["error"] for key in ("along", "beyond")}
         fds = _fds(_results(_run(row) / "results.csv", "morse"))
-        lines.append(f"| {row} | {', '.join(f'{b:g}' for b in budgets)} | {(sums['error'] / sums['prior']) ** 0.5:.3f}"
-                     f" ({card['heldout_error']['prior_ratio']:.3f}) | {share['along']:.3f} | {share['beyond']:.3f} | "
-                     f"{1 - share['along']:.3f} | {fds} |")
+        lines.append(f"| {row} | {', '.join(f'{float(b):g}' for b in card['budgets'])} | "
+                     f"{(sums['error'] / sums['prior']) ** 0.5:.3f} ({card['heldout_error']['prior_ratio']:.3f}) | "
+                     f"{share['along']:.3f} | {share['beyond']:.3f} | {1 - share['along']:.3f} | {fds} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def error_shapes_of(guess, prior, target, x0) -> dict:
+    """Sums over samples of the squared error |guess - target|^2, of its fine detail (what a blur of sigma 1.5
+    pixels removes) and of the prior's error's, and of the error's part along d = x0 - blur(x0), the direction in
+    which an epsilon error moves the estimate of x0 towards its blur (the "blurry" stand-in's), with its sign."""
+    from morse.dot import blur
+
+    e, r = guess - target, prior - target
+    fine = lambda v: (v - blur(v, 1.5)).double().flatten(1).square().sum(1)  # noqa: E731
+    d = (x0 - blur(x0, 1.5)).double().flatten(1)
+    c = (e.double().flatten(1) * d).sum(1)
+    along = c.square() / d.square().sum(1).clamp_min(1e-12)
+    return dict(error=e.double().square().sum().item(), prior=r.double().square().sum().item(),
+                fine=fine(e).sum().item(), prior_fine=fine(r).sum().item(), blurry=along.sum().item(),
+                blurring=along[c > 0].sum().item())
+
+
+def error_shapes(rows: list[str], runs: int | None = None) -> list[str]:
+    """What a Dot's error looks like, in the stand-ins' terms: on the same held-out runs as the previous section,
+    the share of the error's energy in fine detail (beside the prior's own error's share), and the share along the
+    direction that moves the estimate of x0 towards its blur (the "blurry" stand-in's, which has all of its error
+    there) with the part of it that does blur; beside the primary metric the row's sweep measured on seeds 0-999."""
+    lines = ["| row | epsilon error to the prior | share in fine detail (the prior's error's) | share along the "
+             "blurring direction | of it blurring | FD at 4 / 8 / 16 LSD |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        _, alphas, batches = _heldout_estimates(row, runs)
+        sums = dict.fromkeys(("error", "prior", "fine", "prior_fine", "blurry", "blurring"), 0.0)
+        for b in batches:
+            a = alphas[b["t_i"].long()].to(b["target"].dtype).reshape(-1, *[1] * (b["target"].dim() - 1))
+            x0 = (b["x_ti"] - (1 - a).sqrt() * b["target"]) / a.sqrt()
+            for key, v in error_shapes_of(b["guess"], b["prior"], b["target"], x0).items():
+                sums[key] += v
+        lines.append(f"| {row} | {(sums['error'] / sums['prior']) ** 0.5:.3f} | {sums['fine'] / sums['error']:.3f} "
+                     f"({sums['prior_fine'] / sums['prior']:.3f}) | {sums['blurry'] / sums['error']:.3f} | "
+                     f"{sums['blurring'] / max(sums['blurry'], 1e-30):.3f} | "
+                     f"{_fds(_results(_run(row) / 'results.csv', 'morse'))} |")
         print(lines[-1], flush=True)
     return lines
 
@@ -786,6 +838,9 @@ def main(argv=None):
     p.add_argument("--error-parts", default=None, metavar="ROWS", help="comma-separated rows (Dots under "
                    "runs/ablation) whose held-out epsilon error to split into the part along the prior's own error "
                    "and the part across it")
+    p.add_argument("--error-shapes", default=None, metavar="ROWS", help="comma-separated rows (Dots under "
+                   "runs/ablation) whose held-out epsilon error to describe in the stand-ins' terms (fine detail, "
+                   "blurring)")
     p.add_argument("--stand-in-error", default=None, metavar="ROWS", help="comma-separated stand-in rows of the "
                    "ceiling table (mix-*) whose epsilon error to the prior's to measure on their own paths")
     args = p.parse_args(argv)
@@ -799,10 +854,11 @@ def main(argv=None):
     print("\n".join(lengths))
     finals = final_error(args.final_error.split(","), args.samples) if args.final_error else []
     parts = error_parts(args.error_parts.split(",")) if args.error_parts else []
+    shapes = error_shapes(args.error_shapes.split(",")) if args.error_shapes else []
     stand_ins = stand_in_error(args.stand_in_error.split(",")) if args.stand_in_error else []
     print("\n".join(stand_ins))
     if args.table is not None:
-        write_table(args, steps, lengths, finals, parts, stand_ins)
+        write_table(args, steps, lengths, finals, parts, stand_ins, shapes)
 
 
 def stand_in_error(names: list[str], seeds: int = 64) -> list[str]:
@@ -848,7 +904,7 @@ def stand_in_error(names: list[str], seeds: int = 64) -> list[str]:
 # committed report's, so a machine without the runs regenerates the rest without losing them.
 CARRIED = ("row's learned part helps and hurts", "## How far the line can be trusted",
            "## A lower epsilon error is not a better sample", "## Which way the Dot errs",
-           "## What the stand-ins' errors add up to")
+           "## What the stand-ins' errors add up to", "## What the Dot's error looks like")
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -865,7 +921,7 @@ def _sections(text: str) -> dict[str, list[str]]:
     return found
 
 
-def write_table(args, steps, lengths, finals, parts=(), stand_ins=()) -> None:
+def write_table(args, steps, lengths, finals, parts=(), stand_ins=(), shapes=()) -> None:
     global COMMITTED
     COMMITTED = args.table
     args.table.mkdir(parents=True, exist_ok=True)
@@ -904,6 +960,9 @@ def write_table(args, steps, lengths, finals, parts=(), stand_ins=()) -> None:
     lines += ["", CARRIED[4], "", f"`python -m morse.ablation --stand-in-error {args.stand_in_error}`: "
               f"{' '.join(stand_in_error.__doc__.split(': ', 1)[1].split())}", "", *stand_ins
               ] if stand_ins else keep(CARRIED[4])
+    lines += ["", CARRIED[5], "", f"`python -m morse.ablation --error-shapes {args.error_shapes}`: "
+              f"{' '.join(error_shapes.__doc__.split(': ', 1)[1].split())}", "", *shapes
+              ] if shapes else keep(CARRIED[5])
     write_text_atomic(old, "\n".join(lines) + "\n")  # a killed run leaves the last complete report
     print("\n".join(rows))
     if copied:

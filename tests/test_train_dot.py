@@ -148,6 +148,8 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
     ratio = f"{card['heldout_error']['prior_ratio']:.3f}"
     assert parts[1].strip() == "3" and parts[2].strip() == f"{ratio} ({ratio})"
     assert 0 <= float(parts[3]) <= 1 and abs(float(parts[3]) + float(parts[5]) - 1) < 2e-3
+    shapes = ablation.error_shapes(["tiny"], runs=2)[2].split("|")[1:-1]  # the same pairs, so the same error
+    assert shapes[1].strip() == ratio and all(0 <= float(x.split("(")[0]) <= 1 for x in shapes[2:5])
     assert "not trained" in ablation.row_line(ablation.ROWS[3], tmp_path / "none.json")
 
 
@@ -168,6 +170,23 @@ def test_error_parts_split_an_error_into_the_prior_s_own_shrunk_and_the_rest():
     across = noise - (noise * r).sum(1, keepdim=True) / r.square().sum(1, keepdim=True) * r
     mixed = error_parts_of(target + 0.3 * (prior - target) + across.view_as(target), prior, target)
     assert mixed["along"] == pytest.approx(0.09 * mixed["prior"]) and mixed["error"] > 2 * mixed["along"]
+
+
+def test_error_shapes_tell_a_blurring_error_and_fine_detail_apart():
+    """An error along x0 - blur(x0) is all "blurry" and all blurring (it moves the x0 estimate towards its blur, for
+    an epsilon error: x0 = (x - sigma eps) / alpha); reversed it sharpens; a smooth error has little fine detail."""
+    from morse.ablation import error_shapes_of
+    from morse.dot import blur
+
+    g = torch.Generator().manual_seed(0)
+    target, prior, x0 = torch.randn(3, 3, 1, 16, 16, generator=g).unbind(0)
+    d = x0 - blur(x0, 1.5)
+    blurring = error_shapes_of(target + 0.1 * d, prior, target, x0)
+    assert blurring["blurry"] == pytest.approx(blurring["error"]) == pytest.approx(blurring["blurring"])
+    sharpening = error_shapes_of(target - 0.1 * d, prior, target, x0)
+    assert sharpening["blurry"] == pytest.approx(sharpening["error"]) and sharpening["blurring"] == 0
+    smooth = error_shapes_of(target + blur(blur(prior, 3.0), 3.0), prior, target, x0)
+    assert smooth["fine"] < 0.05 * smooth["error"] and smooth["prior_fine"] > 0.3 * smooth["prior"]
 
 
 def test_step_gains_are_the_ddim_steps_factor_on_an_epsilon_error():
