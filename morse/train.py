@@ -50,7 +50,7 @@ from baselines.training.cards import loss_curve, publish
 from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
 from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
 from baselines.training.schedule import cosine_spans
-from morse.dot import BODIES, Dot, DotConfig
+from morse.dot import BODIES, Dot, DotConfig, blur
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
 from morse.prior import PRIORS
@@ -61,7 +61,7 @@ FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 # where there is none, the anchor itself (t_s' = t_s marks it). "budget" tags each pair with the plan it came from.
 PREV = ("x_tp", "z_p", "t_p")
 ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body", "dash_features",
-             "pairs_from", "across_weight")
+             "pairs_from", "across_weight", "blurring_weight")
 FEATURES = "features"  # the Dash's mid-block output at the anchor, recorded for Dots with dash_features
 COND = "cond"  # a conditional task's pairs also hold the condition the Dot saw: "cond" or "cond.<field>"
 
@@ -181,7 +181,7 @@ def along_prior(e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, energy_gen: torch.Generator | None = None,
-             across: float | None = None):
+             across: float | None = None, blurring: float | None = None):
     """MSE of z_s + Dot(...) against the target, measured where the residual lives (epsilon, or x0).
 
     `relative`: each pair's squared error divided by its prior's plus the batch's median prior error, averaged. Why
@@ -202,7 +202,13 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, ener
     samples little: the Dash's estimate moved back 0.7 of the way to the formula still beats the formula at every
     budget (morse-extrap exact_mix=0.3), while an epsilon-trained Dot with the same error, 40% of it across, loses
     to it at 8 LSD. Weighted so, a Dot unsure of a correction's direction stays nearer its prior (measured in the
-    ablation's plan-8lsd-across rows: it moves the 8-LSD samples towards the formula's, not past them)."""
+    ablation's plan-8lsd-across rows: it moves the 8-LSD samples towards the formula's, not past them).
+
+    `blurring` (w): the part of each pair's epsilon error along d = x0 - blur(x0), x0 the target's estimate of the
+    clean image, counts w times (an epsilon error along +d moves the x0 estimate towards its blur, along -d away).
+    Why (issue 30): at the same size, 0.7 of the prior's error, an error in that direction cost the samples far
+    more than any other shape measured (morse-extrap exact_shape=blurry against the pull, in the ablation's ceiling
+    table)."""
     if energy_gen is not None:
         return _energy(dot, batch, energy_gen)
     pred = batch["z_s"] + dot(batch["x_ti"], batch["x_ts"], batch["z_s"], batch["t_i"], batch["t_s"], _cond_of(batch),
@@ -213,6 +219,11 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, ener
         w = torch.tensor([gains[(float(b), float(t))] ** 2 for b, t in zip(batch["budget"], batch["t_i"], strict=True)],
                          device=target.device)
         return (w * (space(pred) - target).square().flatten(1).mean(1)).sum() / w.sum()
+    if blurring is not None:
+        a = _unwrap(dot).alphas_cumprod[batch["t_i"].long()].to(target.dtype).reshape(-1, *[1] * (target.dim() - 1))
+        x0 = (batch["x_ti"] - (1 - a).sqrt() * target) / a.sqrt()
+        e = (pred - target).flatten(1)
+        return (e.square().sum(1) + (blurring - 1) * along_prior(e, x0 - blur(x0, 1.5))).mean() / e.shape[1]
     if not relative and across is None:
         return torch.nn.functional.mse_loss(space(pred), target)
     start = _unwrap(dot).prior_estimate(batch["z_s"], batch["t_i"], batch["t_s"], _prev_of(batch))
@@ -330,12 +341,15 @@ def parser() -> argparse.ArgumentParser:
                    help="draw training pairs evenly over the budgets' plans (default: as many as they make)")
     p.add_argument("--round-lr", action="store_const", const=True, default=None,
                    help="restart the cosine learning-rate schedule at every DAgger round (default: one schedule)")
-    p.add_argument("--loss", choices=("mse", "relative", "amplified", "energy", "across"), default=None,
+    p.add_argument("--loss", choices=("mse", "relative", "amplified", "energy", "across", "blurring"), default=None,
                    help="relative: each pair's error over its prior's; amplified: weighted by the square of the DDIM "
                    "step's factor on it; energy: a stochastic Dot (noise planes in) trained by the energy score of two "
                    "draws; across: the error's part across the prior's own error weighted --across-weight times "
-                   "(default 4; 1 is the MSE) the part along it (see dot_loss; default mse)")
+                   "(default 4; 1 is the MSE) the part along it; blurring: the error's part in the direction that "
+                   "blurs the estimate of x0 weighted --blurring-weight times (default 16; epsilon Dots; see "
+                   "dot_loss; default mse)")
     p.add_argument("--across-weight", type=float, default=None, help="with --loss across (default 4)")
+    p.add_argument("--blurring-weight", type=float, default=None, help="with --loss blurring (default 16)")
     p.add_argument("--dash-features", choices=("on", "off"), default=None, help="on: the Dot also sees the Dash's "
                    "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
@@ -367,6 +381,10 @@ def main(argv=None):
             raise TrainingError(f"need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
         if args.across_weight is not None and (args.loss != "across" or args.across_weight < 1):
             raise TrainingError(f"--across-weight {args.across_weight} needs --loss across and a weight >= 1")
+        if args.blurring_weight is not None and (args.loss != "blurring" or args.blurring_weight < 1):
+            raise TrainingError(f"--blurring-weight {args.blurring_weight} needs --loss blurring and a weight >= 1")
+        if args.loss == "blurring" and residual_of(args) != "eps":
+            raise TrainingError("--loss blurring measures an epsilon error: it needs --residual eps")
         with session(args.device) as world:
             train(args, world)
 
@@ -471,7 +489,8 @@ def train_round(args, world, r: int, first: int, end: int, pool: list[dict], ste
         idx = _draw(pool, starts, args.batch_size, state.gen, args.balance_budgets)[world.part(args.batch_size)]
         return dot_loss(net, _rows(pool, starts, idx, device), relative=args.loss == "relative", gains=gains,
                         energy_gen=state.gen if args.loss == "energy" else None,
-                        across=(args.across_weight or 4.0) if args.loss == "across" else None)
+                        across=(args.across_weight or 4.0) if args.loss == "across" else None,
+                        blurring=(args.blurring_weight or 16.0) if args.loss == "blurring" else None)
 
     def save(step):
         log.flush()

@@ -283,6 +283,32 @@ def test_across_loss_counts_the_error_along_the_prior_s_once_and_the_rest_w_time
         assert along < 0.9 * mse.item()
 
 
+def test_blurring_loss_counts_the_error_along_the_blurring_direction_w_times(exact8):
+    """--loss blurring: the MSE plus (w - 1) times the error's part along x0 - blur(x0) of the target's x0 estimate,
+    the part `morse.ablation --error-shapes` reports as "blurry"; weight 1 is the MSE."""
+    from morse.ablation import error_shapes_of
+    from morse.train import dot_loss
+
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    pairs = sampling_pairs(exact8, dot, get_baseline("ddim"), Interleave(3), 6.0, [8.0], list(range(4)), SHAPE)
+    prev = (pairs["x_tp"], pairs["z_p"], pairs["t_p"])
+    with torch.no_grad():
+        dot.out.bias.fill_(0.1)
+        mse = dot_loss(dot, pairs).item()
+        guess = pairs["z_s"] + dot(pairs["x_ti"], pairs["x_ts"], pairs["z_s"], pairs["t_i"], pairs["t_s"], prev=prev)
+        start = dot.prior_estimate(pairs["z_s"], pairs["t_i"], pairs["t_s"], prev)
+        a = exact8.alphas_cumprod[pairs["t_i"].long()].reshape(-1, 1, 1, 1)
+        x0 = (pairs["x_ti"] - (1 - a).sqrt() * pairs["target"]) / a.sqrt()
+        blurry = error_shapes_of(guess, start, pairs["target"], x0)["blurry"] / pairs["target"].numel()
+        assert dot_loss(dot, pairs, blurring=1.0) == pytest.approx(mse, rel=1e-5)
+        assert dot_loss(dot, pairs, blurring=16.0) == pytest.approx(mse + 15 * blurry, rel=1e-4)
+        assert 0 < blurry < mse
+    from morse import train
+
+    with pytest.raises(SystemExit):  # a weight without its loss is refused in one line
+        train.main(["--loss", "mse", "--blurring-weight", "4"])
+
+
 def test_method_options_dot_loads_that_dot_instead_of_the_committed_one(tmp_path):
     """`--method-options dot=FILE`: an ablation row's Dot, with its own card's plans, replaces the committed one."""
     import json
