@@ -216,6 +216,10 @@ ROWS = [
     Row("plan-8lsd-across-more", "as plan-8lsd-across with four times its trajectories and iterations: does more "
         "data move such a Dot to a smaller error", "--prior extrap --budgets 8 --trajectories 2048 --iters 12000 "
         "--body copy --loss across --across-weight 4", "plan-8lsd-across"),
+    Row("plan-8lsd-blurring", "as plan-8lsd-eps-copy with the part of each pair's error that blurs the estimate of "
+        "x0 counted sixteen times (--loss blurring): the one shape of error the stand-ins found costly",
+        "--prior extrap --budgets 8 --trajectories 512 --body copy --loss blurring --blurring-weight 16",
+        "plan-8lsd-eps-copy"),
     Row("extrap-firstonly-m1", "the first-group specialist with its body on 16x16 instead of 8x8 (--m 1): is the "
         "map's resolution the limit where the Dot works alone", "--prior extrap --pairs-from first-group "
         "--trajectories 512 --m 1", "extrap-firstonly"),
@@ -355,6 +359,8 @@ ROWS = [
     Row("extrap-across", "loss: the part of each pair's error across the prior's own error counted four times "
         "(--loss across), on every budget's plans: plan-8lsd-across's loss at the shared Dot's scope",
         "--prior extrap --loss across --across-weight 4"),
+    Row("extrap-blurring", "loss: the part of each pair's error that blurs the estimate of x0 counted sixteen times "
+        "(--loss blurring), on every budget's plans", "--prior extrap --loss blurring --blurring-weight 16"),
     Row("extrap-copy", "no weight sharing: a copy of the Dash's layers, fully fine-tuned (no LoRA)",
         "--prior extrap --body copy"),
     Row("extrap-fresh", "an independent network of the same N: the Dash's layers re-initialised, all trained",
