@@ -466,7 +466,7 @@ CEILING = (("formula", "the formula at every Dot step (the formula row)", "formu
            *((f"mix-{a}-{shape}", f"mix-{a}'s error, {1 - float(a):.1f} of the prior's in size sample by sample, "
               f"{SHAPE_WHAT[shape]}", f"mix-{a}-{shape}", f"morse-extrap-mix{a}-{shape}", "morse-extrap",
               f"exact_mix={a},exact_shape={shape}")
-             for a, shape in (("0.3", "past"), ("0.5", "past"), ("0", "past"), ("0.3", "across"), ("0.3", "fine"),
+             for a, shape in (("0.3", "past"), ("0", "past"), ("0.3", "across"), ("0.3", "fine"),
                               ("0.3", "coarse"), ("0.3", "blurry"), ("0.7", "blurry"), ("0.3", "noise"))),
            *((f"mix-{a}-floor{f}", f"mix-{a}'s pull with an error of RMS {f} per value added to it (in quadrature, "
               f"along the pull): a floor that makes it worse than the prior where the prior is nearly exact, as a "
@@ -806,7 +806,7 @@ def error_shapes_of(guess, prior, target, x0) -> dict:
 
 
 def error_shapes(rows: list[str], runs: int | None = None) -> list[str]:
-    """What a Dot's error looks like, in the stand-ins' terms: on the same held-out runs as the previous section,
+    """What a Dot's error looks like, in the stand-ins' terms: on the held-out runs "Which way the Dot errs" uses,
     the share of the error's energy in fine detail (beside the prior's own error's share), and the share along the
     direction that moves the estimate of x0 towards its blur (the "blurry" stand-in's, which has all of its error
     there) with the part of it that does blur; beside the primary metric the row's sweep measured on seeds 0-999."""

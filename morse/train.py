@@ -326,8 +326,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=DotConfig.width)
     p.add_argument("--m", type=int, default=DotConfig.m)
     p.add_argument("--lora-rank", type=int, default=DotConfig.lora_rank)
-    p.add_argument("--skip-levels", type=int, default=1,
-                   help="deepest Dash levels (and mid block) the Dot leaves out")
+    p.add_argument("--skip-levels", type=int, default=1, help="deepest Dash levels (and mid block) the Dot leaves out")
     p.add_argument("--residual", choices=("eps", "x0"), default=None,
                    help="where the Dot's residual lives (default: x0 for --solver lcm, else eps; see morse.dot)")
     # Issue 30's ablations. Each option enters the resume key and the card's command only when given.
@@ -343,13 +342,11 @@ def parser() -> argparse.ArgumentParser:
                    help="restart the cosine learning-rate schedule at every DAgger round (default: one schedule)")
     p.add_argument("--loss", choices=("mse", "relative", "amplified", "energy", "across", "blurring"), default=None,
                    help="relative: each pair's error over its prior's; amplified: weighted by the square of the DDIM "
-                   "step's factor on it; energy: a stochastic Dot (noise planes in) trained by the energy score of two "
-                   "draws; across: the error's part across the prior's own error weighted --across-weight times "
-                   "(default 4; 1 is the MSE) the part along it; blurring: the error's part in the direction that "
-                   "blurs the estimate of x0 weighted --blurring-weight times (default 16; epsilon Dots; see "
-                   "dot_loss; default mse)")
-    p.add_argument("--across-weight", type=float, default=None, help="with --loss across (default 4)")
-    p.add_argument("--blurring-weight", type=float, default=None, help="with --loss blurring (default 16)")
+                   "step's factor on it; energy: a stochastic Dot trained by the energy score of two draws; across / "
+                   "blurring: the error's part across the prior's own / along the direction that blurs the x0 "
+                   "estimate weighted --across-weight / --blurring-weight times (see dot_loss; default mse)")
+    for loss, default in (("across", 4), ("blurring", 16)):  # 1 is the MSE
+        p.add_argument(f"--{loss}-weight", type=float, default=None, help=f"with --loss {loss} (default {default})")
     p.add_argument("--dash-features", choices=("on", "off"), default=None, help="on: the Dot also sees the Dash's "
                    "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "

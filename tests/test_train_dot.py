@@ -388,7 +388,7 @@ def test_stand_in_error_measures_each_stand_in_s_error_to_the_prior_on_its_own_p
     cells = [line.split("|")[2].strip() for line in lines[2:]]
     assert cells[0] == "0.700 (0.700 / 0.700 / 0.700)"
     assert all(float(x) > 0.7 for x in re.findall(r"\d\.\d+", cells[1]))  # pooled and each budget
-    with pytest.raises(SystemExit, match="mix-0.5-past"):
+    with pytest.raises(SystemExit, match="mix-0.3-past"):
         ablation.stand_in_error(["oracle"], seeds=2)
 
 
