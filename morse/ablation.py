@@ -793,13 +793,13 @@ def error_shapes_of(guess, prior, target, x0) -> dict:
     """Sums over samples of the squared error |guess - target|^2, of its fine detail (what a blur of sigma 1.5
     pixels removes) and of the prior's error's, and of the error's part along d = x0 - blur(x0), the direction in
     which an epsilon error moves the estimate of x0 towards its blur (the "blurry" stand-in's), with its sign."""
-    from morse.dot import blur
+    from morse.dot import detail
+    from morse.train import along_prior
 
     e, r = guess - target, prior - target
-    fine = lambda v: (v - blur(v, 1.5)).double().flatten(1).square().sum(1)  # noqa: E731
-    d = (x0 - blur(x0, 1.5)).double().flatten(1)
-    c = (e.double().flatten(1) * d).sum(1)
-    along = c.square() / d.square().sum(1).clamp_min(1e-12)
+    fine = lambda v: detail(v).double().flatten(1).square().sum(1)  # noqa: E731
+    d, flat = detail(x0).double().flatten(1), e.double().flatten(1)
+    along, c = along_prior(flat, d), (flat * d).sum(1)
     return dict(error=e.double().square().sum().item(), prior=r.double().square().sum().item(),
                 fine=fine(e).sum().item(), prior_fine=fine(r).sum().item(), blurry=along.sum().item(),
                 blurring=along[c > 0].sum().item())
@@ -810,14 +810,15 @@ def error_shapes(rows: list[str], runs: int | None = None) -> list[str]:
     the share of the error's energy in fine detail (beside the prior's own error's share), and the share along the
     direction that moves the estimate of x0 towards its blur (the "blurry" stand-in's, which has all of its error
     there) with the part of it that does blur; beside the primary metric the row's sweep measured on seeds 0-999."""
+    from baselines.schedule import x0_from_eps
+
     lines = ["| row | epsilon error to the prior | share in fine detail (the prior's error's) | share along the "
              "blurring direction | of it blurring | FD at 4 / 8 / 16 LSD |", "|---|---|---|---|---|---|"]
     for row in rows:
         _, alphas, batches = _heldout_estimates(row, runs)
         sums = dict.fromkeys(("error", "prior", "fine", "prior_fine", "blurry", "blurring"), 0.0)
         for b in batches:
-            a = alphas[b["t_i"].long()].to(b["target"].dtype).reshape(-1, *[1] * (b["target"].dim() - 1))
-            x0 = (b["x_ti"] - (1 - a).sqrt() * b["target"]) / a.sqrt()
+            x0 = x0_from_eps(alphas, b["x_ti"], b["target"], b["t_i"])
             for key, v in error_shapes_of(b["guess"], b["prior"], b["target"], x0).items():
                 sums[key] += v
         lines.append(f"| {row} | {(sums['error'] / sums['prior']) ** 0.5:.3f} | {sums['fine'] / sums['error']:.3f} "

@@ -411,3 +411,12 @@ class Dot(nn.Module):
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     size = 2 * round(3 * sigma) + 1
     return TF.gaussian_blur(x, [size, size], [sigma, sigma])
+
+
+DETAIL_SIGMA = 1.5  # pixels: the blur whose remainder the error-shape stand-ins, --loss blurring and
+# `morse.ablation --error-shapes` call fine detail
+
+
+def detail(x: torch.Tensor) -> torch.Tensor:
+    """What a blur of DETAIL_SIGMA pixels removes from x."""
+    return x - blur(x, DETAIL_SIGMA)

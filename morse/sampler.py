@@ -19,8 +19,9 @@ layers, so the price of a Dot step, 1/N, is the same.
 import torch
 
 from baselines.noise import stream_generators
+from baselines.schedule import x0_from_eps
 from baselines.solvers import DEFAULT_SPACING, SchedulerMethod, traced_solve
-from morse.dot import blur
+from morse.dot import DETAIL_SIGMA, blur, detail
 from morse.interleave import Interleave
 from morse.prior import prior
 
@@ -153,9 +154,9 @@ class MorseOracle(Morse):
 ERROR_SHAPES = {
     "past": lambda e, x0: -e,
     "across": lambda e, x0: e.transpose(-1, -2),
-    "fine": lambda e, x0: e - blur(e, 1.5),
-    "coarse": lambda e, x0: blur(e, 1.5),
-    "blurry": lambda e, x0: x0() - blur(x0(), 1.5),  # epsilon moved by +c d moves x0 by -c sigma / alpha d
+    "fine": lambda e, x0: detail(e),
+    "coarse": lambda e, x0: blur(e, DETAIL_SIGMA),
+    "blurry": lambda e, x0: detail(x0()),  # epsilon moved by +c d moves x0 by -c sigma / alpha d
     "noise": lambda e, x0: torch.sin(1e4 * x0()),
 }
 
@@ -232,7 +233,7 @@ class MorseExtrap(Morse):
         if self.exact_shape is None and self.exact_floor is None:
             out = line + self.exact_mix * (dash - line)
         else:
-            x0 = lambda: self._x0(x_ti, dash, t_i)  # noqa: E731
+            x0 = lambda: x0_from_eps(self._alphas_cumprod, x_ti, dash, t_i)  # noqa: E731
             shaped = ERROR_SHAPES[self.exact_shape](error, x0) if self.exact_shape else error
             norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
             size = ((1 - self.exact_mix) ** 2 * norm(error) ** 2 + (self.exact_floor or 0.0) ** 2 * error[0].numel())
@@ -241,8 +242,3 @@ class MorseExtrap(Morse):
         sums[0] += (out - dash).double().square().sum().item()
         sums[1] += error.double().square().sum().item()
         return out
-
-    def _x0(self, x, eps, t):
-        a = self._alphas_cumprod.to(x.device)[torch.as_tensor(t).long()].to(x.dtype)
-        a = a.reshape(-1, *[1] * (x.dim() - 1)) if a.ndim else a
-        return (x - (1 - a).sqrt() * eps) / a.sqrt()

@@ -45,12 +45,13 @@ from baselines.distributed import World, ddp, session
 from baselines.lcm import lcm_solver, load_lcm
 from baselines.noise import initial_noise
 from baselines.registry import get_baseline
+from baselines.schedule import x0_from_eps
 from baselines.tasks import get_task
 from baselines.training.cards import loss_curve, publish
 from baselines.training.loop import Checkpoint, Stepper, begin, run_steps
 from baselines.training.recipe import TrainingError, command_text, device_of, one_line_errors, resume_key
 from baselines.training.schedule import cosine_spans
-from morse.dot import BODIES, Dot, DotConfig, blur
+from morse.dot import BODIES, Dot, DotConfig, detail
 from morse.interleave import Interleave
 from morse.latency import dash_dot_times
 from morse.prior import PRIORS
@@ -60,6 +61,7 @@ FIELDS = ("x_ti", "x_ts", "z_s", "t_i", "t_s", "target")
 # The anchor before s (x_ts', z_s', t_s'), recorded for Dots that see it or extrapolate from it; in the first group,
 # where there is none, the anchor itself (t_s' = t_s marks it). "budget" tags each pair with the plan it came from.
 PREV = ("x_tp", "z_p", "t_p")
+LOSS_WEIGHTS = dict(across=4.0, blurring=16.0)  # --loss L with a weight: --L-weight's default (1 is the MSE)
 ABLATIONS = ("prior", "history", "trajectory_inputs", "balance_budgets", "round_lr", "loss", "body", "dash_features",
              "pairs_from", "across_weight", "blurring_weight")
 FEATURES = "features"  # the Dash's mid-block output at the anchor, recorded for Dots with dash_features
@@ -220,10 +222,9 @@ def dot_loss(dot, batch, relative: bool = False, gains: dict | None = None, ener
                          device=target.device)
         return (w * (space(pred) - target).square().flatten(1).mean(1)).sum() / w.sum()
     if blurring is not None:
-        a = _unwrap(dot).alphas_cumprod[batch["t_i"].long()].to(target.dtype).reshape(-1, *[1] * (target.dim() - 1))
-        x0 = (batch["x_ti"] - (1 - a).sqrt() * target) / a.sqrt()
+        x0 = x0_from_eps(_unwrap(dot).alphas_cumprod, batch["x_ti"], target, batch["t_i"])
         e = (pred - target).flatten(1)
-        return (e.square().sum(1) + (blurring - 1) * along_prior(e, x0 - blur(x0, 1.5))).mean() / e.shape[1]
+        return (e.square().sum(1) + (blurring - 1) * along_prior(e, detail(x0))).mean() / e.shape[1]
     if not relative and across is None:
         return torch.nn.functional.mse_loss(space(pred), target)
     start = _unwrap(dot).prior_estimate(batch["z_s"], batch["t_i"], batch["t_s"], _prev_of(batch))
@@ -345,8 +346,8 @@ def parser() -> argparse.ArgumentParser:
                    "step's factor on it; energy: a stochastic Dot trained by the energy score of two draws; across / "
                    "blurring: the error's part across the prior's own / along the direction that blurs the x0 "
                    "estimate weighted --across-weight / --blurring-weight times (see dot_loss; default mse)")
-    for loss, default in (("across", 4), ("blurring", 16)):  # 1 is the MSE
-        p.add_argument(f"--{loss}-weight", type=float, default=None, help=f"with --loss {loss} (default {default})")
+    for loss, default in LOSS_WEIGHTS.items():
+        p.add_argument(f"--{loss}-weight", type=float, default=None, help=f"with --loss {loss} (default {default:g})")
     p.add_argument("--dash-features", choices=("on", "off"), default=None, help="on: the Dot also sees the Dash's "
                    "mid-block output at the anchor (ablation; default off)")
     p.add_argument("--body", choices=BODIES, default=None, help="copy: a fully fine-tuned copy of the Dash's layers; "
@@ -376,10 +377,10 @@ def main(argv=None):
     with one_line_errors():
         if args.rounds < 1 or args.iters < args.rounds:
             raise TrainingError(f"need 1 <= --rounds <= --iters, got --rounds {args.rounds} --iters {args.iters}")
-        if args.across_weight is not None and (args.loss != "across" or args.across_weight < 1):
-            raise TrainingError(f"--across-weight {args.across_weight} needs --loss across and a weight >= 1")
-        if args.blurring_weight is not None and (args.loss != "blurring" or args.blurring_weight < 1):
-            raise TrainingError(f"--blurring-weight {args.blurring_weight} needs --loss blurring and a weight >= 1")
+        for loss in LOSS_WEIGHTS:
+            weight = getattr(args, f"{loss}_weight")
+            if weight is not None and (args.loss != loss or weight < 1):
+                raise TrainingError(f"--{loss}-weight {weight} needs --loss {loss} and a weight >= 1")
         if args.loss == "blurring" and residual_of(args) != "eps":
             raise TrainingError("--loss blurring measures an epsilon error: it needs --residual eps")
         with session(args.device) as world:
@@ -482,12 +483,13 @@ def train_round(args, world, r: int, first: int, end: int, pool: list[dict], ste
     dot = _unwrap(net)
     starts = torch.tensor([0] + [len(q["target"]) for q in pool]).cumsum(0)
 
+    weights = {loss: getattr(args, f"{loss}_weight") or default for loss, default in LOSS_WEIGHTS.items()
+               if args.loss == loss}
+
     def loss_at(it):
         idx = _draw(pool, starts, args.batch_size, state.gen, args.balance_budgets)[world.part(args.batch_size)]
         return dot_loss(net, _rows(pool, starts, idx, device), relative=args.loss == "relative", gains=gains,
-                        energy_gen=state.gen if args.loss == "energy" else None,
-                        across=(args.across_weight or 4.0) if args.loss == "across" else None,
-                        blurring=(args.blurring_weight or 16.0) if args.loss == "blurring" else None)
+                        energy_gen=state.gen if args.loss == "energy" else None, **weights)
 
     def save(step):
         log.flush()

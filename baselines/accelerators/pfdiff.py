@@ -24,7 +24,7 @@ import torch
 from baselines.accelerators.common import knobs_from
 from baselines.methods import Network, dash_networks
 from baselines.registry import get_baseline
-from baselines.schedule import alpha_bar
+from baselines.schedule import alpha_bar, x0_from_eps
 from baselines.solvers import DEFAULT_SPACING, traced_solve
 
 
@@ -68,7 +68,7 @@ class PFDiff:
             if board is None:
                 eps = denoiser(x, t, cond)
             else:
-                x0 = _x0(x, past["eps"], alpha_bar(alphas, torch.as_tensor(float(t))))
+                x0 = x0_from_eps(alphas, x, past["eps"], float(t))
                 s = grid[board]
                 a_s = alpha_bar(alphas, torch.as_tensor(float(s))).to(x)
                 eps = denoiser(a_s.sqrt() * x0 + (1 - a_s).sqrt() * past["eps"], torch.as_tensor(s, device=x.device),
@@ -80,12 +80,6 @@ class PFDiff:
                             callback)
 
 
-def _x0(x, eps, a):
-    a = a.to(x)
-    return (x - (1 - a).sqrt() * eps) / a.sqrt()
-
-
 def pfdiff(k: int = 1, h: int = 1):
     """`--method-options pfdiff_k=K,pfdiff_h=H` override the knobs (a sweep's)."""
     return lambda ctx: PFDiff(**knobs_from(ctx, "pfdiff", dict(k=k, h=h)))
-
