@@ -6,6 +6,7 @@
     python -m morse.ablation --final-error extrap  # its samples' distance to the exact Dot's, beside their FD
     python -m morse.ablation --line-length extrap-first-gap  # how well the line predicts the step, by its length
     python -m morse.ablation --error-parts extrap  # its error along the prior's own error and across it
+    python -m morse.ablation --against-committed plan-8lsd-eps-copy  # why no Dot here has both
 
 Every row trains with `morse.train` at a quarter of the reuse-full Dot's compute (128 trajectories per budget and
 round, 3,000 iterations; that recipe's held-out ratio at this compute was 0.824 against 0.760 at full
@@ -453,7 +454,22 @@ SHAPE_WHAT = dict(past="reversed: the estimate as far past the Dash's as the pul
                          "detail",
                   blurry="none of it along the prior's error: the Dash's estimate of x0 moved towards its own blur "
                          "(sigma 1.5 pixels), what a regression that cannot resolve the detail predicts",
-                  noise="as white noise, a new draw at every step (morse.sampler.ERROR_SHAPES)")
+                  noise="as white noise, a new draw at every step (morse.sampler.ERROR_SHAPES)",
+                  dot="in the Dot's own direction at that step (its estimate minus the Dash's)",
+                  **{"dot-across": "in the Dot's own error transposed: its texture, no longer aligned with the sample",
+                     "dot-fine": "in the Dot's own error's fine detail only",
+                     "dot-coarse": "in the Dot's own error's coarse part only",
+                     "dot-unblurred": "in the Dot's own error less its part along the blurring direction"})
+# A trained Dot's own error at each step, rescaled per sample to a share of the prior's (the dot* shapes): whether
+# the samples pay for its size or for its direction. (suffix, whose Dot, --method-options naming it, [(a, shape,
+# budgets)]); at 8 LSD both Dots sample as they were trained (the shared Dot has no plan Dot there).
+DOT_SHAPED = (("eps-copy", "the epsilon-trained plan-8lsd-eps-copy Dot's",
+               f"dot={RUNS}/plan-8lsd-eps-copy/dot.safetensors,",
+               [("0", "dot", (8,)), ("0.3", "dot", (8,)), ("0.5", "dot", (8,)), ("0.7", "dot", (8,)),
+                ("0", "dot-across", (8,)), ("0", "dot-unblurred", (8,)), ("0", "dot-coarse", (8,)),
+                ("0", "dot-fine", (8,))]),
+              ("committed", "the committed Dot's (distill-own's, with its plan Dots)", "",
+               [("0", "dot", (8,)), ("0.3", "dot", BUDGETS), ("0.7", "dot", (8,)), ("0", "dot-across", (8,))]))
 CEILING = (("formula", "the formula at every Dot step (the formula row)", "formula", "morse-extrap", None, ""),
            ("exact-first", "the Dash at the first group's Dot steps, the formula after it", "exact-first",
             "morse-extrap-exact-first", "morse-extrap", "exact_groups=first"),
@@ -471,7 +487,11 @@ CEILING = (("formula", "the formula at every Dot step (the formula row)", "formu
            *((f"mix-{a}-floor{f}", f"mix-{a}'s pull with an error of RMS {f} per value added to it (in quadrature, "
               f"along the pull): a floor that makes it worse than the prior where the prior is nearly exact, as a "
               f"trained Dot is", f"mix-{a}-floor{f}", f"morse-extrap-mix{a}-floor{f}", "morse-extrap",
-              f"exact_mix={a},exact_floor={f}") for a, f in (("0.3", "0.007"), ("0.5", "0.02"))))
+              f"exact_mix={a},exact_floor={f}") for a, f in (("0.3", "0.007"), ("0.5", "0.02"))),
+           *((f"mix-{a}-{shape}-{suffix}", f"{whose} error, {1 - float(a):.1f} of the prior's in size sample by "
+              f"sample, {SHAPE_WHAT[shape]}", f"mix-{a}-{shape}-{suffix}", f"morse-extrap-mix{a}-{shape}",
+              "morse-extrap", f"{dot}exact_mix={a},exact_shape={shape}", budgets)
+             for suffix, whose, dot, runs in DOT_SHAPED for a, shape, budgets in runs))
 
 
 def ceiling() -> list[str]:
@@ -479,14 +499,16 @@ def ceiling() -> list[str]:
     the later groups only, on the committed Dot's plans, priced as Dot calls (seeds 0-999); and what an error of a
     given size costs when it is a pull towards the prior (the mix rows): the exact Dot's estimate moved back towards
     the formula's, at a share of the way that sets the error, against which a trained Dot's error of the same size
-    can be read; and what the same size costs in other shapes (the mix-0.3-* rows: which errors the samples pay
-    for)."""
+    can be read; what the same size costs in other shapes (the mix-0.3-* rows: which errors the samples pay
+    for); and what a trained Dot's own error costs when it is given a size apart from its own, or transposed, or cut
+    to a part (the mix-*-dot* rows, at 8 LSD, where the shared Dot and the 8-LSD plan Dot sample as trained)."""
     lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
-    for name, what, folder, method, methods, options in CEILING:
+    for name, what, folder, method, methods, options, *budgets in CEILING:
         res = _results(_run(folder) / "results.csv", method)
         fds = _fds(res)
         command = "the formula row's" if methods is None else (
-            f"`python -m evaluate.run --methods {methods} --budgets {','.join(map(str, BUDGETS))} --num-samples 1000"
+            f"`python -m evaluate.run --methods {methods} --budgets {','.join(map(str, (budgets or [BUDGETS])[0]))}"
+            " --num-samples 1000"
             f"{f' --method-options {options}' if options else ''} --out {RUNS / folder}`")
         lines.append(f"| {name}: {what} | {fds} | {command} |")
     return lines
@@ -829,6 +851,51 @@ def error_shapes(rows: list[str], runs: int | None = None) -> list[str]:
     return lines
 
 
+def against_committed(rows: list[str], runs: int | None = None) -> list[str]:
+    """Why no Dot here has both a small epsilon error and the committed Dot's samples: on a row's held-out pairs (as
+    "Which way the Dot errs" remakes them), the committed Dot's error (its plan Dot's where the plan has one) split
+    into the row's Dot's error and the difference of the two Dots' estimates. The difference is a function of the
+    Dots' inputs; where the row's Dot is the least-squares fit of the Dash from those inputs its error is
+    orthogonal to every such function, so no Dot that sees the same inputs errs less than the row's Dot, and
+    whatever a Dot adds to it, the committed Dot's departure included, adds to its error in quadrature. All sizes
+    are relative to the prior's error (the row's card's measure)."""
+    import torch
+
+    from baselines.tasks import get_task
+    from morse.dot import Dot
+    from morse.interleave import Interleave
+    from morse.pretrained import dot_path, load_dot, plan_dot_paths
+    from morse.train import _cond_of, _prev_of
+
+    dash = get_task(TASK).dash().eval()
+    shared, card = load_dot(TASK, dash)
+    dots = {k: Dot.load(dash, p).eval() for k, p in plan_dot_paths(dot_path(TASK)).items()}
+    dot_of = lambda budget: dots.get(sum(Interleave(card["dots_per_dash"]).plan(budget, card["dot_ratio_planned"])),  # noqa: E731
+                                     shared.eval())
+    fd = lambda row, budgets=(8,): _fds(_results(_run(row) / "results.csv", "morse"), budgets)  # noqa: E731
+    lines = ["| row | its error | the committed Dot's | their difference | cosine of the row's error and the "
+             "difference | FD at 8 LSD: row / committed |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        sums = dict.fromkeys(("row", "committed", "shift", "cross", "prior"), 0.0)
+        for b in _heldout_estimates(row, runs)[2]:
+            committed = torch.empty_like(b["guess"])
+            with torch.inference_mode():
+                for budget in b["budget"].unique().tolist():
+                    m = b["budget"] == budget
+                    part = {k: v[m] if torch.is_tensor(v) and len(v) == len(m) else v for k, v in b.items()}
+                    committed[m] = part["z_s"] + dot_of(budget)(part["x_ti"], part["x_ts"], part["z_s"], part["t_i"],
+                                                                part["t_s"], _cond_of(part), prev=_prev_of(part))
+            e, shift = (b["guess"] - b["target"]).double(), (committed - b["guess"]).double()
+            for key, v in (("row", e.square()), ("committed", (e + shift).square()), ("shift", shift.square()),
+                           ("cross", e * shift), ("prior", (b["prior"] - b["target"]).double().square())):
+                sums[key] += v.sum().item()
+        size = lambda key, sums=sums: f"{(sums[key] / sums['prior']) ** 0.5:.3f}"  # noqa: E731
+        lines.append(f"| {row} | {size('row')} | {size('committed')} | {size('shift')} | "
+                     f"{sums['cross'] / (sums['row'] * sums['shift']) ** 0.5:.3f} | {fd(row)} / {fd('distill-own')} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", action="store_true", help="print every row's train and evaluate commands")
@@ -850,6 +917,9 @@ def main(argv=None):
                    "blurring)")
     p.add_argument("--stand-in-error", default=None, metavar="ROWS", help="comma-separated stand-in rows of the "
                    "ceiling table (mix-*) whose epsilon error to the prior's to measure on their own paths")
+    p.add_argument("--against-committed", default=None, metavar="ROWS", help="comma-separated rows (Dots under "
+                   "runs/ablation) on whose held-out pairs to split the committed Dot's error into the row's and "
+                   "the difference of the two Dots")
     args = p.parse_args(argv)
     if args.commands:
         for row in ROWS:
@@ -864,8 +934,9 @@ def main(argv=None):
     shapes = error_shapes(args.error_shapes.split(",")) if args.error_shapes else []
     stand_ins = stand_in_error(args.stand_in_error.split(",")) if args.stand_in_error else []
     print("\n".join(stand_ins))
+    split = against_committed(args.against_committed.split(",")) if args.against_committed else []
     if args.table is not None:
-        write_table(args, steps, lengths, finals, parts, stand_ins, shapes)
+        write_table(args, steps, lengths, finals, parts, stand_ins, shapes, split)
 
 
 def stand_in_error(names: list[str], seeds: int = 64) -> list[str]:
@@ -888,7 +959,8 @@ def stand_in_error(names: list[str], seeds: int = 64) -> list[str]:
     dash = task.dash().eval()
     dot, card = load_dot(TASK, dash)
     denoiser, noise = Denoiser(dash, task.schedule_config), initial_noise(list(range(seeds)), task.image_shape)
-    rows = {c[0]: c for c in CEILING if "exact_mix" in c[5]}
+    # the Dot-shaped rows' error is a share of the prior's by construction (tests/test_prior.py)
+    rows = {c[0]: c for c in CEILING if "exact_mix" in c[5] and "exact_shape=dot" not in c[5]}
     lines = ["| stand-in | epsilon error to the prior, pooled (4 / 8 / 16 LSD) | FD at 4 / 8 / 16 LSD |",
              "|---|---|---|"]
     for name in names:
@@ -911,7 +983,8 @@ def stand_in_error(names: list[str], seeds: int = 64) -> list[str]:
 # committed report's, so a machine without the runs regenerates the rest without losing them.
 CARRIED = ("row's learned part helps and hurts", "## How far the line can be trusted",
            "## A lower epsilon error is not a better sample", "## Which way the Dot errs",
-           "## What the stand-ins' errors add up to", "## What the Dot's error looks like")
+           "## What the stand-ins' errors add up to", "## What the Dot's error looks like",
+           "## Why no Dot here has both")
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -928,7 +1001,7 @@ def _sections(text: str) -> dict[str, list[str]]:
     return found
 
 
-def write_table(args, steps, lengths, finals, parts=(), stand_ins=(), shapes=()) -> None:
+def write_table(args, steps, lengths, finals, parts=(), stand_ins=(), shapes=(), split=()) -> None:
     global COMMITTED
     COMMITTED = args.table
     args.table.mkdir(parents=True, exist_ok=True)
@@ -970,6 +1043,9 @@ def write_table(args, steps, lengths, finals, parts=(), stand_ins=(), shapes=())
     lines += ["", CARRIED[5], "", f"`python -m morse.ablation --error-shapes {args.error_shapes}`: "
               f"{' '.join(error_shapes.__doc__.split(': ', 1)[1].split())}", "", *shapes
               ] if shapes else keep(CARRIED[5])
+    lines += ["", CARRIED[6], "", f"`python -m morse.ablation --against-committed {args.against_committed}`: "
+              f"{' '.join(against_committed.__doc__.split(': ', 1)[1].split())}", "", *split
+              ] if split else keep(CARRIED[6])
     write_text_atomic(old, "\n".join(lines) + "\n")  # a killed run leaves the last complete report
     print("\n".join(rows))
     if copied:

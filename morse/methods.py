@@ -193,7 +193,8 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
         except ValueError:
             raise ValueError(f"--method-options {option} must be a number, got {ctx.options[option]!r}") from None
     plan_checksums = {}
-    if variant.calls_dot:  # the oracle and the formula never call a Dot
+    # the oracle and the formula never call a Dot; the formula with a Dot-shaped error (exact_shape=dot*) does
+    if variant.calls_dot or str(extra.get("exact_shape", "")).startswith("dot"):
         extra["plan_dots"], plan_checksums = plan_dots_for(ctx, dot_solver, card)
         for plan_dot in extra["plan_dots"].values():
             for option, attr in SAMPLING_OPTIONS.items():  # the sampling-time ablations act on every Dot

@@ -144,20 +144,35 @@ class MorseOracle(Morse):
         return x, trace
 
 
+def _without(v, d):
+    """v less its projection on d, sample by sample."""
+    flat, dir_ = v.flatten(1), d.flatten(1)
+    return v - ((flat * dir_).sum(1) / dir_.square().sum(1).clamp_min(1e-24)).view(-1, *[1] * (v.dim() - 1)) * d
+
+
 # What a stand-in Dot's error looks like when it is not a pull towards the prior, each rescaled per sample to the
 # pull's size (MorseExtrap's exact_shape): overshooting the Dash by the prior's error ("past"), the prior's error
 # transposed, so of its size and texture but pointing across it ("across"), only its fine or coarse part (a blur of
 # sigma 1.5 pixels splits them: "fine" is a Dot right on the coarse structure, "coarse" on the detail), or none of
 # it: the Dash's estimate of x0 moved towards its own blur ("blurry": what a regression that cannot resolve the
 # detail predicts), or white noise, a new draw at every step ("noise": sin(10^4 x0), deterministic in the state, so
-# it does not depend on the batch). Each takes the prior's error and a function giving that x0 estimate.
+# it does not depend on the batch), or a trained Dot's own error at that step ("dot": the Dot in use, its estimate
+# minus the Dash's, so its shape at the pull's size per sample and step), and the parts of it: transposed, so no
+# longer aligned with the sample ("dot-across"), its fine or coarse part ("dot-fine", "dot-coarse"), or without its
+# part along the blurring direction ("dot-unblurred"). Each takes the prior's error and functions giving that x0
+# estimate and the Dot's error.
 ERROR_SHAPES = {
-    "past": lambda e, x0: -e,
-    "across": lambda e, x0: e.transpose(-1, -2),
-    "fine": lambda e, x0: detail(e),
-    "coarse": lambda e, x0: blur(e, DETAIL_SIGMA),
-    "blurry": lambda e, x0: detail(x0()),  # epsilon moved by +c d moves x0 by -c sigma / alpha d
-    "noise": lambda e, x0: torch.sin(1e4 * x0()),
+    "past": lambda e, x0, dot: -e,
+    "across": lambda e, x0, dot: e.transpose(-1, -2),
+    "fine": lambda e, x0, dot: detail(e),
+    "coarse": lambda e, x0, dot: blur(e, DETAIL_SIGMA),
+    "blurry": lambda e, x0, dot: detail(x0()),  # epsilon moved by +c d moves x0 by -c sigma / alpha d
+    "noise": lambda e, x0, dot: torch.sin(1e4 * x0()),
+    "dot": lambda e, x0, dot: dot(),
+    "dot-across": lambda e, x0, dot: dot().transpose(-1, -2),
+    "dot-fine": lambda e, x0, dot: detail(dot()),
+    "dot-coarse": lambda e, x0, dot: blur(dot(), DETAIL_SIGMA),
+    "dot-unblurred": lambda e, x0, dot: _without(dot(), detail(x0())),
 }
 
 
@@ -175,19 +190,21 @@ class MorseExtrap(Morse):
 
     def __init__(self, solver: SchedulerMethod, dot, dot_ratio: float, interleave: Interleave | None = None,
                  exact_groups: str | None = None, exact_mix: float | None = None, exact_shape: str | None = None,
-                 exact_floor: float | None = None):
+                 exact_floor: float | None = None, plan_dots: dict | None = None):
         """`exact_groups` (ablation): "first" or "later", the Dash instead of the formula at the Dot steps of the
         first group (no earlier anchor) or of the later ones, charged as Dot calls as the oracle's are: where
         the formula's distance to its ceiling lies. `exact_mix` (ablation) a in [0, 1]: at every Dot step the
         formula moved the share a of the way to the Dash's estimate, so a Dot whose error is exactly 1 - a of the
         prior's, all of it a pull towards the prior (where an MSE-trained Dot that cannot tell is pulled).
         `exact_shape` (ablation, with `exact_mix`): the same error size per sample, 1 - a of the prior's, in
-        another shape (ERROR_SHAPES), to tell which errors the samples pay for at equal size. `exact_floor` f (with
-        `exact_mix`): an error of RMS f per value added in quadrature to that size, as a trained Dot's error has a
-        floor that makes it worse than the prior where the prior is nearly exact (`morse.ablation --per-step`).
+        another shape (ERROR_SHAPES), to tell which errors the samples pay for at equal size; the dot* shapes call
+        the Dot each plan samples with (its plan Dot where it has one), so its weights key the cache. `exact_floor`
+        f (with `exact_mix`): an error of RMS f per value added in quadrature to that size, as a trained Dot's error
+        has a floor that makes it worse than the prior where the prior is nearly exact (`morse.ablation
+        --per-step`).
         With `exact_mix`, `error_sums` collects per budget the squared error and the prior's (`morse.ablation
         --stand-in-error`)."""
-        super().__init__(solver, dot, dot_ratio, interleave)
+        super().__init__(solver, dot, dot_ratio, interleave, plan_dots)
         if exact_groups not in (None, *self.EXACT_GROUPS):
             raise ValueError(f"morse-extrap exact_groups must be one of {self.EXACT_GROUPS}, got {exact_groups!r}")
         if exact_mix is not None and (exact_groups is not None or not 0.0 <= exact_mix <= 1.0):
@@ -200,6 +217,8 @@ class MorseExtrap(Morse):
             raise ValueError(f"morse-extrap exact_floor must be a number >= 0, with exact_mix; got {exact_floor!r}")
         self.exact_groups, self.exact_mix, self.exact_shape = exact_groups, exact_mix, exact_shape
         self.exact_floor, self.error_sums, self._budget = exact_floor, {}, None
+        # a Dot-shaped error makes the samples depend on the Dot, so its config keys the cache
+        self.calls_dot = (exact_shape or "").startswith("dot")
         self.name += "-extrap" + (f"-exact-{exact_groups}" if exact_groups else "") + (
             f"-mix{exact_mix:g}" if exact_mix is not None else "") + (f"-{exact_shape}" if exact_shape else "") + (
             f"-floor{exact_floor:g}" if exact_floor is not None else "")
@@ -234,7 +253,8 @@ class MorseExtrap(Morse):
             out = line + self.exact_mix * (dash - line)
         else:
             x0 = lambda: x0_from_eps(self._alphas_cumprod, x_ti, dash, t_i)  # noqa: E731
-            shaped = ERROR_SHAPES[self.exact_shape](error, x0) if self.exact_shape else error
+            dot_error = lambda: super(MorseExtrap, self).between(denoiser, x_ti, t_i, anchor, cond, dot) - dash  # noqa: E731
+            shaped = ERROR_SHAPES[self.exact_shape](error, x0, dot_error) if self.exact_shape else error
             norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
             size = ((1 - self.exact_mix) ** 2 * norm(error) ** 2 + (self.exact_floor or 0.0) ** 2 * error[0].numel())
             out = dash + (size.sqrt() / norm(shaped).clamp_min(1e-12)).view(-1, *[1] * (error.dim() - 1)) * shaped

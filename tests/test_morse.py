@@ -402,7 +402,7 @@ def _dot_files(tmp_path, dash, monkeypatch, plan_card: dict | None = None, plan_
     return main
 
 
-def test_the_plan_dots_beside_a_dot_are_loaded_for_morse_only_and_enter_its_cache_key(tmp_path, monkeypatch):
+def test_the_plan_dots_beside_a_dot_are_loaded_where_the_dot_is_called_and_enter_its_cache_key(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from evaluate.methods import Context, resolve
@@ -416,6 +416,10 @@ def test_the_plan_dots_beside_a_dot_are_loaded_for_morse_only_and_enter_its_cach
     assert set(method.morse.plan_dots) == {1}
     assert method.config()["plan_dot_sha256"] == {"1": sha256(plan_dot_path(main, 1))[:16]}
     assert resolve("morse-oracle", Context(task, dash)).morse.plan_dots == {}  # the oracle never calls a Dot
+    assert resolve("morse-extrap", Context(task, dash)).morse.plan_dots == {}  # nor does the formula...
+    shaped = resolve("morse-extrap", Context(task, dash, options={"exact_mix": "0.3", "exact_shape": "dot"}))
+    assert set(shaped.morse.plan_dots) == {1}  # ...but with a Dot-shaped error it calls the Dot each plan samples
+    assert shaped.config()["plan_dot_sha256"] == method.config()["plan_dot_sha256"]
     off = resolve("morse", Context(task, dash, options={"plan_dots": "none"}))
     assert off.morse.plan_dots == {} and "plan_dot_sha256" not in off.config()
     with pytest.raises(FileNotFoundError, match="plan_dot3="):

@@ -158,6 +158,17 @@ def test_morse_extrap_exact_mix_moves_the_formula_a_share_of_the_way_to_the_dash
             MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
 
 
+def _a_later_dot_step(exact8):
+    """(x, t, anchor, the extrapolation prior's estimate, the Dash's) at a Dot step of a later group (t = 500, anchors
+    at 700 and 900), four samples."""
+    noise = initial_noise(list(range(4)), SHAPE)
+    x, t = noise, torch.tensor(500)
+    anchor = dict(x_ts=noise, z_s=exact8(noise, torch.tensor(700), None), t_s=torch.tensor(700),
+                  prev=(noise, exact8(noise, torch.tensor(900), None), torch.tensor(900)))
+    line = prior("extrap", anchor["z_s"], t, anchor["t_s"], anchor["prev"], exact8.alphas_cumprod)
+    return x, t, anchor, line, exact8(x, t, None)
+
+
 def test_morse_extrap_exact_shape_keeps_the_mix_s_error_size_per_sample_in_another_shape(exact8):
     """exact_shape=S beside exact_mix=a: each Dot step's error to the Dash is 1 - a of the prior's in size, sample by
     sample, shaped as S says: "past" is the pull's error reversed, "across" the prior's error transposed, "fine" and
@@ -166,12 +177,7 @@ def test_morse_extrap_exact_shape_keeps_the_mix_s_error_size_per_sample_in_anoth
 
     dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
     ddim = get_baseline("ddim")
-    noise = initial_noise(list(range(4)), SHAPE)
-    x, t = noise, torch.tensor(500)
-    anchor = dict(x_ts=noise, z_s=exact8(noise, torch.tensor(700), None), t_s=torch.tensor(700),
-                  prev=(noise, exact8(noise, torch.tensor(900), None), torch.tensor(900)))
-    line = prior("extrap", anchor["z_s"], t, anchor["t_s"], anchor["prev"], exact8.alphas_cumprod)
-    dash = exact8(x, t, None)
+    x, t, anchor, line, dash = _a_later_dot_step(exact8)
     e = line - dash
     norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
     cos = lambda a, b: (a * b).flatten(1).sum(1) / (norm(a) * norm(b))  # noqa: E731
@@ -217,6 +223,46 @@ def test_morse_extrap_exact_shape_keeps_the_mix_s_error_size_per_sample_in_anoth
     for bad in (dict(exact_floor=0.01), dict(exact_mix=0.3, exact_floor=-1.0)):
         with pytest.raises(ValueError, match="exact_floor"):
             MorseExtrap(ddim, dot, 6.0, Interleave(3), **bad)
+
+
+def test_morse_extrap_exact_shape_dot_gives_the_dot_s_own_error_at_the_mix_s_size(exact8):
+    """exact_shape=dot: the error the Dot in use makes at that step (its estimate minus the Dash's), rescaled per
+    sample to 1 - a of the prior's; the samples then depend on the Dot, so its config enters the cache key."""
+    torch.manual_seed(0)
+    dot = Dot(tiny_unet(), DotConfig(width=8, prior="extrap", history=True, schedule=SCHEDULE_CONFIG)).eval()
+    with torch.no_grad():  # trained-like: a Dot whose estimate is not its prior's
+        for p in dot.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, anchor, line, dash = _a_later_dot_step(exact8)
+    own = Morse.between(MorseExtrap(get_baseline("ddim"), dot, 6.0, Interleave(3)), exact8, x, t, anchor, None,
+                        dot) - dash
+    norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
+    assert (norm(own - (line - dash)) > 1e-3 * norm(own)).all()  # the Dot's error is not the prior's
+    m = MorseExtrap(get_baseline("ddim"), dot, 6.0, Interleave(3), exact_mix=0.3, exact_shape="dot")
+    m._alphas_cumprod, m._exact_steps = exact8.alphas_cumprod, 0
+    shaped = m.between(exact8, x, t, anchor, None, dot) - dash
+    assert torch.allclose(norm(shaped), 0.7 * norm(line - dash), rtol=1e-4)
+    assert torch.allclose((shaped * own).flatten(1).sum(1) / (norm(shaped) * norm(own)), torch.ones(4), atol=1e-5)
+    assert m.calls_dot and "dot" in m.config()
+    from morse.dot import blur, detail
+
+    a = exact8.alphas_cumprod[500]
+    d = detail((x - (1 - a).sqrt() * dash) / a.sqrt())  # the blurring direction of the Dash's x0 estimate
+    cos = lambda u, v: (u * v).flatten(1).sum(1) / (norm(u) * norm(v))  # noqa: E731
+    for shape, direction in (("dot-across", own.transpose(-1, -2)), ("dot-fine", own - blur(own, 1.5)),
+                             ("dot-coarse", blur(own, 1.5))):
+        m = MorseExtrap(get_baseline("ddim"), dot, 6.0, Interleave(3), exact_mix=0.3, exact_shape=shape)
+        m._alphas_cumprod, m._exact_steps = exact8.alphas_cumprod, 0
+        part = m.between(exact8, x, t, anchor, None, dot) - dash
+        assert torch.allclose(norm(part), 0.7 * norm(line - dash), rtol=1e-4), shape
+        assert torch.allclose(cos(part, direction), torch.ones(4), atol=1e-5), shape
+    m = MorseExtrap(get_baseline("ddim"), dot, 6.0, Interleave(3), exact_mix=0.3, exact_shape="dot-unblurred")
+    m._alphas_cumprod, m._exact_steps = exact8.alphas_cumprod, 0
+    unblurred = m.between(exact8, x, t, anchor, None, dot) - dash
+    assert cos(unblurred, d).abs().max() < 1e-4 and (cos(own, d).abs() > 1e-3).all()
+    assert (cos(unblurred, own) > 0.5).all()  # the Dot's error less one direction of many
+    assert "dot" not in MorseExtrap(get_baseline("ddim"), dot, 6.0, Interleave(3), exact_mix=0.3,
+                                    exact_shape="past").config()
 
 
 def test_heldout_error_is_given_per_budget_against_reuse_and_the_prior(exact8):

@@ -150,6 +150,10 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
     assert 0 <= float(parts[3]) <= 1 and abs(float(parts[3]) + float(parts[5]) - 1) < 2e-3
     shapes = ablation.error_shapes(["tiny"], runs=2)[2].split("|")[1:-1]  # the same pairs, so the same error
     assert shapes[1].strip() == ratio and all(0 <= float(x.split("(")[0]) <= 1 for x in shapes[2:5])
+    # --against-committed: on the same pairs, the committed Dot's error is the row's plus the two Dots' difference
+    row, committed, shift, cos = (float(x) for x in ablation.against_committed(["tiny"], runs=2)[2].split("|")[2:6])
+    assert row == float(ratio) and shift > 0
+    assert committed ** 2 == pytest.approx(row ** 2 + shift ** 2 + 2 * cos * row * shift, abs=3e-3)
     assert "not trained" in ablation.row_line(ablation.ROWS[3], tmp_path / "none.json")
 
 
@@ -358,7 +362,7 @@ def test_the_ceiling_table_reads_each_variants_own_method_and_prints_its_command
     from morse import ablation
 
     monkeypatch.setattr(ablation, "RUNS", tmp_path)
-    for _, _, folder, method, _, _ in ablation.CEILING:
+    for _, _, folder, method, *_ in ablation.CEILING:
         (tmp_path / folder).mkdir()
         rows = [dict(method=m, budget=float(b), metric=metric, value=v + b / 100, N=None)
                 for m, v in ((method, 1.0), ("ddim", 50.0)) for b in ablation.BUDGETS
@@ -368,6 +372,9 @@ def test_the_ceiling_table_reads_each_variants_own_method_and_prints_its_command
     assert len(lines) == 2 + len(ablation.CEILING)
     assert all("1.04 / 1.08 / 1.16" in line for line in lines[2:])
     assert "--method-options exact_groups=later" in lines[4] and f"--out {tmp_path / 'exact-later'}" in lines[4]
+    shaped = next(line for line in lines if line.startswith("| mix-0-dot-across-eps-copy:"))  # a trained Dot's error
+    assert "--budgets 8 " in shaped and "eps-copy/dot.safetensors,exact_mix=0,exact_shape=dot-across" in shaped
+    assert any(line.startswith("| mix-0.3-dot-committed:") and "--budgets 4,8,16 " in line for line in lines)
     for folder in dict.fromkeys(f for f, *_ in ablation.NOISE_RUNS):  # the 5,000-seed table: each sampler's FD at 8
         # LSD with its interval
         (tmp_path / folder).mkdir()
