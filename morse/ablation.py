@@ -462,12 +462,15 @@ SHAPE_WHAT = dict(past="reversed: the estimate as far past the Dash's as the pul
                      "dot-unblurred": "in the Dot's own error less its part along the blurring direction"})
 # A trained Dot's own error at each step, rescaled per sample to a share of the prior's (the dot* shapes): whether
 # the samples pay for its size or for its direction. (suffix, whose Dot, --method-options naming it, [(a, shape,
-# budgets)]); at 8 LSD both Dots sample as they were trained (the shared Dot has no plan Dot there).
+# budgets)]); at 8 LSD each Dot samples as it was trained (the shared Dot has no plan Dot there), and the shared ones
+# at every budget.
 DOT_SHAPED = (("eps-copy", "the epsilon-trained plan-8lsd-eps-copy Dot's",
                f"dot={RUNS}/plan-8lsd-eps-copy/dot.safetensors,",
                [("0", "dot", (8,)), ("0.3", "dot", (8,)), ("0.5", "dot", (8,)), ("0.7", "dot", (8,)),
                 ("0", "dot-across", (8,)), ("0", "dot-unblurred", (8,)), ("0", "dot-coarse", (8,)),
                 ("0", "dot-fine", (8,))]),
+              ("extrap", "the extrap row's Dot's (the shared epsilon Dot at quarter compute, retrained by its row's "
+               "command)", f"dot={RUNS}/extrap/dot.safetensors,", [("0", "dot", BUDGETS), ("0.3", "dot", BUDGETS)]),
               ("committed", "the committed Dot's (distill-own's, with its plan Dots)", "",
                [("0", "dot", (8,)), ("0.3", "dot", BUDGETS), ("0.7", "dot", (8,)), ("0", "dot-across", (8,))]))
 CEILING = (("formula", "the formula at every Dot step (the formula row)", "formula", "morse-extrap", None, ""),
@@ -501,7 +504,7 @@ def ceiling() -> list[str]:
     the formula's, at a share of the way that sets the error, against which a trained Dot's error of the same size
     can be read; what the same size costs in other shapes (the mix-0.3-* rows: which errors the samples pay
     for); and what a trained Dot's own error costs when it is given a size apart from its own, or transposed, or cut
-    to a part (the mix-*-dot* rows, at 8 LSD, where the shared Dot and the 8-LSD plan Dot sample as trained)."""
+    to a part (the mix-*-dot* rows)."""
     lines = ["| Dot steps | FD at 4 / 8 / 16 LSD | command |", "|---|---|---|"]
     for name, what, folder, method, methods, options, *budgets in CEILING:
         res = _results(_run(folder) / "results.csv", method)
