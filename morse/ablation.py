@@ -217,6 +217,9 @@ ROWS = [
     Row("plan-8lsd-across-more", "as plan-8lsd-across with four times its trajectories and iterations: does more "
         "data move such a Dot to a smaller error", "--prior extrap --budgets 8 --trajectories 2048 --iters 12000 "
         "--body copy --loss across --across-weight 4", "plan-8lsd-across"),
+    Row("plan-8lsd-eps-copy-more", "as plan-8lsd-eps-copy with four times its trajectories and iterations: was its "
+        "held-out error (0.711) the floor of a least-squares fit at this capacity (`--against-committed`)",
+        "--prior extrap --budgets 8 --trajectories 2048 --iters 12000 --body copy", "plan-8lsd-eps-copy"),
     Row("plan-8lsd-blurring", "as plan-8lsd-eps-copy with the part of each pair's error that blurs the estimate of "
         "x0 counted sixteen times (--loss blurring): the one shape of error the stand-ins found costly",
         "--prior extrap --budgets 8 --trajectories 512 --body copy --loss blurring --blurring-weight 16",
