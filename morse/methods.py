@@ -194,7 +194,7 @@ def _morse(ctx: Context, solver: SchedulerMethod, variant: type, dot_solver: str
             raise ValueError(f"--method-options {option} must be a number, got {ctx.options[option]!r}") from None
     plan_checksums = {}
     # the oracle and the formula never call a Dot; the formula with a Dot-shaped error (exact_shape=dot*) does
-    if variant.calls_dot or str(extra.get("exact_shape", "")).startswith("dot"):
+    if variant.calls_dot or MorseExtrap.shape_calls_dot(extra.get("exact_shape")):
         extra["plan_dots"], plan_checksums = plan_dots_for(ctx, dot_solver, card)
         for plan_dot in extra["plan_dots"].values():
             for option, attr in SAMPLING_OPTIONS.items():  # the sampling-time ablations act on every Dot

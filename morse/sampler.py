@@ -217,11 +217,16 @@ class MorseExtrap(Morse):
             raise ValueError(f"morse-extrap exact_floor must be a number >= 0, with exact_mix; got {exact_floor!r}")
         self.exact_groups, self.exact_mix, self.exact_shape = exact_groups, exact_mix, exact_shape
         self.exact_floor, self.error_sums, self._budget = exact_floor, {}, None
-        # a Dot-shaped error makes the samples depend on the Dot, so its config keys the cache
-        self.calls_dot = (exact_shape or "").startswith("dot")
+        self.calls_dot = self.shape_calls_dot(exact_shape)
         self.name += "-extrap" + (f"-exact-{exact_groups}" if exact_groups else "") + (
             f"-mix{exact_mix:g}" if exact_mix is not None else "") + (f"-{exact_shape}" if exact_shape else "") + (
             f"-floor{exact_floor:g}" if exact_floor is not None else "")
+
+    @staticmethod
+    def shape_calls_dot(exact_shape: str | None) -> bool:
+        """Whether a stand-in calls the Dot (the dot* shapes): then its samples depend on the Dot, its plan Dots
+        included, and its config keys the cache."""
+        return (exact_shape or "").startswith("dot")
 
     def config(self) -> dict:
         return {**super().config(), **({"exact_groups": self.exact_groups} if self.exact_groups else {}),
