@@ -220,6 +220,17 @@ ROWS = [
     Row("plan-8lsd-eps-copy-more", "as plan-8lsd-eps-copy with four times its trajectories and iterations: was its "
         "held-out error (0.711) the floor of a least-squares fit at this capacity (`--against-committed`)",
         "--prior extrap --budgets 8 --trajectories 2048 --iters 12000 --body copy", "plan-8lsd-eps-copy"),
+    Row("plan-8lsd-eps-bound", "the plan-8lsd-eps-copy-more Dot (0.616 of the prior's error) distilled on its "
+        "groups' ends (morse.distill, every group, pulled to the Dash's ODE solution, the later groups fed its own "
+        "trajectory) with its per-step epsilon error, pooled as its card measures it, held at or below 0.68 of the "
+        "prior's by a hinge (--eps-bound 0.68 --eps-weight 10): can a Dot keep the point's error and still take what "
+        "the group ends teach", None, "plan-8lsd-eps-copy-more", distills="plan-8lsd-eps-copy-more",
+        distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 --iters 4000 --lr 0.00003 "
+        "--eps-weight 10 --eps-bound 0.68"),
+    Row("plan-8lsd-eps-unbound", "as plan-8lsd-eps-bound without the bound (no epsilon part in the loss): where the "
+        "same distillation takes the Dot's epsilon error when nothing holds it, and what the bound costs the samples",
+        None, "plan-8lsd-eps-bound", distills="plan-8lsd-eps-copy-more",
+        distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 --iters 4000 --lr 0.00003"),
     Row("plan-8lsd-blurring", "as plan-8lsd-eps-copy with the part of each pair's error that blurs the estimate of "
         "x0 counted sixteen times (--loss blurring): the one shape of error the stand-ins found costly",
         "--prior extrap --budgets 8 --trajectories 512 --body copy --loss blurring --blurring-weight 16",

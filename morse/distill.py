@@ -44,7 +44,12 @@ against the exact one (reuse, the starting Dot and this one), and the per-step e
 it. Resumable: rerun the same command.
 
 --eps-weight W adds that per-step epsilon error (relative to reuse's, on the path the group is unrolled along) to
-each group's loss with factor W: how far a Dot can keep both, the state its groups hand on and its estimates.
+each group's loss with factor W: how far a Dot can keep both, the state its groups hand on and its estimates. With
+--eps-bound B it is a bound, not a price: the error relative to the Dot's prior's, pooled over the groups as the
+card's held-out measure pools them, counts (times W) only while it is above B, so below B the groups' ends alone
+decide where the Dot moves (PooledBound).
+
+An ungated Dot (morse.train's, its learned part at every step) is distilled as it is with --groups all.
 """
 
 import argparse
@@ -223,7 +228,7 @@ def units_of(plans: Plans, dot: Dot, budgets, groups: str) -> list[tuple[float, 
         for group in range(len(plans.groups(budget)) if groups != "first" else 1):
             anchor = plans.times(budget, group)[0]
             earlier = None if group == 0 else (None, None, plans.times(budget, group - 1)[0])
-            factors = [dot.gate_factor(t, anchor, earlier, 1, torch.zeros(1)).item()
+            factors = [1.0 if dot.config.gate is None else dot.gate_factor(t, anchor, earlier, 1, torch.zeros(1)).item()
                        for t in plans.times(budget, group)[1:]]
             if any(factors):
                 units.append((budget, group))
@@ -335,6 +340,10 @@ def parser() -> argparse.ArgumentParser:
                    "the group's end: at each Dot step of the unrolled group, |z + Dot - the Dash's epsilon there|^2 "
                    "relative to reuse's (an extra Dash call per Dot step, without gradient). 0: the end alone; larger "
                    "weighs a small per-step error against the state the groups hand on")
+    p.add_argument("--eps-bound", type=float, default=None, help="with --eps-weight: count the per-step epsilon "
+                   "error only above this share of the Dot's prior's (the held-out measure of morse.train's cards), "
+                   "hinged: the bound a Dot must keep while its groups' ends are distilled, not a price on every "
+                   "step")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="learning-rate factor of the linear path's head")
     p.add_argument("--learned-below", type=float, default=900.0, help="the learned part acts at Dot steps with t_i "
                    "below this, one of the gate's row edges")
@@ -349,32 +358,71 @@ def parser() -> argparse.ArgumentParser:
 def _start(args):
     """(the starting Dot's card, the device, task, the Dash's checksum, solver, denoiser, the starting Dot, the Dot to
     train)."""
+    if args.eps_bound is not None and not (args.eps_bound > 0 and args.eps_weight > 0):
+        raise TrainingError(f"morse.distill --eps-bound {args.eps_bound}: give a positive bound and the factor on "
+                            f"the error above it (--eps-weight, now {args.eps_weight})")
+    if args.fine < 0:
+        raise TrainingError(f"morse.distill --fine {args.fine}: give a positive number of cuts per step, or 0 for the "
+                            f"exact Dot's ends")
     card, device, task, dash, dash_sum, solver, denoiser = open_dot(
         "morse.distill", args, "train one with python -m morse.train and gate it with python -m morse.gate")
     card = training_numbers(card)
     if solver.name not in SOLVERS:
         raise TrainingError(f"morse.distill unrolls {' and '.join(SOLVERS)} steps; this Dot wraps {solver.name}")
     start_dot, dot = (Dot.load(dash, args.dot).to(device) for _ in range(2))
-    if dot.config.gate is None:
-        raise TrainingError("morse.distill: start from a gated Dot (python -m morse.gate --learned first-group ...): "
-                            "its groups are kept as gated where it is not distilled")
-    dot.config.gate = open_gate(dot.config.gate, args.learned_below, args.groups)
+    if args.gate_factors == "learn" and start_dot.config.gate is None:
+        raise TrainingError("morse.distill --gate-factors learn: the starting Dot has no gate to learn (gate it with "
+                            "python -m morse.gate, or leave --gate-factors one)")
+    if dot.config.gate is None and args.groups != "all":
+        raise TrainingError(f"morse.distill --groups {args.groups}: start from a gated Dot (python -m morse.gate "
+                            "--learned first-group ...), whose groups are kept as gated where they are not distilled; "
+                            "an ungated Dot is distilled with --groups all")
+    if dot.config.gate is not None:  # an ungated Dot's learned part acts at every step already
+        dot.config.gate = open_gate(dot.config.gate, args.learned_below, args.groups)
     return card, device, task, dash_sum, solver, denoiser, start_dot, dot
 
 
 def eps_recorder(dot, plans, seeds, steps: list):
     """`dot` as Plans.run calls it, also appending to `steps`, at each Dot step, the squared error of z + Dot against
-    the Dash's epsilon at the same state (differentiable in the Dot) and reuse's (z's) there: morse.train's per-step
-    error, on the path the group is unrolled along."""
+    the Dash's epsilon at the same state (differentiable in the Dot), reuse's (z's) and the Dot's prior's there:
+    morse.train's per-step error, on the path the group is unrolled along."""
     cond = plans.cond(seeds)
 
     def call(x_ti, x_ts, z_s, t_i, t_s, dot_cond=None, prev=None):
         eta = dot(x_ti, x_ts, z_s, t_i, t_s, dot_cond, prev=prev)
         with torch.no_grad():
             target = plans.denoiser(x_ti, t_i, cond)
-        steps.append(((z_s + eta - target).square().sum(), (z_s - target).square().sum()))
+            base = dot.prior_estimate(z_s, t_i, t_s, prev)
+        steps.append(((z_s + eta - target).square().sum(), (z_s - target).square().sum(),
+                      (base - target).square().sum()))
         return eta
     return call
+
+
+class PooledBound:
+    """--eps-bound: a hinge on the per-step epsilon error relative to the prior's, pooled over the units as the card's
+    held-out measure pools every Dot step of a plan. A batch holds one unit, whose ratio alone says nothing of the
+    pooled one (the first group's steps, from t = 999, carry most of the prior's error), so each unit's squared
+    errors are kept as running means and the hinge acts on their pooled ratio; while it is above the bound, each
+    batch adds its error in the pooled ratio's units (its gradient is the pooled ratio's, times the weight)."""
+
+    def __init__(self, bound: float, weight: float, units: int, decay: float = 0.8):
+        self.bound, self.weight, self.units, self.decay = bound, weight, units, decay
+        self.dot: dict = {}
+        self.prior: dict = {}
+
+    def term(self, unit: str, steps: list) -> torch.Tensor:
+        err = sum(e for e, _, _ in steps)
+        for mean, value in ((self.dot, err.item()), (self.prior, sum(p for _, _, p in steps).item())):
+            mean[unit] = value if unit not in mean else self.decay * mean[unit] + (1 - self.decay) * value
+        above = len(self.prior) == self.units and self.ratio() > self.bound  # pooled once every unit is seen
+        return self.weight * err / sum(self.prior.values()) if above else err.new_zeros(())
+
+    def ratio(self) -> float:
+        return (sum(self.dot.values()) / sum(self.prior.values())) ** 0.5
+
+    def record(self) -> dict:
+        return {"eps_ratio": round(self.ratio(), 5)} if self.prior else {}
 
 
 def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
@@ -385,6 +433,7 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
     first, own, _ = state.load()
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     stepper = Stepper(dot, opt, args.lr, cosine_spans([0, args.iters]))
+    bound = None if args.eps_bound is None else PooledBound(args.eps_bound, args.eps_weight, len(units))
 
     def loss_at(it):
         budget, group = units[it % len(units)]
@@ -395,8 +444,10 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
         end, history = plans.run(budget, group, b, batch_seeds, dot if steps is None else
                                  eps_recorder(dot, plans, batch_seeds, steps))
         loss = (end - b["end"]).square().mean() / norm[name]
-        if steps:
-            loss = loss + args.eps_weight * sum(e for e, _ in steps) / sum(r for _, r in steps)
+        if steps and bound is None:
+            loss = loss + args.eps_weight * sum(e for e, _, _ in steps) / sum(r for _, r, _ in steps)
+        elif steps:
+            loss = loss + bound.term(name, steps)
         if "hend" in b:  # a multistep solver's next step reads the history as well as the state
             loss = loss + args.history_weight * (history - b["hend"]).square().mean() / norm[name + " history"]
         return (1.0 if group else args.first_weight) * loss
@@ -410,7 +461,8 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
     with loss_log(args.out / "loss.jsonl", first, True) as log:
         run_steps(stepper, loss_at, first, args.iters,
                   log=lambda it, value: log.write(json.dumps({"iter": it, "unit": unit_name(*units[it % len(units)]),
-                                                              "loss": value}) + "\n"),
+                                                              "loss": value, **(bound.record() if bound else {})})
+                  + "\n"),
                   save=save, every=args.checkpoint_every, save_at_end=True, desc="distil", unit="it")
     dot.eval()
     return time.perf_counter() - t0
@@ -422,9 +474,6 @@ def distill(args) -> dict:
     interleave, ratio, shape = Interleave(card["dots_per_dash"]), card["dot_ratio_planned"], task.image_shape
     budgets = [float(b) for b in args.budgets.split(",")]
     _check_plan_export(args.export, budgets, interleave, ratio)
-    if args.fine < 0:
-        raise TrainingError(f"morse.distill --fine {args.fine}: give a positive number of cuts per step, or 0 for the "
-                            f"exact Dot's ends")
     plans = Plans(denoiser, solver, interleave, ratio, budgets, task.conditions, device, args.fine)
     if any(len(plans.times(b, 0)) < 2 for b in budgets):
         raise TrainingError(f"morse.distill: some budget in {budgets} has no Dot step in its first group")
@@ -436,7 +485,7 @@ def distill(args) -> dict:
                                              if k not in ("out", "export", "device")
                                              and (k, v) not in (("groups", "first"), ("first_weight", 1.0), ("fine", 0),
                                                                   ("history_weight", 1.0), ("inputs", "exact"),
-                                                                  ("eps_weight", 0.0),
+                                                                  ("eps_weight", 0.0), ("eps_bound", None),
                                                                   ("gate_factors", "one"))})
     key = resume_key(command, dash_sum, sha256(args.dot)[:16])
     seeds = [args.seed * 10**6 + SEED_OFFSET + i for i in range(args.runs)]
@@ -519,7 +568,7 @@ def _card(args, card, dot, ends, own_ends, eps, command, target_time, train_time
             "distill": dict(start_dot_sha256=sha256(args.dot), heldout_error_before=card["heldout_error"],
                             group_end_rmse=ends, **({"group_end_rmse_own": own_ends} if own_ends else {}),
                             inputs=args.inputs, fine=args.fine, gate_factors=args.gate_factors, runs=args.runs,
-                            eps_weight=args.eps_weight,
+                            eps_weight=args.eps_weight, **({"eps_bound": args.eps_bound} if args.eps_bound else {}),
                             budgets=budgets,
                             groups=args.groups,
                             iters=args.iters, batch_size=args.batch_size, target_time_s=round(target_time, 1),

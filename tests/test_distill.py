@@ -197,7 +197,7 @@ def test_the_command_trains_the_first_group_alone_and_a_killed_run_resumes_to_th
     assert all(torch.equal(changed[k], resumed[k]) for k in changed)
 
 
-def test_a_dot_without_a_gate_is_refused_in_one_line(tmp_path, capsys):
+def test_a_missing_dot_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         distill.main(ARGS[:1] + [str(tmp_path / "none.safetensors")] + ARGS[2:] + ["--out", str(tmp_path / "o")])
     assert "need a Dot and its card" in capsys.readouterr().err
@@ -387,25 +387,69 @@ def test_fine_targets_name_themselves_in_the_card_and_the_cache(tmp_path, capsys
 
 
 def test_the_eps_recorder_keeps_the_group_and_records_each_dot_steps_error_against_the_dash(parts):
-    """--eps-weight's part of the loss: one (Dot, reuse) error pair per Dot step, measured against the Dash at the
-    state the unrolled group stands in, while the group itself runs as without it."""
+    """--eps-weight's part of the loss: one (Dot, reuse, prior) error triple per Dot step, measured against the Dash
+    at the state the unrolled group stands in, while the group itself runs as without it. The committed Dot's prior
+    is the line through the last two Dash estimates: reuse in the first group, which has no earlier one."""
     task, den, dot, plans = parts
-    seeds, budget, group = [8, 9], 4.0, 1
-    inputs = {k.split("/")[0]: v for k, v in plans.exact([(budget, 1)], seeds, task.image_shape).items()
-              if k.endswith(f"{budget:g}:{group}")}
-    seen, steps = [], []
+    seeds, budget = [8, 9], 4.0
+    exact = plans.exact([(budget, 0), (budget, 1)], seeds, task.image_shape)
+    for group in (0, 1):
+        inputs = {k.split("/")[0]: v for k, v in exact.items() if k.endswith(f"{budget:g}:{group}")}
+        seen, steps = [], []
+        hook = dot.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0]))
+        with torch.inference_mode():
+            plain = plans.end(budget, group, inputs, seeds, dot)
+            seen.clear()
+            recorded = plans.end(budget, group, inputs, seeds, distill.eps_recorder(dot, plans, seeds, steps))
+            first, end = plans.groups(budget)[group]
+            dash = [den(x, t) for x, t in zip(seen, plans.times(budget, group)[1:], strict=True)]
+        hook.remove()
+        torch.testing.assert_close(recorded, plain)
+        assert len(steps) == end - first - 1 == len(seen)
+        for (dot_err, reuse_err, prior_err), target in zip(steps, dash, strict=True):
+            torch.testing.assert_close(reuse_err, (inputs["z"] - target).square().sum())
+            assert dot_err > 0 and not torch.equal(dot_err, reuse_err)
+            assert torch.equal(prior_err, reuse_err) == (group == 0)
 
-    def spy(x_ti, *args, **kwargs):
-        seen.append(x_ti)
-        return dot(x_ti, *args, **kwargs)
 
-    with torch.inference_mode():
-        plain = plans.end(budget, group, inputs, seeds, dot)
-        recorded = plans.end(budget, group, inputs, seeds, distill.eps_recorder(spy, plans, seeds, steps))
-        first, end = plans.groups(budget)[group]
-        dash = [den(x, t) for x, t in zip(seen, plans.times(budget, group)[1:], strict=True)]
-    torch.testing.assert_close(recorded, plain)
-    assert len(steps) == end - first - 1 == len(seen)
-    for (dot_err, reuse_err), target in zip(steps, dash, strict=True):
-        torch.testing.assert_close(reuse_err, (inputs["z"] - target).square().sum())
-        assert dot_err > 0 and not torch.equal(dot_err, reuse_err)
+def test_the_pooled_bound_waits_for_every_unit_and_then_hinges_on_the_pooled_ratio():
+    """--eps-bound: one unit's ratio (here 0.9 alone) says nothing of the pooled one; the term is zero until every
+    unit is seen and while the pooled ratio is below the bound, and above it is the weight times the batch's error in
+    the pooled ratio's units (so its gradient is the pooled squared ratio's)."""
+    bound = distill.PooledBound(0.7, 10.0, units=2, decay=0.5)
+    err = torch.tensor(0.81, requires_grad=True)
+    first = bound.term("a", [(err, torch.tensor(9.0), torch.tensor(1.0))])
+    assert first.item() == 0 and not first.requires_grad and bound.ratio() == pytest.approx(0.9)
+    below = bound.term("b", [(torch.tensor(0.19), torch.tensor(9.0), torch.tensor(9.0))])
+    assert bound.ratio() == pytest.approx(0.1 ** 0.5) and below.item() == 0  # (0.81 + 0.19) / 10
+    above = bound.term("b", [(err * 10, torch.tensor(9.0), torch.tensor(9.0))])
+    assert bound.ratio() == pytest.approx(((0.81 + (0.19 + 8.1) / 2) / 10) ** 0.5)  # its running mean: decay 0.5
+    above.backward()
+    assert above.item() == pytest.approx(10.0 * 8.1 / 10) and err.grad.item() == pytest.approx(10.0 * 10 / 10)
+    assert bound.record() == {"eps_ratio": round(bound.ratio(), 5)}
+
+
+def test_an_ungated_dot_is_distilled_on_every_group_under_a_pooled_epsilon_bound(parts, tmp_path, capsys):
+    """An ungated Dot (morse.train's) learns at every step: --groups all distils it as it is, a narrower --groups has
+    no gate to keep the other groups with and is refused, as is a bound without its weight. The card keeps the bound
+    and the loss log the pooled ratio the hinge read."""
+    task = parts[0]
+    from morse.dot import Dot
+
+    dot = Dot.load(task.dash(), DOT)
+    dot.config.gate = None
+    dot.save(tmp_path / "ungated.safetensors")
+    (tmp_path / "ungated.json").write_text(DOT.with_suffix(".json").read_text())
+    start = ["--dot", str(tmp_path / "ungated.safetensors"), *ARGS[2:]]
+    for flags, says in ((["--groups", "first"], "--groups first"), (["--groups", "all", "--eps-bound", "0.7"],
+                                                                     "--eps-bound 0.7")):
+        with pytest.raises(SystemExit):
+            distill.main(start + flags + ["--out", str(tmp_path / "refused")])
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]
+    out = tmp_path / "bounded"
+    distill.main(start + ["--groups", "all", "--eps-weight", "10", "--eps-bound", "0.5", "--out", str(out)])
+    card = json.loads((out / "dot.json").read_text())
+    assert card["distill"]["eps_bound"] == 0.5 and "--eps-bound 0.5" in card["distill"]["command"]
+    assert card["dot_config"]["gate"] is None and set(card["distill"]["group_end_rmse"]) == {"2:0", "3:0", "3:1"}
+    logged = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert len(logged) == 6 and all(0 < entry["eps_ratio"] for entry in logged)
