@@ -20,9 +20,9 @@ on a shared machine speedups move with its load from row to row; the FDs do not 
 Rows made with `morse.gate` gate a trained row's Dot instead of training one; rows made with `morse.distill` train a
 gated Dot further on the state its groups hand on (plan-8lsd-eps-bound and -unbound an ungated one); the plan-*
 rows distil a Dot of its own for one plan, sampled beside the committed Dot (morse.sampler's plan Dots), but for
-the plan-8lsd-eps-copy, plan-8lsd-eps-bound/-unbound and plan-8lsd-across* rows,
-which train an epsilon Dot on the 8-LSD plan alone (or distil one further) and sample it at every budget (only its 8-LSD point is a plan it
-trained on). The committed DDIM Dot is the distill-own row
+the plan-8lsd-eps-copy, plan-8lsd-eps-bound/-unbound and plan-8lsd-across* rows, which train an epsilon Dot on the
+8-LSD plan alone (or distil one further) and sample it at every budget (only its 8-LSD point is a plan it trained
+on). The committed DDIM Dot is the distill-own row
 (distill-long-lines-more, distill-long-lines, extrap-first-gap-below900, extrap-first-gap, extrap-first-vp-own and
 extrap-first before it); which Dot to commit was decided on seeds 100,000-100,999 (validation.md). The first-group
 specialists (extrap-firstonly rows) train on the first group's pairs alone; the low-budget section shows them at 2, 3
