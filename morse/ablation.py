@@ -228,6 +228,10 @@ ROWS = [
         "the group ends teach", None, "plan-8lsd-eps-copy-more", distills="plan-8lsd-eps-copy-more",
         distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 --iters 2000 --lr 0.00003 "
         "--eps-weight 10 --eps-bound 0.68"),
+    Row("plan-8lsd-eps-bound1", "as plan-8lsd-eps-bound with the bound at the prior's error (--eps-bound 1.0): "
+        "where between the bound at 0.68 and none the samples reach the formula", None, "plan-8lsd-eps-bound",
+        distills="plan-8lsd-eps-copy-more", distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 "
+        "--iters 2000 --lr 0.00003 --eps-weight 10 --eps-bound 1.0"),
     Row("plan-8lsd-eps-unbound", "as plan-8lsd-eps-bound without the bound (no epsilon part in the loss): where the "
         "same distillation takes the Dot's epsilon error when nothing holds it, and what the bound costs the samples",
         None, "plan-8lsd-eps-bound", distills="plan-8lsd-eps-copy-more",

@@ -221,7 +221,8 @@ def test_the_ablations_distill_rows_are_morse_distill_commands_on_the_committed_
             assert row.dot == shared and f"={args.out / 'dot.safetensors'}" in row.options
         else:
             assert row.dot == args.out / "dot.safetensors"
-    long = distill.parser().parse_args(shlex.split(rows[1].train_command())[3:])
+    long = distill.parser().parse_args(shlex.split(next(r for r in rows if r.name == "distill-first-long")
+                                                   .train_command())[3:])
     assert (long.iters, long.lr) == (6000, 3e-4)
 
 
