@@ -134,6 +134,8 @@ class Row:
                 f"cp {RUNS / 'eval'}/results.csv {RUNS / 'eval'}/speedup.csv {RUNS / self.name}/")
 
 
+BOUND_FLAGS = ("--budgets 8 --groups all --inputs own --fine 2 --runs 2048 --iters 2000 "
+               "--lr 0.00003")  # the plan-8lsd-eps-bound rows' recipe but for the bound
 EPS_FLAGS = ("--budgets 2,3,4,6,8,12,16 --groups all --gate-factors learn --inputs own --runs 1024 --iters 3000 "
              "--eps-weight")  # the distill-eps rows' recipe but for the weight
 
@@ -226,16 +228,14 @@ ROWS = [
         "trajectory) with its per-step epsilon error, pooled as its card measures it, held at or below 0.68 of the "
         "prior's by a hinge (--eps-bound 0.68 --eps-weight 10): can a Dot keep the point's error and still take what "
         "the group ends teach", None, "plan-8lsd-eps-copy-more", distills="plan-8lsd-eps-copy-more",
-        distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 --iters 2000 --lr 0.00003 "
-        "--eps-weight 10 --eps-bound 0.68"),
+        distill_flags=BOUND_FLAGS + " --eps-weight 10 --eps-bound 0.68"),
     Row("plan-8lsd-eps-bound1", "as plan-8lsd-eps-bound with the bound at the prior's error (--eps-bound 1.0): "
         "where between the bound at 0.68 and none the samples reach the formula", None, "plan-8lsd-eps-bound",
-        distills="plan-8lsd-eps-copy-more", distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 "
-        "--iters 2000 --lr 0.00003 --eps-weight 10 --eps-bound 1.0"),
+        distills="plan-8lsd-eps-copy-more", distill_flags=BOUND_FLAGS + " --eps-weight 10 --eps-bound 1.0"),
     Row("plan-8lsd-eps-unbound", "as plan-8lsd-eps-bound without the bound (no epsilon part in the loss): where the "
         "same distillation takes the Dot's epsilon error when nothing holds it, and what the bound costs the samples",
         None, "plan-8lsd-eps-bound", distills="plan-8lsd-eps-copy-more",
-        distill_flags="--budgets 8 --groups all --inputs own --fine 2 --runs 2048 --iters 2000 --lr 0.00003"),
+        distill_flags=BOUND_FLAGS),
     Row("plan-8lsd-blurring", "as plan-8lsd-eps-copy with the part of each pair's error that blurs the estimate of "
         "x0 counted sixteen times (--loss blurring): the one shape of error the stand-ins found costly",
         "--prior extrap --budgets 8 --trajectories 512 --body copy --loss blurring --blurring-weight 16",
