@@ -788,6 +788,9 @@ def _heldout_estimates(row: str, runs: int | None = None):
 
     folder = RUNS / row
     card = json.loads((folder / "dot.json").read_text())
+    if (residual := card["dot_config"].get("residual", "eps")) != "eps":  # the splits below are of epsilon errors
+        raise SystemExit(f"morse.ablation: row {row}'s Dot corrects x0 (residual {residual!r}), and these measures "
+                         "split epsilon errors: give rows of epsilon-residual Dots")
     task = get_task(card["task"])
     dash = task.dash().eval()
     dot = Dot.load(dash, folder / "dot.safetensors").eval()

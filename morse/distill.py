@@ -424,6 +424,17 @@ class PooledBound:
     def record(self) -> dict:
         return {"eps_ratio": round(self.ratio(), 5)} if self.prior else {}
 
+    def state(self) -> dict:
+        """The running means as checkpoint tensors, so that a resumed run hinges on the ratio the killed one read."""
+        return {f"bound/{kind}/{unit}": torch.tensor(v, dtype=torch.float64)
+                for kind, means in (("dot", self.dot), ("prior", self.prior)) for unit, v in means.items()}
+
+    def restore(self, tensors: dict) -> None:
+        for key, value in tensors.items():
+            if key.startswith("bound/"):
+                _, kind, unit = key.split("/", 2)
+                getattr(self, kind)[unit] = value.item()
+
 
 def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
     """Train `dot` on the units in turn (resumable); returns the seconds spent."""
@@ -434,6 +445,9 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
     dot.load_state_dict({k[4:]: v for k, v in own.items() if k.startswith("dot/")}, strict=False)
     stepper = Stepper(dot, opt, args.lr, cosine_spans([0, args.iters]))
     bound = None if args.eps_bound is None else PooledBound(args.eps_bound, args.eps_weight, len(units))
+    if bound:
+        bound.restore(own)
+    parts = {}  # the last step's group-end and epsilon parts of its loss, for the log
 
     def loss_at(it):
         budget, group = units[it % len(units)]
@@ -444,26 +458,30 @@ def _train(args, dot, plans, units, pool, norm, seeds, key, device) -> float:
         end, history = plans.run(budget, group, b, batch_seeds, dot if steps is None else
                                  eps_recorder(dot, plans, batch_seeds, steps))
         loss = (end - b["end"]).square().mean() / norm[name]
-        if steps and bound is None:
-            loss = loss + args.eps_weight * sum(e for e, _, _ in steps) / sum(r for _, r, _ in steps)
-        elif steps:
-            loss = loss + bound.term(name, steps)
+        parts["end"] = loss.item()
+        if steps:
+            eps = (args.eps_weight * sum(e for e, _, _ in steps) / sum(r for _, r, _ in steps) if bound is None
+                   else bound.term(name, steps))
+            loss, parts["eps"] = loss + eps, eps.item()
         if "hend" in b:  # a multistep solver's next step reads the history as well as the state
             loss = loss + args.history_weight * (history - b["hend"]).square().mean() / norm[name + " history"]
         return (1.0 if group else args.first_weight) * loss
 
     def save(step):
         log.flush()
-        state.save({f"dot/{k}": v for k, v in dot.trainable_state_dict().items()}, step)
+        state.save({**{f"dot/{k}": v for k, v in dot.trainable_state_dict().items()},
+                    **(bound.state() if bound else {})}, step)
+
+    def write(it, value):
+        log.write(json.dumps({"iter": it, "unit": unit_name(*units[it % len(units)]), "loss": value,
+                              **{k: round(v, 6) for k, v in parts.items()}, **(bound.record() if bound else {})})
+                  + "\n")
 
     t0 = time.perf_counter()
     dot.train()
     with loss_log(args.out / "loss.jsonl", first, True) as log:
-        run_steps(stepper, loss_at, first, args.iters,
-                  log=lambda it, value: log.write(json.dumps({"iter": it, "unit": unit_name(*units[it % len(units)]),
-                                                              "loss": value, **(bound.record() if bound else {})})
-                  + "\n"),
-                  save=save, every=args.checkpoint_every, save_at_end=True, desc="distil", unit="it")
+        run_steps(stepper, loss_at, first, args.iters, log=write, save=save, every=args.checkpoint_every,
+                  save_at_end=True, desc="distil", unit="it")
     dot.eval()
     return time.perf_counter() - t0
 

@@ -454,3 +454,38 @@ def test_an_ungated_dot_is_distilled_on_every_group_under_a_pooled_epsilon_bound
     assert card["dot_config"]["gate"] is None and set(card["distill"]["group_end_rmse"]) == {"2:0", "3:0", "3:1"}
     logged = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert len(logged) == 6 and all(0 < entry["eps_ratio"] for entry in logged)
+    assert all(entry["loss"] == pytest.approx(entry["end"] + entry["eps"], rel=1e-4) for entry in logged)
+    assert logged[0]["eps"] == 0 and any(entry["eps"] > 0 for entry in logged[3:])  # the hinge once all are seen
+
+
+def test_a_killed_bounded_run_resumes_with_the_running_means_it_had(parts, tmp_path, monkeypatch):
+    """The pooled bound's running means travel in the checkpoint: resumed at step 3 of 6 with three units, a run
+    that forgot them would leave the hinge off for two steps (until every unit is seen again) and end elsewhere."""
+    from morse.dot import Dot
+
+    dot = Dot.load(parts[0].dash(), DOT)
+    dot.config.gate = None
+    dot.save(tmp_path / "ungated.safetensors")
+    (tmp_path / "ungated.json").write_text(DOT.with_suffix(".json").read_text())
+    args = ["--dot", str(tmp_path / "ungated.safetensors"), *ARGS[2:], "--groups", "all", "--eps-weight", "10",
+            "--eps-bound", "0.05"]
+    distill.main(args + ["--out", str(tmp_path / "straight")])
+    calls, real = {"n": 0}, distill._batch
+
+    def dying(*a, **k):  # the norm reads one batch per group first (three); then one per training step
+        calls["n"] += 1
+        if calls["n"] > 3 + 4:  # past the checkpoint at step 3
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(distill, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main(args + ["--out", str(tmp_path / "resumed")])
+    assert any(k.startswith("bound/") for k in load_file(tmp_path / "resumed" / "checkpoint.safetensors"))
+    monkeypatch.setattr(distill, "_batch", real)
+    distill.main(args + ["--out", str(tmp_path / "resumed")])
+    straight, resumed = (load_file(tmp_path / name / "dot.safetensors") for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    logs = [[json.loads(line) for line in (tmp_path / name / "loss.jsonl").read_text().splitlines()]
+            for name in ("straight", "resumed")]
+    assert logs[0] == logs[1]

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from morse import train
+from morse.pretrained import dot_path
 
 ARGS = ["--trajectories", "4", "--heldout", "2", "--budgets", "3", "--iters", "20", "--checkpoint-every", "10",
         "--batch-size", "8", "--latency-batches", "1"]
@@ -155,6 +156,19 @@ def test_ablation_rows_parse_and_a_trained_rows_per_step_table(tmp_path, monkeyp
     assert row == float(ratio) and shift > 0
     assert committed ** 2 == pytest.approx(row ** 2 + shift ** 2 + 2 * cos * row * shift, abs=3e-3)
     assert "not trained" in ablation.row_line(ablation.ROWS[3], tmp_path / "none.json")
+
+
+def test_the_epsilon_splits_refuse_an_x0_residual_dot_in_one_line(tmp_path, monkeypatch):
+    """--error-parts, --error-shapes and --against-committed split the Dot's error against the Dash's epsilon; a
+    Morse-LCM Dot corrects x0, so its row is refused before anything is sampled."""
+    from morse import ablation
+
+    monkeypatch.setattr(ablation, "RUNS", tmp_path)
+    (tmp_path / "lcm").mkdir()
+    (tmp_path / "lcm" / "dot.json").write_text(dot_path("fmnist", "lcm").with_suffix(".json").read_text())
+    for measure in (ablation.error_parts, ablation.error_shapes, ablation.against_committed):
+        with pytest.raises(SystemExit, match="row lcm's Dot corrects x0"):
+            measure(["lcm"], runs=2)
 
 
 def test_error_parts_split_an_error_into_the_prior_s_own_shrunk_and_the_rest():
