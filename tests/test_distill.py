@@ -489,3 +489,24 @@ def test_a_killed_bounded_run_resumes_with_the_running_means_it_had(parts, tmp_p
     logs = [[json.loads(line) for line in (tmp_path / name / "loss.jsonl").read_text().splitlines()]
             for name in ("straight", "resumed")]
     assert logs[0] == logs[1]
+
+
+def test_the_group_end_table_sets_the_committed_dots_beside_the_formula_in_their_own_measure(parts, monkeypatch):
+    """--group-ends: the formula against itself is 1 in every cell; the committed Dots (the 4-LSD plan Dot, the
+    shared Dot at 8 LSD; 16 LSD left out for time) differ from it, and each cell's ratio is its two RMSEs'."""
+    from morse import ablation
+
+    monkeypatch.setattr(ablation, "BUDGETS", (4, 8))
+    shared = parts[2]
+    formula = lambda x_ti, x_ts, z_s, t_i, t_s, cond=None, prev=None: shared.prior_estimate(z_s, t_i, t_s, prev) - z_s  # noqa: E731
+    same = ablation.group_ends(runs=2, dots=dict.fromkeys(ablation.BUDGETS, formula))
+    assert [line.split("|")[1].strip() for line in same[2:]] == ["the ODE solution", "the exact Dot's ends"]
+    assert all(cell.strip().endswith("(1.000)") for line in same[2:] for cell in line.split("|")[2:-2])
+    assert all(line.split("|")[-2].strip() == "1.000" for line in same[2:])
+    committed = ablation.group_ends(runs=2)
+    for line in committed[2:]:
+        for cell in line.split("|")[2:-2]:
+            formula_rmse, rest = cell.split(" / ")
+            ours, ratio = rest.split(" (")
+            assert float(ratio.strip().rstrip(")")) == pytest.approx(float(ours) / float(formula_rmse), abs=2e-3)
+        assert float(line.split("|")[-2]) != 1.0
