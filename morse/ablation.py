@@ -236,6 +236,10 @@ ROWS = [
         "same distillation takes the Dot's epsilon error when nothing holds it, and what the bound costs the samples",
         None, "plan-8lsd-eps-bound", distills="plan-8lsd-eps-copy-more",
         distill_flags=BOUND_FLAGS),
+    Row("plan-8lsd-eps-bound-more", "plan-8lsd-eps-bound's Dot distilled again under the same bound, 3,000 more "
+        "iterations (its group ends were still improving at the bound): whether the bound's cost to the samples "
+        "shrinks with length", None, "plan-8lsd-eps-bound", distills="plan-8lsd-eps-bound",
+        distill_flags=BOUND_FLAGS.replace("--iters 2000", "--iters 3000") + " --eps-weight 10 --eps-bound 0.68"),
     Row("plan-8lsd-blurring", "as plan-8lsd-eps-copy with the part of each pair's error that blurs the estimate of "
         "x0 counted sixteen times (--loss blurring): the one shape of error the stand-ins found costly",
         "--prior extrap --budgets 8 --trajectories 512 --body copy --loss blurring --blurring-weight 16",
@@ -927,8 +931,8 @@ def group_ends(runs: int = 64, dots: dict | None = None) -> list[str]:
     solution's (DPM-Solver++(2M) on the plan's grid with each step cut in two: morse.distill --fine 2, the plan
     Dots' target) and against the exact Dot's (the Dash at every Dot step: the shared Dot's target), each group fed
     the target trajectory's state and anchors, on held-out runs (the cards' held-out seeds, disjoint from the
-    sweep's); pooled over the groups as the card pools the per-step epsilon error, by which the committed Dot errs
-    1.277 times as much as the formula. `dots`: {budget: Dot} instead of the committed ones (the shared Dot, its
+    sweep's); each cell pooled over the plan's groups as the card pools the per-step epsilon error (by which the
+    committed Dot errs 1.277 times as much as the formula), the last column over the three budgets too. `dots`: {budget: Dot} instead of the committed ones (the shared Dot, its
     plan Dot where the plan has one)."""
     import torch
 
