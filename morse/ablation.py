@@ -932,8 +932,8 @@ def group_ends(runs: int = 64, dots: dict | None = None) -> list[str]:
     Dots' target) and against the exact Dot's (the Dash at every Dot step: the shared Dot's target), each group fed
     the target trajectory's state and anchors, on held-out runs (the cards' held-out seeds, disjoint from the
     sweep's); each cell pooled over the plan's groups as the card pools the per-step epsilon error (by which the
-    committed Dot errs 1.277 times as much as the formula), the last column over the three budgets too. `dots`: {budget: Dot} instead of the committed ones (the shared Dot, its
-    plan Dot where the plan has one)."""
+    committed Dot errs 1.277 times as much as the formula), the last column over the three budgets too.
+    `dots`: {budget: Dot} instead of the committed ones (the shared Dot, its plan Dot where the plan has one)."""
     import torch
 
     from baselines.denoisers import Denoiser
