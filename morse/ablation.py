@@ -240,6 +240,9 @@ ROWS = [
         "iterations (its group ends were still improving at the bound): whether the bound's cost to the samples "
         "shrinks with length", None, "plan-8lsd-eps-bound", distills="plan-8lsd-eps-bound",
         distill_flags=BOUND_FLAGS.replace("--iters 2000", "--iters 3000") + " --eps-weight 10 --eps-bound 0.68"),
+    Row("plan-8lsd-eps-bound-more2", "plan-8lsd-eps-bound-more's Dot distilled again under the same bound, 2,000 "
+        "more iterations", None, "plan-8lsd-eps-bound-more", distills="plan-8lsd-eps-bound-more",
+        distill_flags=BOUND_FLAGS + " --eps-weight 10 --eps-bound 0.68"),
     Row("plan-8lsd-blurring", "as plan-8lsd-eps-copy with the part of each pair's error that blurs the estimate of "
         "x0 counted sixteen times (--loss blurring): the one shape of error the stand-ins found costly",
         "--prior extrap --budgets 8 --trajectories 512 --body copy --loss blurring --blurring-weight 16",
